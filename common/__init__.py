@@ -1,0 +1,1 @@
+"Training core: Learner, callbacks, schedules, optimizers, metrics, checkpoints."

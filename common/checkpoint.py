@@ -1,0 +1,137 @@
+"""Checkpoints: one file, written atomically, loaded safely.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled module:
+    {'format': 1, 'model': state_dict, 'config': {...}, 'opt': optimizer state or None,
+     'train_state': {'epoch', 'iter', ...} or None, 'rng': {...} or None, 'extras': {...}}
+so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
+"""
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    "A checkpoint that can't be read or doesn't fit the model; the message names the file."
+
+
+def atomic_write(path, write_fn):
+    "Write to a temp file beside `path` with `write_fn(file)`, fsync, then rename over `path`."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def save_file(obj, path):
+    "`torch.save(obj)` to `path` atomically."
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def get_rng_state():
+    "Every RNG the training loop touches, in a weights_only-loadable form."
+    np_state = np.random.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             'python': _tuples_to_lists(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    "Restore what `get_rng_state` captured."
+    torch.set_rng_state(state['torch'])
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_lists_to_tuples(state['python']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _tuples_to_lists(x):
+    return [_tuples_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _lists_to_tuples(x):
+    return tuple(_lists_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(path, model_state, config=None, opt_state=None, train_state=None, rng=None, extras=None):
+    "Write a checkpoint file atomically; every argument must be plain data (no modules, no classes)."
+    obj = {'format': FORMAT, 'model': model_state, 'config': dict(config or {}), 'opt': opt_state,
+           'train_state': train_state, 'rng': rng, 'extras': dict(extras or {})}
+    return save_file(obj, path)
+
+
+def load_file(path, map_location='cpu'):
+    "`torch.load(path, weights_only=True)` with errors that name the file and say what is wrong."
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (an interrupted write?)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it needs code to unpickle, not just tensors and plain data "
+            f"(safe loading uses weights_only=True). Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated: {str(e).splitlines()[0]}") from None
+
+
+def load_checkpoint(path, map_location='cpu'):
+    "Load a checkpoint written by `save_checkpoint` (or a bare state dict, returned under 'model')."
+    obj = load_file(path, map_location)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    if 'format' not in obj:  # a bare state dict
+        return {'format': 0, 'model': obj, 'config': {}, 'opt': None, 'train_state': None, 'rng': None, 'extras': {}}
+    return obj
+
+
+def load_model_state(model, state, path='<checkpoint>', strict=True):
+    "Load `state` into `model`, turning missing/unexpected keys and shape mismatches into one clear error."
+    own = model.state_dict()
+    problems = []
+    for k, v in state.items():
+        if k in own and hasattr(v, 'shape') and own[k].shape != v.shape:
+            problems.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    if strict:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing:
+            problems.append(f"missing from checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            problems.append(f"not in model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit this model (is the config the same?):\n  "
+                              + '\n  '.join(problems))
+    model.load_state_dict(state, strict=strict)
+    return model

@@ -1,0 +1,108 @@
+"""One flat run config per entry point: defaults, named presets (`tiny`, `cpu`, `paper`) and
+`--key value` overrides. An unknown key is an error; the resolved config is written to the run folder.
+
+    SETTINGS = {'lr': Setting(1e-3, 'peak learning rate'), 'epochs': Setting(1, 'number of epochs'), ...}
+    PRESETS = {'tiny': {'epochs': 1}, 'cpu': {...}, 'paper': {...}}
+    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description='...')
+"""
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Setting:
+    "A config key's default value and one line of help. `choices` limits the accepted values."
+    default: Any
+    help: str = ''
+    choices: tuple = None
+
+
+def default_preset():
+    "`paper` on a GPU, `cpu` otherwise."
+    return 'paper' if torch.cuda.is_available() else 'cpu'
+
+
+def _parse_bool(s):
+    v = str(s).lower()
+    if v in ('1', 'true', 'yes', 'on'):
+        return True
+    if v in ('0', 'false', 'no', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _caster(default):
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, (list, tuple)):
+        return lambda s: [type(default[0])(x) if default else x for x in s.split(',')]
+    if default is None:
+        return lambda s: None if s.lower() in ('none', '') else _guess(s)
+    return str
+
+
+def _guess(s):
+    for t in (int, float):
+        try:
+            return t(s)
+        except ValueError:
+            pass
+    return s
+
+
+def resolve_config(settings, presets, preset=None, overrides=None):
+    "Defaults, then the preset, then overrides; unknown keys in presets or overrides are errors."
+    preset = preset or default_preset()
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    cfg = {k: s.default for k, s in settings.items()}
+    for source, values in ((f'preset {preset!r}', presets[preset]), ('overrides', overrides or {})):
+        unknown = [k for k in values if k not in settings]
+        if unknown:
+            raise ValueError(f"unknown config key(s) in {source}: {', '.join(unknown)}; "
+                             f"known keys: {', '.join(settings)}")
+        cfg.update(values)
+    for k, s in settings.items():
+        if s.choices and cfg[k] not in s.choices:
+            raise ValueError(f"config key {k!r} must be one of {s.choices}, got {cfg[k]!r}")
+    cfg['preset'] = preset
+    return cfg
+
+
+def parse_run_config(argv, settings, presets, prog, description, positional=None):
+    "argparse front end: `--preset NAME` plus one `--key value` per setting; `--help` lists them all."
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='presets:\n' + '\n'.join(
+                                    f'  {n}: ' + (', '.join(f'{k}={v}' for k, v in ps.items()) or 'the defaults')
+                                    for n, ps in presets.items()))
+    for name, kw in (positional or {}).items():
+        p.add_argument(name, **kw)
+    p.add_argument('--preset', choices=list(presets), default=None,
+                   help=f"settings bundle (default: {default_preset()} on this machine: paper on a GPU, else cpu)")
+    for k, s in settings.items():
+        p.add_argument('--' + k.replace('_', '-'), dest=k, type=_caster(s.default), default=argparse.SUPPRESS,
+                       metavar=type(s.default).__name__.upper() if s.default is not None else 'VALUE',
+                       help=f"{s.help} (default: {s.default})")
+    args = vars(p.parse_args(argv))
+    preset = args.pop('preset')
+    pos = {n: args.pop(n) for n in (positional or {})}
+    try:
+        cfg = resolve_config(settings, presets, preset, args)
+    except ValueError as e:
+        p.error(str(e))
+    cfg.update(pos)
+    return cfg
+
+
+def config_to_json(cfg):
+    "JSON text of a config (paths and other objects as strings)."
+    return json.dumps(cfg, indent=2, default=str, sort_keys=True)

@@ -1,0 +1,332 @@
+"""The Learner: a training loop made of named stages, each firing events that callbacks handle.
+
+    fit
+     └─ epoch (n times)
+         ├─ train:    batch, batch, ...   (each batch: pred → loss → backward → step)
+         └─ validate: batch, batch, ...   (pred → loss only)
+
+Every stage fires `before_<stage>` and `after_<stage>`; a `Cancel<Stage>Exception` raised inside it
+skips to `after_cancel_<stage>` and then `after_<stage>`. Tricks (mixed precision, clipping, schedules,
+metrics, progress, checkpoints) are callbacks; the loop itself knows none of them.
+"""
+import math
+from pathlib import Path
+
+import torch
+
+from .callback import (EVENTS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                       CancelStepException, CancelTrainException, CancelValidateException)
+from .optim import adamw, as_param_lists, bn_params, check_split, lrs_for, make_param_groups, set_hyper, \
+    trainable_params
+
+
+class DataLoaders:
+    "A training loader and an optional validation loader; each yields `(xb, yb)` batches."
+
+    def __init__(self, train, valid=None):
+        self.train, self.valid = train, valid
+
+    def __repr__(self):
+        n = lambda dl: len(dl) if dl is not None and hasattr(dl, '__len__') else '?'  # noqa: E731
+        return f'DataLoaders(train={n(self.train)} batches, valid={n(self.valid)} batches)'
+
+
+class Learner:
+    "Model + data + loss + optimizer factory + callbacks; see the module docstring for the loop."
+
+    def __init__(self, model, dls, loss_fn, opt_fn=adamw, lr=1e-3, splitter=trainable_params, cbs=(), metrics=(),
+                 path=None, precision='fp32', clip=None, device=None, train_bn=True, wd=None, progress=True,
+                 default_cbs=True):
+        from . import callbacks as C  # the standard callbacks live beside the loop
+        self.model, self.dls, self.loss_fn, self.opt_fn, self.lr = model, dls, loss_fn, opt_fn, lr
+        self.splitter, self.train_bn, self.wd = splitter, train_bn, wd
+        self.path = Path(path) if path is not None else None
+        self.opt, self.ddp_model, self.cbs = None, None, []
+        self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = 0
+        self.training, self.resume_state, self.lr_finding = False, None, False
+        if default_cbs:
+            self.add_cbs([C.DeviceCallback(device), C.Recorder(metrics), C.NaNGuard()])
+            if progress:
+                self.add_cbs(C.ProgressCallback())
+            if precision != 'fp32':
+                self.add_cbs(C.MixedPrecision(precision))
+            if clip:
+                self.add_cbs(C.GradientClip(clip))
+            from .distributed import DistributedCallback, world_size
+            if world_size() > 1:
+                self.add_cbs(DistributedCallback())
+        self.add_cbs(list(cbs))
+
+    # ---- callbacks -------------------------------------------------------------------------------
+    def add_cbs(self, cbs):
+        "Attach callbacks (one or a list); each can then be reached as `learn.<cb.name>`."
+        for cb in (cbs if isinstance(cbs, (list, tuple)) else [cbs]):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"{cb!r} is not a Callback")
+            cb.learn = self
+            self.cbs.append(cb)
+            setattr(self, cb.name, cb)
+        self.cbs.sort(key=lambda c: c.order)
+        return self
+
+    def remove_cbs(self, cbs):
+        "Detach callbacks."
+        for cb in cbs:
+            if cb in self.cbs:
+                self.cbs.remove(cb)
+                if getattr(self, cb.name, None) is cb:
+                    delattr(self, cb.name)
+        return self
+
+    def emit(self, event):
+        "Call `event` on every callback that handles it, in `order`."
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
+        for cb in list(self.cbs):
+            fn = cb.__dict__.get(event)  # an instance-level handler (DebugCallback) ...
+            if fn is not None:
+                fn()
+                continue
+            fn = getattr(type(cb), event, None)  # ... or the class's method
+            if fn is not None:
+                fn(cb)
+
+    def _stage(self, name, fn, cancel):
+        "before_{name}, fn(), after_{name}; a `cancel` exception skips to after_cancel_{name}."
+        try:
+            self.emit(f'before_{name}')
+            fn()
+        except cancel:
+            self.emit(f'after_cancel_{name}')
+        self.emit(f'after_{name}')
+
+    # ---- param groups, freezing, optimizer -------------------------------------------------------
+    def param_groups(self):
+        "The splitter's layer groups (input to output) as lists of parameters."
+        groups = as_param_lists(self.splitter(self.model))
+        check_split(self.model, groups)
+        return groups
+
+    @property
+    def n_groups(self):
+        return len(self.param_groups())
+
+    def freeze_to(self, n):
+        "Train only layer groups `n:` (python indexing); BatchNorm stays trainable if `train_bn`."
+        groups = self.param_groups()
+        keep = bn_params(self.model) if self.train_bn else set()
+        start = range(len(groups))[n] if n < 0 else min(n, len(groups))
+        for i, g in enumerate(groups):
+            for p in g:
+                p.requires_grad_(i >= start or id(p) in keep)
+        self.opt = None  # the frozen set changed: start the optimizer state afresh at the next fit
+        return self
+
+    def freeze(self):
+        "Train only the last layer group."
+        return self.freeze_to(-1)
+
+    def unfreeze(self):
+        "Train every layer group."
+        return self.freeze_to(0)
+
+    def create_opt(self):
+        "Build the optimizer from `opt_fn` and the splitter's groups (each with its own LR)."
+        groups = self.param_groups()
+        self.opt = self.opt_fn(make_param_groups(self.model, groups))
+        wd = self.wd if self.wd is not None else self.opt.defaults.get('weight_decay', 0.)
+        set_hyper(self.opt, 'weight_decay', [wd] * len(groups))
+        set_hyper(self.opt, 'lr', lrs_for(self.lr, len(groups)))
+        return self.opt
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def fit(self, n_epoch, lr=None, cbs=None, resume=None, reset_opt=False):
+        "Train for `n_epoch` epochs; `cbs` are attached for this call only; `resume` is a checkpoint path."
+        cbs = list(cbs or [])
+        self.add_cbs(cbs)
+        try:
+            if lr is not None:
+                self.lr = lr
+            if self.opt is None or reset_opt:
+                self.create_opt()
+            set_hyper(self.opt, 'lr', lrs_for(self.lr, self.n_groups))
+            self.n_epoch, self.epoch, self.train_iter = n_epoch, 0, 0
+            self.resume_state = self._load_resume(resume) if resume is not None else None
+            self._stage('fit', self._do_fit, CancelFitException)
+        finally:
+            self.remove_cbs(cbs)
+            self.resume_state = None
+
+    def _do_fit(self):
+        start = self.resume_state['epoch'] if self.resume_state else 0
+        for epoch in range(start, self.n_epoch):
+            self.epoch = epoch
+            self._stage('epoch', self._do_epoch, CancelEpochException)
+
+    def _do_epoch(self):
+        self._phase(True, self.dls.train)
+        self._stage('train', self._do_train, CancelTrainException)
+        if self.dls.valid is not None:
+            self._phase(False, self.dls.valid)
+            self._stage('validate', self._do_validate, CancelValidateException)
+
+    def _phase(self, training, dl):
+        "Set up a training or validation pass over `dl` (before its `before_*` event fires)."
+        self.training, self.dl, self.iter = training, dl, 0
+        self.n_iter = len(dl) if hasattr(dl, '__len__') else 0
+        self.model.train(training)
+
+    def _do_train(self):
+        from .checkpoint import get_rng_state, set_rng_state
+        rs = self.resume_state
+        here = rs is not None and rs['epoch'] == self.epoch
+        if here and rs['iter'] > 0:
+            set_rng_state(rs['epoch_rng'])  # replay this epoch's data order...
+        self.epoch_rng = get_rng_state()
+        it, skip = iter(self.dl), 0
+        if here and rs['iter'] > 0:
+            for skip in range(rs['iter']):  # ...skip the batches already trained on...
+                next(it)
+            skip = rs['iter']
+        if here:
+            set_rng_state(rs['rng'])  # ...and go on with the RNG exactly where it was
+        for i, b in enumerate(it, start=skip):
+            self.iter = i
+            self._do_batch(b)
+
+    def _do_validate(self):
+        with torch.no_grad():
+            for i, b in enumerate(self.dl):
+                self.iter = i
+                self._do_batch(b)
+
+    def _do_batch(self, b):
+        self.xb, self.yb = b
+        try:
+            self.emit('before_batch')
+            self._one_batch()
+        except CancelBatchException:
+            self.emit('after_cancel_batch')
+        if self.training:
+            self.train_iter += 1
+        self.emit('after_batch')
+
+    def _one_batch(self):
+        self.pred = (self.ddp_model or self.model)(self.xb); self.emit('after_pred')  # noqa: E702
+        self.loss = self.loss_fn(self.pred, self.yb)
+        self.loss_grad = self.loss;                          self.emit('after_loss')  # noqa: E702
+        if not self.training:
+            return
+        self.opt.zero_grad(set_to_none=True)
+        self.emit('before_backward')
+        self.loss_grad.backward()
+        self._stage('step', self.opt.step, CancelStepException)
+
+    @property
+    def pct_train(self):
+        "Progress through this fit, in [0, 1]: what schedules are functions of."
+        total = self.n_epoch * max(len(self.dls.train), 1)
+        return min(self.train_iter / total, 1.) if total else 0.
+
+    # ---- schedules -----------------------------------------------------------------------------------
+    def fit_one_cycle(self, n_epoch, lr_max=None, pct_start=0.25, div=25., div_final=1e5, moms=(0.95, 0.85, 0.95),
+                      wd=None, cbs=None, resume=None):
+        "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
+        from .callbacks import ParamScheduler
+        from .schedule import one_cycle, one_cycle_mom
+        lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
+        scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
+        if moms is not None:
+            scheds['mom'] = [one_cycle_mom(moms, pct_start)] * len(lrs)
+        if wd is not None:
+            self.wd = wd
+            self.opt = None
+        self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
+
+    def fit_sgdr_stlr(self, n_epoch, lr_max=None, cut_frac=0.1, ratio=32, moms=(0.8, 0.7), cbs=None, resume=None):
+        "Fit with the slanted triangular LR of ULMFiT (momentum mirrors it: high→low→high)."
+        from .callbacks import ParamScheduler
+        from .schedule import combine_scheds, sched_lin, slanted_triangular
+        lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
+        scheds = {'lr': [slanted_triangular(lr, cut_frac, ratio) for lr in lrs]}
+        if moms is not None:
+            mom = combine_scheds([cut_frac, 1 - cut_frac], [sched_lin(moms[0], moms[1]), sched_lin(moms[1], moms[0])])
+            scheds['mom'] = [mom] * len(lrs)
+        self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
+
+    fit_stlr = fit_sgdr_stlr
+
+    def lr_find(self, start_lr=1e-7, end_lr=10., num_it=100, stop_div=True, plot_path=None):
+        "LR range test; restores model and optimizer; returns {'steep': lr, 'minimum': lr/10, ...}."
+        from .callbacks import LRFinder
+        n_epoch = max(1, math.ceil(num_it / max(len(self.dls.train), 1)))
+        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+        self.lr_finding = True
+        try:
+            self.fit(n_epoch, cbs=[finder])
+        finally:
+            self.lr_finding = False
+        if plot_path is None and self.path is not None:
+            plot_path = self.path / 'plots' / 'lr_find.png'
+        if plot_path is not None:
+            finder.plot(plot_path)
+        return finder.suggestions()
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def validate(self, dl=None, cbs=None):
+        "Run the validation stage on `dl` (default: the validation loader); returns the metrics dict."
+        cbs = list(cbs or [])
+        self.add_cbs(cbs)
+        try:
+            self._phase(False, dl if dl is not None else self.dls.valid)
+            self._stage('validate', self._do_validate, CancelValidateException)
+        finally:
+            self.remove_cbs(cbs)
+        return dict(self.recorder.last_valid) if hasattr(self, 'recorder') else {}
+
+    def get_preds(self, dl=None, act=None):
+        "Predictions and targets over `dl` (default: validation loader), concatenated on the CPU."
+        from .callbacks import GatherPreds
+        g = GatherPreds(act)
+        self.validate(dl, cbs=[g])
+        return g.preds(), g.targets()
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def save(self, path, config=None, extras=None, with_opt=True, train_state=None):
+        "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
+        from .checkpoint import get_rng_state, save_checkpoint
+        ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}
+        ts = dict(ts, cbs={cb.name: cb.state_dict() for cb in self.cbs if cb.state_dict()})
+        return save_checkpoint(path, self.model.state_dict(), config=config,
+                               opt_state=self.opt.state_dict() if with_opt and self.opt is not None else None,
+                               train_state=ts, rng=get_rng_state(), extras=extras)
+
+    def load(self, path, with_opt=True, strict=True):
+        "Load a checkpoint's model (and optimizer) state; returns the checkpoint dict."
+        from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+        ck = load_checkpoint(path)
+        load_model_state(self.model, ck['model'], path, strict=strict)
+        if with_opt and ck.get('opt') is not None:
+            if self.opt is None:
+                self.create_opt()
+            try:
+                self.opt.load_state_dict(ck['opt'])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"optimizer state in {path} doesn't fit this optimizer: {e}") from None
+        return ck
+
+    def _load_resume(self, path):
+        ck = self.load(path, with_opt=True)
+        ts = ck.get('train_state')
+        if not ts or 'epoch_rng' not in ts:
+            raise ValueError(f"{path} has no training position to resume from (was it saved by a CheckpointCallback?)")
+        self.train_iter = ts['train_iter']
+        for cb in self.cbs:
+            if cb.name in ts.get('cbs', {}):
+                cb.load_state_dict(ts['cbs'][cb.name])
+        print(f"resuming from {path}: epoch {ts['epoch'] + 1}, batch {ts['iter']}")
+        return {'epoch': ts['epoch'], 'iter': ts['iter'], 'epoch_rng': ts['epoch_rng'], 'rng': ck['rng']}
+
+    def __repr__(self):
+        return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
+

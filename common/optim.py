@@ -1,0 +1,137 @@
+"""Optimizers from `torch.optim`, param groups from a splitter, and discriminative learning rates.
+
+Each layer group given by the splitter becomes two torch param groups: one with weight decay and one
+without (norm-layer weights and all biases). Both carry `layer_group = i`, so a schedule set for layer
+group i reaches both.
+"""
+from functools import partial
+
+import torch
+from torch import nn
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def adamw(params, lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, **kwargs):
+    "AdamW with fastai's defaults: beta=(0.9, 0.99), eps=1e-5, decoupled weight decay 0.01."
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
+
+
+def sgd(params, lr=1e-2, momentum=0.9, weight_decay=1e-4, **kwargs):
+    "SGD with momentum."
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
+
+
+def trainable_params(model):
+    "The default splitter: a single group with every parameter."
+    return [list(model.parameters())]
+
+
+def norm_and_bias_params(model):
+    "Set of ids of parameters that should get no weight decay: norm-layer parameters and biases."
+    ids = set()
+    for m in model.modules():
+        if isinstance(m, NORM_TYPES):
+            ids.update(id(p) for p in m.parameters(recurse=False))
+        for name, p in m.named_parameters(recurse=False):
+            if name.endswith('bias'):
+                ids.add(id(p))
+    return ids
+
+
+def bn_params(model):
+    "Set of ids of BatchNorm parameters (these stay trainable inside frozen groups)."
+    return {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)}
+
+
+def as_param_lists(groups):
+    "Normalise a splitter's output (modules or param iterables) into a list of param lists."
+    out = []
+    for g in groups:
+        if isinstance(g, nn.Module):
+            g = g.parameters()
+        out.append(list(g))
+    return out
+
+
+def check_split(model, groups):
+    "Every parameter in exactly one group: a splitter that drops or repeats one is a bug."
+    seen = {}
+    for i, g in enumerate(groups):
+        for p in g:
+            if id(p) in seen:
+                raise ValueError(f"splitter puts a parameter in groups {seen[id(p)]} and {i}")
+            seen[id(p)] = i
+    missing = [n for n, p in model.named_parameters() if id(p) not in seen]
+    if missing:
+        raise ValueError(f"splitter leaves out parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def make_param_groups(model, groups, wd_on_norm_and_bias=False):
+    "torch param groups for the layer groups: decay and no-decay halves, both tagged with `layer_group`."
+    no_wd = set() if wd_on_norm_and_bias else norm_and_bias_params(model)
+    pgs = []
+    for i, g in enumerate(groups):
+        decay = [p for p in g if id(p) not in no_wd]
+        rest = [p for p in g if id(p) in no_wd]
+        if decay:
+            pgs.append({'params': decay, 'layer_group': i, 'wd_mult': 1.})
+        if rest:
+            pgs.append({'params': rest, 'layer_group': i, 'wd_mult': 0.})
+    return pgs
+
+
+def lrs_for(lr, n_groups, div=None):
+    """Per-group learning rates.
+
+    - a number: the same LR for every group;
+    - `slice(hi)`: hi for the last group, hi/10 for the others (fastai's convention);
+    - `slice(lo, hi)`: geometric spread from lo (first group) to hi (last group);
+    - a number with `div` (e.g. 2.6, the ULMFiT rule): lr / div**(n-1-i) for group i;
+    - a list: used as is (its length must be n_groups).
+    """
+    if isinstance(lr, slice):
+        lo, hi = lr.start, lr.stop
+        if lo is None:
+            return [hi / 10] * (n_groups - 1) + [hi]
+        if n_groups == 1:
+            return [hi]
+        return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
+    if isinstance(lr, (list, tuple)):
+        if len(lr) != n_groups:
+            raise ValueError(f"{len(lr)} learning rates given for {n_groups} param groups")
+        return [float(v) for v in lr]
+    if div is not None:
+        return [lr / div ** (n_groups - 1 - i) for i in range(n_groups)]
+    return [float(lr)] * n_groups
+
+
+def set_hyper(opt, name, values):
+    "Set hyper-parameter `name` for each layer group (`values` has one entry per layer group)."
+    for pg in opt.param_groups:
+        v = values[pg['layer_group']]
+        if name == 'mom':
+            if 'betas' in pg:
+                pg['betas'] = (v, pg['betas'][1])
+            elif 'momentum' in pg:
+                pg['momentum'] = v
+        elif name == 'weight_decay':
+            pg['weight_decay'] = v * pg['wd_mult']
+        else:
+            pg[name] = v
+
+
+def get_hyper(opt, name):
+    "Current value of `name` per layer group."
+    out = {}
+    for pg in opt.param_groups:
+        if name == 'mom':
+            v = pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)
+        else:
+            v = pg[name]
+        out.setdefault(pg['layer_group'], v)
+    return [out[k] for k in sorted(out)]
+
+
+OPTIMIZERS = {'adamw': adamw, 'adam': partial(adamw, weight_decay=0.), 'sgd': sgd}

@@ -1,0 +1,71 @@
+"""Run folders: every training entry point writes to `runs/<name>/`, never over an existing one.
+
+    runs/<name>/config.json      the resolved config
+               metrics.jsonl     one line per epoch (with the stage that produced it)
+               metrics.json      final figures
+               plots/*.png       losses, schedules, metric curves
+               checkpoints/      checkpoint files (resume from `last.pth`)
+"""
+import json
+import time
+from pathlib import Path
+
+from .callback import Callback
+from .checkpoint import atomic_write
+from .config import config_to_json
+from .distributed import rank
+
+
+def new_run_dir(name, root='runs'):
+    "A fresh folder `root/name`, or `root/name-2`, `-3`, ... if taken (rank 0 creates it)."
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        d = root / (name if i == 1 else f'{name}-{i}')
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        (d / 'plots').mkdir()
+        (d / 'checkpoints').mkdir()
+        return d
+    raise RuntimeError(f"no free run folder name for {name!r} under {root}")
+
+
+def write_json(path, obj):
+    "Write JSON atomically (rank 0 only)."
+    if rank() != 0:
+        return path
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+def write_config(run_dir, cfg):
+    if rank() == 0:
+        atomic_write(Path(run_dir) / 'config.json', lambda f: f.write(config_to_json(cfg).encode()))
+
+
+class RunLogger(Callback):
+    "Appends each epoch's figures to metrics.jsonl and writes loss/schedule/metric plots after each fit."
+    order = 65
+
+    def __init__(self, run_dir, stage='train'):
+        self.run_dir, self.stage = Path(run_dir), stage
+
+    def after_epoch(self):
+        if rank() != 0 or self.learn.lr_finding or not self.learn.recorder.history:
+            return
+        row = {'stage': self.stage, **self.learn.recorder.history[-1], 'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
+        with open(self.run_dir / 'metrics.jsonl', 'a') as f:
+            f.write(json.dumps(row) + '\n')
+
+    def after_fit(self):
+        if rank() != 0 or self.learn.lr_finding:
+            return
+        r = self.learn.recorder
+        plots = self.run_dir / 'plots'
+        if r.losses:
+            r.plot_loss(plots / f'{self.stage}_loss.png')
+            r.plot_sched(plots / f'{self.stage}_sched.png')
+        if r.history:
+            from .plots import plot_metrics
+            plot_metrics(r.history, plots / f'{self.stage}_metrics.png')
