@@ -110,8 +110,12 @@ class LRFinder(Callback):
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
         self.lrs.append(get_hyper(self.learn.opt, 'lr')[-1])
         self.losses.append(smooth)
-        self.best = min(self.best, smooth)
-        if (self.stop_div and (smooth > 4 * self.best or not math.isfinite(smooth))) \
+        # The first few smoothed values are a handful of noisy batches: they neither set the best loss
+        # nor count as divergence.
+        warm = len(self.losses) > max(5, self.num_it // 20)
+        if warm:
+            self.best = min(self.best, smooth)
+        if (self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))) \
                 or self.learn.train_iter >= self.num_it:
             raise CancelFitException()
 
@@ -125,14 +129,14 @@ class LRFinder(Callback):
     def suggestions(self):
         "'minimum': (LR at the lowest loss)/10; 'steep': LR where the loss falls fastest."
         lrs, losses = self.lrs, self.losses
-        if len(losses) < 3:
+        skip = min(max(5, self.num_it // 20), len(losses) - 3)  # the noisy warm-up, as in after_batch
+        if skip < 0:
             return {'minimum': None, 'steep': None}
-        i_min = min(range(len(losses)), key=losses.__getitem__)
-        # Slope of loss against log(lr), ignoring the noisy first and the divergent last points.
-        lo = min(max(len(losses) // 10, 1), len(losses) - 2)
-        hi = max(i_min, lo + 1)
-        slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(lo, hi)]
-        i_steep = lo + min(range(len(slopes)), key=slopes.__getitem__) if slopes else i_min
+        i_min = min(range(skip, len(losses)), key=losses.__getitem__)
+        # Slope of the loss against log(lr), up to the minimum (beyond it the loss is diverging).
+        hi = max(i_min, skip + 1)
+        slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(skip, hi)]
+        i_steep = skip + min(range(len(slopes)), key=slopes.__getitem__)
         return {'minimum': lrs[i_min] / 10, 'steep': lrs[i_steep], 'lr_at_min_loss': lrs[i_min]}
 
     def plot(self, path):
@@ -174,6 +178,7 @@ class MixedPrecision(Callback):
         self.n_skipped = 0
 
     def before_batch(self):
+        self.device_type = next(self.learn.model.parameters()).device.type  # validate() may run before any fit
         self.ctx = torch.autocast(self.device_type, dtype=self.DTYPES[self.precision])
         self.ctx.__enter__()
 

@@ -1,0 +1,226 @@
+"""Datasets by name: download (or copy from a mirror), verify, cache and extract safely.
+
+    untar_data('imdb')  ->  $ULMFIT_DATA/imdb/            (default data root: ./data)
+
+    1. archive = $ULMFIT_DATA/archives/imdb.tgz; if missing: copy $ULMFIT_MIRROR/imdb.tgz when a mirror is set,
+       else download the URL (resumable: a `.part` file continues with an HTTP Range request)
+    2. check its size and, where the registry knows one for that size, its sha256
+    3. extract into a temp folder beside the target, check every member, then rename into place
+
+A folder that exists is complete (it only appears through that final rename), so later calls return at once.
+"""
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+# name -> url, archive file name, folder it extracts to, and known copies (size -> sha256). The real upstream
+# archives' hashes are not recorded here; the known copies are this project's mirror files, keyed by size, so a
+# file of that size must match that hash and any other size is accepted unverified (with a note).
+REGISTRY = {
+    'imdb': dict(url='https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz', archive='imdb.tgz', folder='imdb',
+                 known={56242363: ('ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b', 'mirror copy')}),
+    'imdb_sample': dict(url='https://s3.amazonaws.com/fast-ai-sample/imdb_sample.tgz', archive='imdb_sample.tgz',
+                        folder='imdb_sample',
+                        known={569763: ('006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618',
+                                        'mirror copy')}),
+    'wikitext-103': dict(url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz', archive='wikitext-103.tgz',
+                         folder='wikitext-103', known={}),
+    'wikitext-103-raw': dict(url='https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip',
+                             archive='wikitext-103-raw-v1.zip', folder='wikitext-103-raw', known={}),
+    'wikitext-2': dict(url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-2.tgz', archive='wikitext-2.tgz',
+                       folder='wikitext-2', known={}),
+    'imagewoof2-160': dict(url='https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz',
+                           archive='imagewoof2-160.tgz', folder='imagewoof2-160',
+                           known={83997793: ('aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472',
+                                             'mirror copy')}),
+    'oxford-iiit-pet': dict(url='https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz',
+                            archive='oxford-iiit-pet.tgz', folder='oxford-iiit-pet', known={}),
+    'oxford-iiit-pet-subset-160': dict(url=None, archive='oxford-iiit-pet-subset-160.tgz', folder='oxford-iiit-pet',
+                                       known={11821500: ('9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a',
+                                                         'mirror copy')}),
+}
+
+
+class DownloadError(RuntimeError):
+    "A download, verification or extraction failed (the message names the file or URL)."
+
+
+def get_data_root(root=None) -> Path:
+    "Where datasets live: `root`, else $ULMFIT_DATA, else ./data."
+    return Path(root or os.environ.get('ULMFIT_DATA') or 'data')
+
+
+def sha256_file(path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(block): h.update(b)
+    return h.hexdigest()
+
+
+def verify(path, entry: dict, expected_size: int | None = None) -> bool:
+    "Check size (when expected) and sha256 (when the registry knows one for this size); True if a hash was checked."
+    path = Path(path)
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise DownloadError(f'{path}: size {size} bytes, expected {expected_size} (truncated or damaged download)')
+    known = entry.get('known', {}).get(size) or entry.get('known', {}).get(str(size))
+    if not known: return False
+    digest = sha256_file(path)
+    if digest != known[0]:
+        raise DownloadError(f'{path}: sha256 {digest} does not match the registry ({known[0]}, {known[1]}, '
+                            f'{size} bytes); delete the file and fetch it again')
+    return True
+
+
+def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> Path:
+    "Download `url` to `dest` with a progress bar; resumes a `dest.part` left by an earlier attempt."
+    from tqdm import tqdm
+    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + '.part')
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
+    try: resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the .part is already complete
+            os.replace(part, dest); return dest
+        raise DownloadError(f'{url}: HTTP {e.code} {e.reason}') from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(f'{url}: cannot download ({e}); set ULMFIT_MIRROR to a folder holding '
+                            f'{dest.name} to work offline') from None
+    with resp:
+        if have and resp.status != 206: have = 0  # server ignored the Range: start over
+        length = resp.headers.get('Content-Length')
+        total = have + int(length) if length is not None else None
+        with open(part, 'ab' if have else 'wb') as f, tqdm(total=total, initial=have, unit='B', unit_scale=True,
+                                                           desc=dest.name, disable=not progress) as bar:
+            while b := resp.read(1 << 20):
+                f.write(b); bar.update(len(b))
+    if total is not None and part.stat().st_size != total:
+        raise DownloadError(f'{url}: got {part.stat().st_size} of {total} bytes; run again to resume ({part})')
+    os.replace(part, dest)
+    return dest
+
+
+def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> Path:
+    "Path to dataset `name`'s archive in `root/archives`, copied from the mirror or downloaded if missing."
+    entry = registry_entry(name)
+    dest = get_data_root(root) / 'archives' / entry['archive']
+    if dest.exists():
+        verify(dest, entry)
+        return dest
+    mirror = mirror or os.environ.get('ULMFIT_MIRROR')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if mirror:
+        src = Path(mirror) / entry['archive']
+        if not src.exists(): raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
+        tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
+        try:
+            shutil.copyfile(src, tmp)
+            verify(tmp, entry, src.stat().st_size)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists(): tmp.unlink()
+    else:
+        if not entry['url']: raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding '
+                                                 f'{entry["archive"]}')
+        download_url(entry['url'], dest, progress)
+        try: verify(dest, entry)
+        except DownloadError:
+            dest.unlink(); raise
+    checked = verify(dest, entry)
+    if not checked and progress:
+        print(f'note: no known sha256 for {dest} ({dest.stat().st_size} bytes); size checked only', file=sys.stderr)
+    return dest
+
+
+def registry_entry(name: str) -> dict:
+    if name not in REGISTRY: raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
+    return REGISTRY[name]
+
+
+def _inside(base: Path, target: str) -> bool:
+    base = os.path.realpath(base)
+    return os.path.commonpath([base, os.path.realpath(os.path.join(base, target))]) == base
+
+
+def check_members(archive, dest) -> None:
+    "Refuse absolute paths, `..`, links that leave `dest`, and device files, before extracting anything."
+    dest = Path(dest)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                n = info.filename
+                if os.path.isabs(n) or n.startswith(('/', '\\')) or '..' in Path(n).parts or ':' in n.split('/')[0]:
+                    raise DownloadError(f'{archive}: unsafe member path {n!r} (absolute or contains ..)')
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DownloadError(f'{archive}: member {n!r} is a symlink; refusing it')
+        return
+    try:
+        with tarfile.open(archive) as tf:
+            for m in tf:
+                n = m.name
+                if os.path.isabs(n) or '..' in Path(n).parts or not _inside(dest, n):
+                    raise DownloadError(f'{archive}: unsafe member path {n!r} (absolute or contains ..)')
+                if m.issym() or m.islnk():
+                    link = m.linkname if m.islnk() else os.path.join(os.path.dirname(n), m.linkname)
+                    if os.path.isabs(m.linkname) or not _inside(dest, link):
+                        raise DownloadError(f'{archive}: member {n!r} links to {m.linkname!r}, outside the target')
+                if m.ischr() or m.isblk() or m.isfifo():
+                    raise DownloadError(f'{archive}: member {n!r} is a device/fifo; refusing it')
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DownloadError(f'{archive}: damaged or partial archive ({type(e).__name__}: {e})') from None
+
+
+def extract_archive(archive, dest) -> Path:
+    """Extract `archive` (tar/tgz/zip) so that `dest` appears complete or not at all.
+
+    If the archive holds one top-level folder, its contents become `dest`; otherwise everything goes into `dest`."""
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists(): raise DownloadError(f'{dest} exists already; not overwriting it')
+    tmp = dest.parent / f'.{dest.name}.extract{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    try:
+        check_members(archive, tmp)
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    bad = zf.testzip()
+                    if bad: raise DownloadError(f'{archive}: damaged archive (CRC error in {bad!r})')
+                    zf.extractall(tmp)
+            else:
+                with tarfile.open(archive) as tf:
+                    if hasattr(tarfile, 'data_filter'): tf.extractall(tmp, filter='data')
+                    else: tf.extractall(tmp)  # checked by check_members above
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DownloadError(f'{archive}: damaged or partial archive ({type(e).__name__}: {e}); '
+                                f'nothing was extracted') from None
+        tops = [p for p in tmp.iterdir()]
+        src = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp
+        os.rename(src, dest)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) -> Path:
+    "Folder of dataset `name` under `data_root` ($ULMFIT_DATA, ./data): fetched, verified, extracted on first use."
+    root = get_data_root(data_root)
+    entry = registry_entry(name)
+    dest = root / entry['folder']
+    if dest.exists(): return dest
+    archive = fetch_archive(name, root, mirror, progress)
+    if progress: print(f'extracting {archive} -> {dest}', file=sys.stderr)
+    return extract_archive(archive, dest)
+
+
+def write_registry(path) -> None:
+    "Write REGISTRY as JSON (for data/registry.json)."
+    reg = {k: dict(v, known={str(s): dict(sha256=h, note=n) for s, (h, n) in v['known'].items()})
+           for k, v in REGISTRY.items()}
+    Path(path).write_text(json.dumps(reg, indent=1) + '\n')

@@ -1,0 +1,137 @@
+"Checkpoints: round trip, safe loading, clear errors; resume equivalence; run folders and configs."
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from common.callback import Callback, CancelFitException
+from common.callbacks import CheckpointCallback
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.config import Setting, parse_run_config, resolve_config
+from common.runs import RunLogger, new_run_dir
+from core_utils import TwoLayer, synth_learner
+
+
+def test_round_trip(tmp_path):
+    learn = synth_learner(n=64)
+    learn.fit(1)
+    p = learn.save(tmp_path / 'a.pth', config={'nh': 8}, extras={'vocab': ['a', 'b']})
+    ck = load_checkpoint(p)
+    assert ck['config'] == {'nh': 8} and ck['extras']['vocab'] == ['a', 'b'] and ck['opt'] is not None
+    other = synth_learner(n=64, seed=1)
+    other.load(p)
+    for a, b in zip(learn.model.state_dict().values(), other.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not any(f.name.endswith('.tmp') for f in tmp_path.iterdir())
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ('echo pwned',))
+
+
+def test_refuses_pickle_with_code(tmp_path):
+    p = tmp_path / 'evil.pth'
+    torch.save({'model': {}, 'payload': Evil()}, p)
+    with pytest.raises(CheckpointError, match='evil.pth'):
+        load_checkpoint(p)
+
+
+def test_truncated_and_missing_files(tmp_path):
+    p = tmp_path / 'ok.pth'
+    save_checkpoint(p, TwoLayer().state_dict())
+    data = p.read_bytes()
+    bad = tmp_path / 'cut.pth'
+    bad.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match='cut.pth'):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match='not found'):
+        load_checkpoint(tmp_path / 'nope.pth')
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='empty'):
+        load_checkpoint(tmp_path / 'empty.pth')
+
+
+def test_shape_mismatch_names_file_and_key(tmp_path):
+    p = save_checkpoint(tmp_path / 'wide.pth', TwoLayer(nh=16).state_dict())
+    learn = synth_learner()
+    with pytest.raises(CheckpointError, match=r'wide.pth[\s\S]*body.0.weight'):
+        learn.load(p)
+
+
+class Interrupt(Callback):
+    "Simulates a crash right after a mid-epoch checkpoint."
+    order = 80
+
+    def __init__(self, at_iter):
+        self.at = at_iter
+
+    def after_batch(self):
+        if self.learn.training and self.learn.train_iter == self.at:
+            self.learn.checkpoint.save_now()
+            raise CancelFitException()
+
+
+@pytest.mark.parametrize('stop_at', [5, 16 + 7, 32])  # mid epoch 1, mid epoch 2, an epoch boundary
+def test_resume_matches_uninterrupted(tmp_path, stop_at):
+    ref = synth_learner(n=256, bs=16, seed=3)
+    ref.fit_one_cycle(3, 1e-2)
+    ck = tmp_path / 'last.pth'
+    a = synth_learner(n=256, bs=16, seed=3)
+    a.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck, every_epoch=(stop_at % 16 == 0)), Interrupt(stop_at)])
+    torch.manual_seed(1234)  # a fresh process: different model init and RNG
+    b = synth_learner(n=256, bs=16, seed=99)
+    b.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
+    for (k, x), y in zip(ref.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), k
+    assert [r['epoch'] for r in b.recorder.history] == [1, 2, 3]
+
+
+def test_resume_needs_training_position(tmp_path):
+    p = save_checkpoint(tmp_path / 'plain.pth', TwoLayer().state_dict())
+    with pytest.raises(ValueError, match='no training position'):
+        synth_learner().fit(1, resume=p)
+
+
+def test_config_presets_and_overrides(capsys):
+    S = {'lr': Setting(1e-3, 'learning rate'), 'epochs': Setting(1, 'epochs'), 'name': Setting('run', 'name'),
+         'precision': Setting('fp32', 'precision', ('fp32', 'bf16', 'fp16'))}
+    P = {'tiny': {'epochs': 1}, 'cpu': {'epochs': 3}, 'paper': {'epochs': 10, 'lr': 1e-2}}
+    cfg = parse_run_config(['--preset', 'paper', '--lr', '0.5', '--name', 'x'], S, P, 'prog', 'desc')
+    assert cfg == {'lr': 0.5, 'epochs': 10, 'name': 'x', 'precision': 'fp32', 'preset': 'paper'}
+    with pytest.raises(SystemExit):
+        parse_run_config(['--lrr', '1'], S, P, 'prog', 'desc')
+    assert 'lrr' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_run_config(['--precision', 'fp8'], S, P, 'prog', 'desc')
+    with pytest.raises(ValueError, match='unknown config key'):
+        resolve_config(S, {'tiny': {'epoch': 1}}, 'tiny')
+    with pytest.raises(ValueError, match='unknown preset'):
+        resolve_config(S, P, 'huge')
+
+
+def test_run_dirs_never_overwrite(tmp_path):
+    a = new_run_dir('exp', tmp_path)
+    (a / 'config.json').write_text('{"mine": 1}')
+    b = new_run_dir('exp', tmp_path)
+    assert a != b and b.name == 'exp-2' and json.loads((a / 'config.json').read_text()) == {'mine': 1}
+
+
+def test_run_logger_writes_metrics_and_plots(tmp_path):
+    d = new_run_dir('r', tmp_path)
+    learn = synth_learner(n=64, cbs=[RunLogger(d)])
+    learn.fit(2)
+    rows = [json.loads(line) for line in (d / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [1, 2] and 'valid_loss' in rows[0]
+    assert (d / 'plots' / 'train_loss.png').exists() and (d / 'plots' / 'train_sched.png').exists()
+
+
+def test_pickle_module_is_not_needed_to_load(tmp_path):
+    # A checkpoint holds only plain data: loading it with a bare unpickler must not import project classes.
+    learn = synth_learner(n=64)
+    p = learn.save(tmp_path / 'c.pth', config={'a': 1})
+    with open(p, 'rb') as f:
+        assert f.read(2) == b'PK'  # torch's zip format
+    assert isinstance(pickle, object)
