@@ -1,0 +1,175 @@
+"Batches for the language model (LMLoader) and the classifier (SortishSampler, SortSampler, pad_collate)."
+import math
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class LMLoader:
+    """Language-model batches straight off a token store's memmap.
+
+    Each epoch the docs are shuffled (torch's global RNG) and concatenated into one stream, which is cut into `bs`
+    contiguous rows. Batch i is the next window of every row, and the target is the input shifted by one token, so
+    the hidden state of row r carries over from batch i to batch i + 1:
+
+        stream:  d3 d3 d3 d0 d0 d1 d1 d1 d1 d4 d4 d2 d2 d2 d2 d2 d2 d5 ...   (n tokens)
+                 └──────── row 0 ────────┘└──────── row 1 ────────┘ ...     (bs rows of L = n // bs tokens)
+
+                   batch 0     batch 1     batch 2
+                 ┌──────────┬──────────┬──────┐
+        row 0    │ t0 .. t69│t70 .. ...│ ...  │      x = row[j : j + sl]
+        row 1    │          │          │      │      y = row[j + 1 : j + 1 + sl]
+        ...      │          │          │      │
+        row bs-1 └──────────┴──────────┴──────┘
+
+    The stream is never materialized: a window's positions are mapped back to (doc, offset) with a searchsorted on
+    the shuffled docs' cumulative lengths, then gathered from the memmap. With `rank`/`world_size` each DDP rank
+    takes its own `bs // world_size` contiguous rows of the global batch (all ranks must share the torch seed so they
+    shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start.
+    """
+    distributed_aware = True
+
+    def __init__(self, ids, offsets=None, doc_idx=None, bs: int = 64, bptt: int = 70, shuffle: bool = False,
+                 var_bptt: bool = False, backwards: bool = False, rank: int = 0, world_size: int = 1):
+        if offsets is None:  # a TokenStore
+            ids, offsets = ids.ids, ids.offsets
+        if bs % world_size: raise ValueError(f'global bs={bs} is not divisible by world_size={world_size}')
+        self.ids, self.offsets = ids, np.asarray(offsets)
+        self.doc_idx = np.arange(len(self.offsets) - 1) if doc_idx is None else np.asarray(doc_idx)
+        self.bs, self.global_bs, self.bptt, self.shuffle = bs // world_size, bs, bptt, shuffle
+        self.var_bptt, self.backwards, self.rank, self.world_size = var_bptt, backwards, rank, world_size
+        lens = self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]
+        self.n_tokens = int(lens.sum())
+        self.row_len = self.n_tokens // bs  # L: tokens per row (the stream's tail that doesn't fill a row is dropped)
+        if self.row_len < 2: raise ValueError(f'{self.n_tokens} tokens are too few for bs={bs} rows')
+
+    def __len__(self) -> int:
+        "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."
+        return math.ceil((self.row_len - 1) / self.bptt)
+
+    def _order(self):
+        return self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
+
+    def _seq_len(self) -> int:
+        if not self.var_bptt: return self.bptt
+        bptt = self.bptt if torch.rand(()).item() < 0.95 else self.bptt / 2
+        return max(5, int(round(float(torch.normal(float(bptt), 5.0, ())))))
+
+    def __iter__(self):
+        order = self._order()
+        starts = self.offsets[order]  # where each doc of the stream lives in the memmap
+        cum = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(self.offsets[order + 1] - starts, out=cum[1:])  # stream position where each doc starts
+        n, L = cum[-1], self.row_len
+        rows = np.arange(self.rank * self.bs, (self.rank + 1) * self.bs, dtype=np.int64) * L  # (bs,) row starts
+        j = 0
+        while j < L - 1:
+            sl = min(self._seq_len(), L - 1 - j)
+            pos = rows[:, None] + j + np.arange(sl + 1)  # (bs, sl + 1) stream positions
+            if self.backwards: pos = n - 1 - pos
+            k = np.searchsorted(cum, pos, side='right') - 1  # which doc of the stream
+            win = torch.from_numpy(np.asarray(self.ids[starts[k] + pos - cum[k]], dtype=np.int64))  # (bs, sl + 1)
+            yield win[:, :-1], win[:, 1:]  # x, y: (bs, sl)
+            j += sl
+
+
+# ---------------------------------------------------------------- classification
+
+class SortSampler(Sampler):
+    "Indices sorted by length, longest first (validation: little padding, deterministic)."
+    def __init__(self, lengths):
+        self.lengths = np.asarray(lengths)
+
+    def __len__(self): return len(self.lengths)
+
+    def __iter__(self):
+        return iter(np.argsort(-self.lengths, kind='stable').tolist())
+
+
+class SortishSampler(Sampler):
+    """Roughly sorted by length, with randomness (torch's global RNG):
+
+        randperm ─► [ megabatch 0 (50*bs) ][ megabatch 1 ] ...     each sorted by length, longest first
+                 ─► cut into batches of bs ─► the batch holding the longest doc goes first (so an out-of-memory
+                    shows up at once), the others are shuffled
+    """
+    def __init__(self, lengths, bs: int, mega: int = 50):
+        self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
+
+    def __len__(self): return len(self.lengths)
+
+    def __iter__(self):
+        idx = torch.randperm(len(self.lengths)).numpy()
+        sz = self.bs * self.mega
+        megas = [idx[i:i + sz] for i in range(0, len(idx), sz)]
+        idx = np.concatenate([m[np.argsort(-self.lengths[m], kind='stable')] for m in megas])
+        batches = [idx[i:i + self.bs] for i in range(0, len(idx), self.bs)]
+        first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
+        rest = [b for i, b in enumerate(batches) if i != first]
+        rest = [rest[i] for i in torch.randperm(len(rest)).tolist()]
+        return iter(np.concatenate([batches[first]] + rest).tolist())
+
+
+def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int | None = None):
+    """[(ids, label), ...] -> x (bs, sl) LongTensor padded with `pad_idx`, y (bs,) or (bs, n_labels).
+
+        pad_first=True:   [pad pad pad  a   b   c ]      (the RNN reads the text last, right before pooling)
+                          [ d   e   f   g   h   i ]
+        pad_first=False:  [ a   b   c  pad pad pad]
+    `max_len` keeps the last max_len tokens of longer docs."""
+    seqs = [np.asarray(s[0]) for s in samples]
+    if max_len is not None: seqs = [s[-max_len:] for s in seqs]
+    sl = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), sl), pad_idx, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        t = torch.from_numpy(s.astype(np.int64))
+        if pad_first: x[i, sl - len(s):] = t
+        else: x[i, :len(s)] = t
+    ys = [s[1] for s in samples]
+    y = torch.as_tensor(np.stack(ys)) if isinstance(ys[0], np.ndarray) and ys[0].ndim else torch.tensor(ys)
+    return x, (y.float() if y.is_floating_point() else y.long())
+
+
+class TextClassDataset(Dataset):
+    "Docs `idx` of a TokenStore as (ids, label); ids truncated to the last `max_len` tokens when given."
+    def __init__(self, store, idx, max_len: int | None = None):
+        self.store, self.idx, self.max_len = store, np.asarray(idx), max_len
+
+    def __len__(self): return len(self.idx)
+
+    def __getitem__(self, i):
+        j = self.idx[i]
+        ids = np.asarray(self.store[j])
+        if self.max_len is not None: ids = ids[-self.max_len:]
+        return ids, self.store.labels[j]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        ls = self.store.lengths[self.idx]
+        return np.minimum(ls, self.max_len) if self.max_len is not None else ls
+
+
+def class_loaders(store, bs: int = 64, train_splits=('train',), valid_splits=('test',), max_len: int | None = None,
+                  pad_first: bool = True, num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
+    "Train (SortishSampler) and valid (SortSampler) DataLoaders over a store's labeled docs of the given splits."
+    pad = store.vocab.pad_idx
+    dls = []
+    for splits, train in ((train_splits, True), (valid_splits, False)):
+        splits = (splits,) if isinstance(splits, str) else tuple(splits)
+        ds = TextClassDataset(store, store.labeled_idx(*splits), max_len)
+        if len(ds) == 0: raise ValueError(f'{store.path}: no labeled docs in split(s) {splits}')
+        sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
+        dls.append(DataLoader(ds, batch_size=bs if train else bs * 2, sampler=sampler, num_workers=num_workers,
+                              collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len)))
+    return dls[0], dls[1]
+
+
+def lm_loaders(store, bs: int = 64, bptt: int = 70, train_splits=None, valid_splits=None, **kwargs):
+    "Train (shuffled) and valid LMLoaders over a store; valid is None when `valid_splits` is None."
+    tr = store.split_idx(*train_splits) if train_splits else None
+    trn = LMLoader(store.ids, store.offsets, tr, bs, bptt, shuffle=True, **kwargs)
+    if not valid_splits: return trn, None
+    kwargs.pop('var_bptt', None)
+    return trn, LMLoader(store.ids, store.offsets, store.split_idx(*valid_splits), bs, bptt, shuffle=False, **kwargs)

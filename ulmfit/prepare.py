@@ -1,0 +1,125 @@
+"""Build (or find) the token store for a dataset: `python -m ulmfit prepare --dataset imdb`.
+
+Datasets are fetched into $ULMFIT_DATA (default ./data) from their fast.ai URLs, or from a mirror folder
+(--mirror / $ULMFIT_MIRROR) holding the archive of the same file name. --corpus reads explicit files or folders
+instead (WikiText .raw/.tokens[.gz], plain-text corpora, CSV/TSV/Parquet, an IMDB folder or .tgz). The store goes to
+$ULMFIT_DATA/cache/<key>/ and a second run with the same inputs and settings reuses it at once.
+"""
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
+from ulmfit.store import TokenStore, build_store, data_root
+from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer
+from ulmfit.vocab import Vocab
+
+DATASETS = ('imdb', 'imdb_sample', 'wikitext-103', 'wikitext-2')
+
+
+def reader_for_path(path, errors: str = 'strict'):
+    "Pick a reader from what a path looks like."
+    p = Path(path)
+    name = p.name.lower()
+    if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or (p.is_file() and name.endswith(('.tgz', '.tar.gz'))):
+        return ImdbReader(p, errors=errors)
+    if p.is_dir() and any(q.suffix in ('.raw', '.tokens') or q.name.endswith(('.raw.gz', '.tokens.gz'))
+                          for q in p.iterdir()):
+        return WikiTextReader(p, errors=errors)
+    if '.raw' in name or '.tokens' in name: return WikiTextReader(p, errors=errors)
+    if name.removesuffix('.gz').endswith(('.csv', '.tsv', '.parquet', '.pq')):
+        return TableReader(p, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
+    return TextCorpusReader(p, errors=errors)
+
+
+class MultiReader:
+    "Several readers one after another."
+    def __init__(self, readers): self.readers = list(readers)
+    def __iter__(self):
+        for r in self.readers: yield from r
+    def fingerprint(self): return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
+
+
+def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, errors: str = 'strict'):
+    "The reader for a named dataset (fetched if needed) or for explicit `corpus` paths."
+    if corpus:
+        rs = [reader_for_path(p, errors) for p in corpus]
+        return rs[0] if len(rs) == 1 else MultiReader(rs)
+    from common.download import untar_data
+    if dataset not in DATASETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {DATASETS} or pass --corpus')
+    path = untar_data(dataset, root, mirror)
+    if dataset == 'imdb': return ImdbReader(path, errors=errors)
+    if dataset == 'imdb_sample':
+        return TableReader(path / 'texts.csv', text_cols='text', label_cols='label', valid_col='is_valid',
+                           errors=errors)
+    return WikiTextReader(path, errors=errors)
+
+
+def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000,
+              seed: int = 42) -> SentencePieceTokenizer:
+    "Train (or reuse) a SentencePiece model on a reservoir sample of `n_sample` docs."
+    key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    out = data_root(root) / 'cache' / f'spm-{key}'
+    if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
+    rng, sample = random.Random(seed), []
+    for i, d in enumerate(reader):
+        if i < n_sample: sample.append(d.text)
+        elif (j := rng.randrange(i + 1)) < n_sample: sample[j] = d.text
+    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
+
+
+def prepare_dataset(dataset: str | None = 'imdb', corpus=None, tokenizer: str = 'spacy', max_vocab: int = 60000,
+                    min_freq: int = 3, n_workers: int | None = None, mirror=None, root=None,
+                    vocab: Vocab | str | None = None, spm_vocab_size: int = 15000, spm_model_type: str = 'unigram',
+                    errors: str = 'strict', progress: bool = True) -> TokenStore:
+    "Fetch + tokenize + numericalize a dataset into a TokenStore (reused when already built)."
+    reader = dataset_reader(dataset, corpus, mirror, root, errors)
+    if isinstance(vocab, (str, Path)):
+        p = Path(vocab)
+        vocab = Vocab.load(p / 'vocab.json' if p.is_dir() else p)
+    if tokenizer == 'spacy': tok = SpacyTokenizer()
+    elif tokenizer == 'spm': tok = train_spm(reader, root, spm_vocab_size, spm_model_type)
+    else: raise ValueError(f"tokenizer must be 'spacy' or 'spm', not {tokenizer!r}")
+    name = dataset if not corpus else ','.join(Path(c).name for c in corpus)
+    return build_store(reader, tok, vocab, max_vocab, min_freq, n_workers, root, progress=progress, name=name)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog='python -m ulmfit prepare', description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--dataset', choices=DATASETS, default=None,
+                    help='named dataset to fetch and tokenize (imdb: train+test+unsup, labels pos/neg)')
+    ap.add_argument('--corpus', nargs='+', metavar='PATH',
+                    help='explicit files/folders instead of a download (e.g. wiki.valid.raw.gz, train.txt.gz, texts.csv)')
+    ap.add_argument('--tokenizer', choices=('spacy', 'spm'), default='spacy',
+                    help='spacy: fastai rules + spaCy English (default); spm: SentencePiece trained on a sample')
+    ap.add_argument('--max-vocab', type=int, default=60000, help='vocab size cap incl. specials (default 60000)')
+    ap.add_argument('--min-freq', type=int, default=3, help='keep tokens seen at least this often (default 3)')
+    ap.add_argument('--vocab-from', metavar='PATH', help="reuse a vocab: a store folder or vocab.json (e.g. the LM's)")
+    ap.add_argument('--spm-vocab-size', type=int, default=15000, help='SentencePiece vocab size (default 15000)')
+    ap.add_argument('--spm-model-type', choices=('unigram', 'bpe'), default='unigram')
+    ap.add_argument('--n-workers', type=int, default=None, help='tokenizer processes (default: all cores)')
+    ap.add_argument('--mirror', metavar='DIR', help='folder holding dataset archives (overrides $ULMFIT_MIRROR)')
+    ap.add_argument('--data', metavar='DIR', help='data root (overrides $ULMFIT_DATA, default ./data)')
+    ap.add_argument('--errors', choices=('strict', 'replace'), default='strict',
+                    help="undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them")
+    a = ap.parse_args(argv)
+    if not a.dataset and not a.corpus: ap.error('give --dataset or --corpus')
+    t0 = time.time()
+    store = prepare_dataset(a.dataset, a.corpus, a.tokenizer, a.max_vocab, a.min_freq, a.n_workers, a.mirror, a.data,
+                            a.vocab_from, a.spm_vocab_size, a.spm_model_type, a.errors)
+    m = store.meta
+    print(f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
+          f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
+    print(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
+    print(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
+    return store
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,378 @@
+"Text -> tokens: fastai-style rules around spaCy's English tokenizer, a SentencePiece alternative, and a parallel runner."
+import html
+import os
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from multiprocessing import get_context
+
+import numpy as np
+from spacy.attrs import IDX, LENGTH
+
+# Special tokens and their ids are fixed: every vocab starts with them in this order.
+UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = 'xxunk xxpad xxbos xxeos xxfld xxrep xxwrep xxup xxmaj'.split()
+SPECIALS = [UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ]
+
+
+# ---------------------------------------------------------------- pre-rules (text -> text)
+
+_HTML_FIXES = [('#39;', "'"), ('amp;', '&'), ('#146;', "'"), ('nbsp;', ' '), ('#36;', '$'), ('\\n', '\n'),
+               ('quot;', "'"), ('<br />', '\n'), ('\\"', '"'), ('<unk>', UNK), (' @.@ ', '.'), (' @-@ ', '-'),
+               (' @,@ ', ','), ('\\', ' \\ ')]
+_re_spaces = re.compile(r'  +')
+
+
+def fix_html(t: str) -> str:
+    "Undo HTML/WikiText escapes: `'a<br />b &amp; c'` -> `'a\\nb & c'`, `'x @-@ y'` -> `'x-y'`."
+    for old, new in _HTML_FIXES:
+        if old in t: t = t.replace(old, new)
+    if '&' in t: t = html.unescape(t)
+    return _re_spaces.sub(' ', t)
+
+
+_re_rep = re.compile(r'(\S)(\1{3,})')
+
+
+def replace_rep(t: str) -> str:
+    "A character repeated 4+ times: `'wow!!!!!'` -> `'wow xxrep 5 ! '`."
+    return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
+
+
+_re_wrep = re.compile(r'(\b\w+\W+)(\1{3,})')
+
+
+def replace_wrep(t: str) -> str:
+    "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no way'`."
+    return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
+
+
+_re_spec = re.compile(r'([/#])')
+
+
+def spec_add_spaces(t: str) -> str:
+    "Put spaces around `/` and `#`: `'and/or #1'` -> `'and / or  # 1'`."
+    return _re_spec.sub(r' \1 ', t)
+
+
+def rm_useless_spaces(t: str) -> str:
+    "Collapse runs of spaces (not other whitespace): `'a   b\\n\\nc'` -> `'a b\\n\\nc'`."
+    return _re_spaces.sub(' ', t)
+
+
+# ---------------------------------------------------------------- post-rules (tokens -> tokens)
+
+def replace_all_caps(toks: list[str]) -> list[str]:
+    "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
+    res = []
+    for t in toks:
+        if len(t) > 1 and t.isupper(): res += [UP, t.lower()]
+        else: res.append(t)
+    return res
+
+
+def replace_maj(toks: list[str]) -> list[str]:
+    "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
+    res = []
+    for t in toks:
+        if len(t) > 1 and t[0].isupper() and t[1:].islower(): res += [MAJ, t.lower()]
+        else: res.append(t)
+    return res
+
+
+def lowercase(toks: list[str]) -> list[str]:
+    "Lowercase every token: `['xxmaj', 'the', 'iPhone']` -> `['xxmaj', 'the', 'iphone']`."
+    return [t.lower() for t in toks]
+
+
+PRE_RULES = [fix_html, replace_rep, replace_wrep, spec_add_spaces, rm_useless_spaces]
+POST_RULES = [replace_all_caps, replace_maj, lowercase]
+
+
+def apply_pre_rules(t: str, rules=PRE_RULES) -> str:
+    "Run the text-level rules in order."
+    for r in rules: t = r(t)
+    return t
+
+
+def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
+    "Run the token-level rules in order (fastai v1 order: caps, then maj, then lowercase)."
+    for r in rules: toks = r(toks)
+    return toks
+
+
+def _chunk_post(toks: list[str]) -> tuple[str, ...]:
+    # The post-rules only ever look at one token, so they can be applied per chunk.
+    return tuple(apply_post_rules(toks))
+
+
+# ---------------------------------------------------------------- spaCy tokenizer with a chunk memo
+
+# spaCy walks the text alternating between runs of whitespace and runs of non-whitespace ("chunks"). Each chunk is
+# tokenized on its own (prefixes/suffixes/infixes/special cases never look past it); a whitespace run gives nothing
+# when it is a single ' ' after a chunk, else one token (minus that ' '). So if we cut the text at single spaces,
+#
+#   "xxbos Great movie!! \n\nThe end"      (after the pre-rules: no double spaces)
+#    └───┘ └───┘ └────┘ └─────┘ └─┘         pieces = text.split(' ')
+#      ↓     ↓      ↓       ↓     ↓
+#   [xxbos][xxmaj great][movie ! !][\n\n xxmaj the][end]
+#
+# every piece maps to the same tokens wherever it appears (between single spaces), and that map, piece -> final
+# post-processed tokens (or their ids), can be memoized per process. Real text repeats its pieces a lot, so most of
+# spaCy's per-call work and all of the post-rule Python work disappear. Texts where this reasoning needs care (a
+# space between two other whitespace chars, leading whitespace, double spaces) take the plain path; the output is
+# the same either way, and tests plus bench/tokenize_speed.py --reference-docs check it against plain spaCy.
+_re_ws_sp_ws = re.compile(r'\s \s')
+
+
+class SpacyTokenizer:
+    "fastai-compatible rules + spaCy's blank English tokenizer; `tok(text) -> list[str]`, memoized per piece."
+    kind = 'spacy'
+
+    def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
+                 memo_size: int = 2_000_000):
+        self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
+        self._ref, self._fast, self._memos = None, None, {}
+
+    def config(self) -> dict:
+        "Everything that changes the output (goes into the store's cache key)."
+        import spacy
+        return dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
+                    spacy=spacy.__version__, rules_version=1)
+
+    def __getstate__(self):  # the spaCy pipelines are rebuilt in each worker process
+        return dict(lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
+                    memo_size=self.memo_size)
+
+    def __setstate__(self, d):
+        self.__init__(**d)
+
+    @property
+    def spacy_tok(self):
+        "Plain `spacy.blank(lang).tokenizer`."
+        if self._ref is None:
+            import spacy
+            self._ref = spacy.blank(self.lang).tokenizer
+        return self._ref
+
+    @property
+    def _fast_tok(self):
+        # Same tokenizer, but new words skip spaCy's lexical attributes (shape, like_num, ...): they cost most of
+        # the time on unseen words and never influence where tokens are split.
+        if self._fast is None:
+            import spacy
+            nlp = spacy.blank(self.lang)
+            nlp.vocab.lex_attr_getters = {}
+            self._fast = nlp.tokenizer
+        return self._fast
+
+    def prepare(self, text: str) -> str:
+        "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
+        if self.include_bos: text = f'{BOS} {text}'
+        if self.include_eos: text = f'{text} {EOS}'
+        return apply_pre_rules(text)
+
+    def reference(self, text: str) -> list[str]:
+        "The slow, obviously-correct path: pre-rules, plain spaCy on the whole text, post-rules."
+        return apply_post_rules([t.text for t in self.spacy_tok(self.prepare(text))])
+
+    def _fill(self, miss: list[str], memo: dict, conv) -> None:
+        "Tokenize the pieces missing from `memo` with one spaCy call and store `conv(tokens)` for each."
+        if len(memo) > self.memo_size: memo.clear()  # bounded memory on huge corpora
+        # Each piece sits between ' x ' separators so it sees the same single-space context as in the text. A token
+        # belongs to the piece it starts in (a trailing-whitespace token like '\n ' may run into the separator).
+        starts, pos = [], 2
+        for p in miss: starts.append(pos); pos += len(p) + 3
+        joined = 'x ' + ' x '.join(miss) + ' x'
+        idx, lens = self._fast_tok(joined).to_array([IDX, LENGTH]).T  # no Token objects: much cheaper
+        starts = np.asarray(starts)
+        k = np.searchsorted(starts, idx, 'right') - 1
+        keep = (k >= 0) & (idx < starts[k] + np.fromiter(map(len, miss), np.int64, len(miss))[k])
+        toks = [[] for _ in miss]
+        for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()): toks[kk].append(joined[i:i + n])
+        for p, tk in zip(miss, toks): memo[p] = conv(tk)
+
+    def _run(self, text: str, memo: dict, conv) -> list:
+        text = self.prepare(text)
+        if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace(): text = text[:-1]  # spaCy drops it too
+        if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
+            return list(conv([t.text for t in self._fast_tok(text)]))  # rare: the plain path
+        pieces = text.split(' ')
+        got = list(map(memo.get, pieces))
+        if None in got:
+            self._fill(list(dict.fromkeys(p for p, g in zip(pieces, got) if g is None)), memo, conv)
+            got = list(map(memo.__getitem__, pieces))
+        return list(chain.from_iterable(got))
+
+    def __call__(self, text: str) -> list[str]:
+        "Tokens of one document (identical to `reference(text)`)."
+        return self._run(text, self._memos.setdefault('str', {}), _chunk_post)
+
+    def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
+        "Token ids of one document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
+        if self._memos.get('ids_of') is not stoi: self._memos['ids'], self._memos['ids_of'] = {}, stoi
+
+        def conv(toks):
+            ids = []
+            for t in apply_post_rules(toks):
+                i = stoi.get(t)
+                if i is None: i = stoi[t] = len(itos); itos.append(t)
+                ids.append(i)
+            return tuple(ids)
+        return self._run(text, self._memos['ids'], conv)
+
+
+# ---------------------------------------------------------------- SentencePiece
+
+class SentencePieceTokenizer:
+    "Pre-rules + a SentencePiece model (unigram or BPE), same specials; `tok(text) -> list[str]`."
+    kind = 'spm'
+
+    def __init__(self, model_path, include_bos: bool = True, include_eos: bool = False):
+        self.model_path, self.include_bos, self.include_eos = str(model_path), include_bos, include_eos
+        self._sp = None
+
+    @classmethod
+    def train(cls, texts: Iterable[str], out_dir, vocab_sz: int = 15000, model_type: str = 'unigram',
+              max_sentences: int = 1_000_000, char_coverage: float = 0.99999, **kwargs):
+        "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
+        import sentencepiece as spm
+        out_dir = os.fspath(out_dir); os.makedirs(out_dir, exist_ok=True)
+        raw = os.path.join(out_dir, 'spm_train.txt')
+        with open(raw, 'w', encoding='utf-8') as f:
+            for n, t in enumerate(texts):
+                if n >= max_sentences: break
+                f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
+        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/bos/eos/pad map
+        # onto ours.
+        spm.SentencePieceTrainer.train(
+            input=raw, model_prefix=os.path.join(out_dir, 'spm'), vocab_size=vocab_sz, model_type=model_type,
+            character_coverage=char_coverage, unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS,
+            unk_id=0, pad_id=1, bos_id=2, eos_id=3, user_defined_symbols=SPECIALS[4:], hard_vocab_limit=False,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True, minloglevel=2, **kwargs)
+        os.remove(raw)
+        return cls(os.path.join(out_dir, 'spm.model'))
+
+    def config(self) -> dict:
+        import hashlib
+        with open(self.model_path, 'rb') as f: h = hashlib.sha256(f.read()).hexdigest()
+        return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
+
+    def __getstate__(self):
+        return dict(model_path=self.model_path, include_bos=self.include_bos, include_eos=self.include_eos)
+
+    def __setstate__(self, d):
+        self.__init__(**d)
+
+    @property
+    def sp(self):
+        if self._sp is None:
+            import sentencepiece as spm
+            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        return self._sp
+
+    def __call__(self, text: str) -> list[str]:
+        toks = self.sp.encode(apply_pre_rules(text), out_type=str)
+        return ([BOS] if self.include_bos else []) + toks + ([EOS] if self.include_eos else [])
+
+    def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
+        res = []
+        for t in self(text):
+            i = stoi.get(t)
+            if i is None: i = stoi[t] = len(itos); itos.append(t)
+            res.append(i)
+        return res
+
+
+# ---------------------------------------------------------------- parallel runner
+
+_W = {}  # per-process worker state
+
+
+def _init_worker(tok):
+    _W.clear(); _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=os.getpid())
+
+
+def _tok_batch(texts):
+    tok = _W['tok']
+    return [tok(t) for t in texts]
+
+
+def _enc_batch(texts):
+    "Encode a batch with worker-local ids; ship the ids as one array plus the tokens this worker saw first."
+    tok, stoi, itos = _W['tok'], _W['stoi'], _W['itos']
+    lens, ids = np.empty(len(texts), np.int64), []
+    for j, t in enumerate(texts):
+        d = tok.encode(t, stoi, itos)
+        lens[j] = len(d); ids += d
+    new = itos[_W['sent']:]; _W['sent'] = len(itos)
+    return _W['pid'], np.asarray(ids, dtype=np.int32), lens, new
+
+
+def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
+    b = []
+    for t in texts:
+        b.append(t)
+        if len(b) == chunk: yield b; b = []
+    if b: yield b
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
+def _run(fn, tok, texts, n_workers, chunk):
+    "Map `fn` over batches of `texts` in worker processes; results in order, at most a few batches in flight."
+    n_workers = default_workers() if n_workers is None else n_workers
+    if n_workers <= 1:
+        _init_worker(tok)
+        for b in _batches(texts, chunk): yield fn(b)
+        return
+    # Pool.imap would read the whole input ahead; a small window of async tasks keeps memory bounded.
+    with get_context('fork').Pool(n_workers, initializer=_init_worker, initargs=(tok,)) as pool:
+        pending = deque()
+        for b in _batches(texts, chunk):
+            pending.append(pool.apply_async(fn, (b,)))
+            if len(pending) >= 3 * n_workers: yield pending.popleft().get()
+        while pending: yield pending.popleft().get()
+
+
+def tokenize_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256
+                   ) -> Iterator[list[str]]:
+    "Tokenize `texts` in `n_workers` processes, yielding one token list per text, in order."
+    tok = tok or SpacyTokenizer()
+    for res in _run(_tok_batch, tok, texts, n_workers, chunk): yield from res
+
+
+class TokenTable:
+    "Maps each worker's local ids to one growing table of token strings, and counts them."
+    def __init__(self):
+        self.stoi, self.itos, self._maps, self.counts = {}, [], {}, np.zeros(1024, np.int64)
+
+    def add(self, pid, local_ids, new_toks):
+        "Translate a worker batch (local ids + the tokens it saw first) to table ids and count them."
+        m = self._maps.setdefault(pid, np.zeros(0, np.int32))
+        ext = np.empty(len(new_toks), np.int32)
+        for j, t in enumerate(new_toks):
+            i = self.stoi.get(t)
+            if i is None: i = self.stoi[t] = len(self.itos); self.itos.append(t)
+            ext[j] = i
+        if len(ext): m = self._maps[pid] = np.concatenate([m, ext])
+        ids = m[local_ids]
+        if len(self.itos) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(max(len(self.itos), 2 * len(self.counts)) -
+                                                                len(self.counts), np.int64)])
+        self.counts += np.bincount(ids, minlength=len(self.counts)) if len(ids) else 0
+        return ids
+
+    def counter(self) -> dict:
+        return {t: int(c) for t, c in zip(self.itos, self.counts[:len(self.itos)])}
+
+
+def encode_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256,
+                 table: TokenTable | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    "Tokenize in parallel, yielding (ids int32, doc_lens) per batch with ids into `table` (which also counts)."
+    tok = tok or SpacyTokenizer()
+    table = TokenTable() if table is None else table
+    for pid, ids, lens, new in _run(_enc_batch, tok, texts, n_workers, chunk):
+        yield table.add(pid, ids, new), lens
