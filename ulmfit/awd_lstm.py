@@ -1,0 +1,296 @@
+"""AWD-LSTM (Merity et al. 2017, "Regularizing and Optimizing LSTM Language Models"), as used by ULMFiT.
+
+Four small dropout modules, a stack of LSTMs and a tied decoder:
+
+    ids (bs, sl) ─ EmbeddingDropout ─ RNNDropout(input_p) ─┬─ LSTM₀ ─ RNNDropout(hidden_p) ─ LSTM₁ ─ ... ─ LSTMₙ ─ raw
+                                                            each LSTM's hidden-to-hidden weight goes through WeightDropout
+    raw (bs, sl, emb_sz) ─ RNNDropout(output_p) ─ Linear (weight tied to the embedding) ─ logits (bs, sl, vocab_sz)
+
+The language model returns `(logits, raw, out)`: AR/TAR need the last layer's raw and dropped outputs.
+`RNNCallback` unpacks that tuple at `after_pred`, so losses and metrics see plain logits.
+"""
+import contextlib
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.callback import Callback
+
+
+# ---- config -----------------------------------------------------------------------------------------------
+@dataclass
+class AWDLSTMConfig:
+    "Model hyperparameters; defaults are fastai's `awd_lstm_lm_config` (the ULMFiT WikiText-103 model)."
+    vocab_sz: int = 0  # set from the vocab when the model is built
+    emb_sz: int = 400
+    n_hid: int = 1152
+    n_layers: int = 3
+    pad_id: int = 1
+    output_p: float = 0.1
+    hidden_p: float = 0.15
+    input_p: float = 0.25
+    embed_p: float = 0.02
+    weight_p: float = 0.2
+    tie_weights: bool = True
+    out_bias: bool = True
+    drop_mult: float = 1.0  # scales every dropout above
+
+    def p(self, name):
+        "A dropout probability after `drop_mult`."
+        return getattr(self, name) * self.drop_mult
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        "Rebuild from `to_dict()`; an unknown key is an error, not silently dropped."
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown AWDLSTMConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        "One of PRESETS, with `overrides` applied."
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS = {
+    # The ULMFiT / fastai WT103 language model (fastai `awd_lstm_lm_config`).
+    'paper': AWDLSTMConfig(),
+    # Half the width: ~4x fewer LSTM FLOPs, so ~3x the tokens/s of `paper` on a 2-core CPU (see bench/lm_speed.py).
+    'cpu': AWDLSTMConfig(emb_sz=256, n_hid=768),
+    'tiny': AWDLSTMConfig(emb_sz=32, n_hid=64, n_layers=2),
+}
+
+# fastai's `awd_lstm_clas_config`: the classifier's dropouts (with drop_mult 0.5 in the ULMFiT IMDB recipe).
+CLAS_DROPOUTS = dict(output_p=0.4, hidden_p=0.3, input_p=0.4, embed_p=0.05, weight_p=0.5)
+
+
+def clas_config(config, drop_mult=0.5):
+    "The same sizes as `config` with the classifier's dropouts."
+    return replace(config, drop_mult=drop_mult, **CLAS_DROPOUTS)
+
+
+# ---- the four dropouts -----------------------------------------------------------------------------------
+def dropout_mask(x, sz, p):
+    "A Bernoulli(1-p) mask of shape `sz` like `x`, scaled by 1/(1-p) so the expectation is unchanged."
+    return x.new_empty(*sz).bernoulli_(1 - p).div_(1 - p)
+
+
+class RNNDropout(nn.Module):
+    "Variational dropout: one mask per sequence, shared across all time steps."
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):  # (bs, sl, n)
+        if not self.training or self.p == 0.:
+            return x
+        return x * dropout_mask(x.detach(), (x.size(0), 1, x.size(2)), self.p)  # mask (bs, 1, n)
+
+
+class EmbeddingDropout(nn.Module):
+    "Drops whole rows of the embedding matrix (a word vanishes everywhere in the batch) and rescales the rest."
+
+    def __init__(self, emb, embed_p):
+        super().__init__()
+        self.emb, self.embed_p = emb, embed_p
+
+    def forward(self, words):  # (bs, sl) -> (bs, sl, emb_sz)
+        w = self.emb.weight  # (vocab_sz, emb_sz)
+        if self.training and self.embed_p != 0.:
+            w = w * dropout_mask(w.detach(), (w.size(0), 1), self.embed_p)
+        return F.embedding(words, w, self.emb.padding_idx)
+
+
+class WeightDropout(nn.Module):
+    """DropConnect on an `nn.LSTM`'s hidden-to-hidden weight, a fresh mask at every training forward.
+
+    The LSTM keeps its own parameters (`module.weight_hh_l0` is the undropped weight). In training we pass
+    the dropped weight to the same fused kernel `nn.LSTM` uses (`torch._VF.lstm`), so nothing is ever
+    reassigned on the module and no flatten/contiguity warnings appear; in eval we just call the module.
+    """
+
+    def __init__(self, module, weight_p):
+        super().__init__()
+        if not isinstance(module, nn.LSTM) or module.num_layers != 1 or module.bidirectional:
+            raise TypeError("WeightDropout wraps a one-layer, unidirectional nn.LSTM")
+        self.module, self.weight_p = module, weight_p
+
+    def forward(self, x, hidden):  # x (bs, sl, ni), hidden 2 x (1, bs, nh)
+        m = self.module
+        with _lstm_autocast(x):
+            if not self.training or self.weight_p == 0.:
+                return m(x, hidden)
+            w_hh = F.dropout(m.weight_hh_l0, self.weight_p, training=True)
+            weights = [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0]
+            if x.is_cuda:  # cuDNN wants the four weights in one buffer, in this order, or it copies and warns
+                flat = torch.cat([w.reshape(-1) for w in weights])
+                weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
+            out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, m.batch_first)
+            return out, (h, c)
+
+
+def _lstm_autocast(x):
+    "Keep the LSTM in fp32 under CPU autocast where oneDNN has no bf16 LSTM (it fails on e.g. AVX2-only CPUs)."
+    cpu_bf16 = not x.is_cuda and torch.is_autocast_enabled('cpu')
+    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.autocast('cpu', enabled=False)
+    return contextlib.nullcontext()
+
+
+# ---- encoder and decoder ---------------------------------------------------------------------------------
+class AWDLSTMEncoder(nn.Module):
+    "Embedding + `n_layers` weight-dropped LSTMs; the hidden state is carried (detached) from batch to batch."
+
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        self.bs, self.n_layers, self.hidden = 1, c.n_layers, None
+        emb = nn.Embedding(c.vocab_sz, c.emb_sz, padding_idx=c.pad_id)
+        nn.init.uniform_(emb.weight, -0.1, 0.1)
+        with torch.no_grad():
+            emb.weight[c.pad_id].zero_()
+        self.embed = EmbeddingDropout(emb, c.p('embed_p'))
+        self.input_dp = RNNDropout(c.p('input_p'))
+        # The last layer outputs emb_sz so the decoder can share the embedding matrix.
+        sizes = [c.emb_sz] + [c.n_hid] * (c.n_layers - 1) + [c.emb_sz]
+        self.rnns = nn.ModuleList([WeightDropout(nn.LSTM(ni, nh, batch_first=True), c.p('weight_p'))
+                                   for ni, nh in zip(sizes[:-1], sizes[1:])])
+        self.hidden_dps = nn.ModuleList([RNNDropout(c.p('hidden_p')) for _ in range(c.n_layers - 1)])
+
+    def step(self, x, hidden):
+        "One pass over `x` (bs, sl) from `hidden` (list of (h, c) per layer); returns (raw output, new hidden)."
+        out = self.input_dp(self.embed(x))  # (bs, sl, emb_sz)
+        new_hidden = []
+        for i, rnn in enumerate(self.rnns):
+            out, h = rnn(out, hidden[i])  # (bs, sl, n_hid), or emb_sz for the last layer
+            new_hidden.append(h)
+            if i < self.n_layers - 1:
+                out = self.hidden_dps[i](out)
+        return out, new_hidden
+
+    def forward(self, x):  # (bs, sl) -> (bs, sl, emb_sz)
+        if self.hidden is None or x.size(0) != self.bs:
+            self.reset(x.size(0))
+        out, hidden = self.step(x, self.hidden)
+        # Truncated BPTT: the state flows into the next batch, its gradient does not.
+        self.hidden = [(h.detach(), c.detach()) for h, c in hidden]
+        return out
+
+    def init_hidden(self, bs):
+        "Zero (h, c) for every layer."
+        w = self.embed.emb.weight
+        return [(w.new_zeros(1, bs, rnn.module.hidden_size), w.new_zeros(1, bs, rnn.module.hidden_size))
+                for rnn in self.rnns]
+
+    def reset(self, bs=None):
+        "Forget the hidden state (between epochs, documents, or when the batch size changes)."
+        self.bs = bs if bs is not None else self.bs
+        self.hidden = self.init_hidden(self.bs)
+
+
+class LinearDecoder(nn.Module):
+    "Output dropout, then a linear layer to the vocab whose weight may be the embedding's."
+
+    def __init__(self, config, tie_to=None):
+        super().__init__()
+        c = config
+        self.output_dp = RNNDropout(c.p('output_p'))
+        self.decoder = nn.Linear(c.emb_sz, c.vocab_sz, bias=c.out_bias)
+        if tie_to is not None:
+            self.decoder.weight = tie_to.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if c.out_bias:
+            nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, raw):  # (bs, sl, emb_sz) -> logits (bs, sl, vocab_sz), raw, dropped
+        out = self.output_dp(raw)
+        return self.decoder(out), raw, out
+
+
+def get_language_model(config):
+    "nn.Sequential(AWDLSTMEncoder, LinearDecoder); forward returns (logits, raw, out)."
+    if config.vocab_sz <= 0:
+        raise ValueError("set config.vocab_sz (the vocab's size) before building the model")
+    enc = AWDLSTMEncoder(config)
+    return nn.Sequential(enc, LinearDecoder(config, tie_to=enc.embed.emb if config.tie_weights else None))
+
+
+def lm_splitter(model):
+    "Layer groups for discriminative LRs: each LSTM, then embedding + decoder (which share the tied matrix)."
+    enc, dec = model[0], model[1]
+    groups = [list(rnn.parameters()) for rnn in enc.rnns]
+    last = list(enc.embed.parameters())
+    last += [p for p in dec.parameters() if all(p is not q for q in last)]
+    return groups + [last]
+
+
+# ---- loss, metrics, AR/TAR ---------------------------------------------------------------------------------
+def lm_loss(pred, y):
+    "Cross-entropy over every position: pred (bs, sl, vocab_sz), y (bs, sl)."
+    return F.cross_entropy(pred.reshape(-1, pred.size(-1)).float(), y.reshape(-1))
+
+
+def lm_accuracy(pred, y):
+    "Next-token accuracy."
+    return (pred.argmax(-1) == y).float().mean()
+
+
+def ar_tar(raw_out, out, alpha=2., beta=1.):
+    "Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n)."
+    ar = alpha * out.float().pow(2).mean()
+    tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+    return ar + tar
+
+
+def reset_model(model):
+    "Call `reset()` on every submodule that has one (the encoder's hidden state)."
+    for m in model.modules():
+        if m is not model and hasattr(m, 'reset') and callable(m.reset):
+            m.reset()
+
+
+class RNNCallback(Callback):
+    "Resets hidden state before each train/valid pass; unpacks (logits, raw, out) so losses see logits."
+    order = -5
+
+    def before_train(self):
+        reset_model(self.learn.model)
+
+    def before_validate(self):
+        reset_model(self.learn.model)
+
+    def after_pred(self):
+        if isinstance(self.learn.pred, tuple):
+            self.learn.pred, self.raw_out, self.out = self.learn.pred
+        else:
+            self.raw_out = self.out = None
+
+
+RNNResetCallback = RNNCallback
+
+
+class ARTARCallback(Callback):
+    "Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`."
+    order = 5  # after RNNCallback, before MixedPrecision (10) scales loss_grad
+
+    def __init__(self, alpha=2., beta=1.):
+        self.alpha, self.beta = alpha, beta
+
+    @property
+    def name(self):
+        return 'artar'
+
+    def after_loss(self):
+        rnn = self.learn.rnn
+        if self.learn.training and rnn.raw_out is not None:
+            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta)

@@ -1,0 +1,58 @@
+"""A language-model folder: everything needed to rebuild the model, from plain data only.
+
+    DIR/lm.pth        checkpoint (common.checkpoint format): full LM state dict, config dict, extras['itos']
+    DIR/encoder.pth   the same for the encoder alone (keys without the '0.' prefix), for classifiers
+    DIR/vocab.json    {"itos": [...]}
+    DIR/config.json   the AWDLSTMConfig as a dict
+"""
+import json
+from pathlib import Path
+
+from common.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint
+
+from .awd_lstm import AWDLSTMConfig, get_language_model
+from .classifier import encoder_state
+
+
+def _write_json(obj, path):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode('utf-8')))
+
+
+def save_model_folder(path, model, config, itos, extras=None):
+    "Write a language model (nn.Sequential(encoder, decoder)), its config and vocab to folder `path`."
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if len(itos) != config.vocab_sz:
+        raise ValueError(f"vocab has {len(itos)} tokens but config.vocab_sz is {config.vocab_sz}")
+    cfg, itos = config.to_dict(), list(itos)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ex = dict(extras or {}, itos=itos)
+    save_checkpoint(path / 'lm.pth', sd, config=cfg, extras=ex)
+    save_checkpoint(path / 'encoder.pth', encoder_state(sd), config=cfg, extras=ex)
+    _write_json({'itos': itos}, path / 'vocab.json')
+    _write_json(cfg, path / 'config.json')
+    return path
+
+
+def load_vocab(path):
+    "The itos list of a model folder."
+    with open(Path(path) / 'vocab.json', encoding='utf-8') as f:
+        d = json.load(f)
+    return d['itos'] if isinstance(d, dict) else d
+
+
+def load_model_folder(path, map_location='cpu'):
+    "Rebuild the language model of a folder written by `save_model_folder`: returns (model, config, itos)."
+    path = Path(path)
+    ck = load_checkpoint(path / 'lm.pth', map_location)
+    config = AWDLSTMConfig.from_dict(ck['config'])
+    model = get_language_model(config)
+    load_model_state(model, ck['model'], path / 'lm.pth')
+    return model, config, load_vocab(path)
+
+
+def load_encoder_folder(path, map_location='cpu'):
+    "The encoder part of a model folder: returns (encoder state dict, config, itos)."
+    path = Path(path)
+    ck = load_checkpoint(path / 'encoder.pth', map_location)
+    return ck['model'], AWDLSTMConfig.from_dict(ck['config']), load_vocab(path)
