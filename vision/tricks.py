@@ -99,8 +99,8 @@ class MixUp(Callback):
         if not self.learn.training: return
         xb, yb = self.learn.xb, self.learn.yb
         self.lam = draw_lam(len(yb), self.alpha, xb.device)                      # (bs,)
-        perm = torch.randperm(len(yb), device=xb.device)
-        self.learn.xb, self.y_a, self.y_b = mixup(xb, yb, self.lam, perm)
+        self.perm = torch.randperm(len(yb), device=xb.device)
+        self.learn.xb, self.y_a, self.y_b = mixup(xb, yb, self.lam, self.perm)
 
     def after_loss(self):
         if not self.learn.training: return
@@ -143,8 +143,8 @@ class CutMix(Callback):
         h, w = xb.shape[-2:]
         lam = float(Beta(torch.tensor(float(self.alpha)), torch.tensor(float(self.alpha))).sample())
         box = cutmix_box(h, w, lam, random.randrange(h), random.randrange(w))
-        perm = torch.randperm(len(yb), device=xb.device)
-        self.learn.xb, self.y_a, self.y_b, self.lam = cutmix(xb, yb, box, perm)
+        self.perm = torch.randperm(len(yb), device=xb.device)
+        self.learn.xb, self.y_a, self.y_b, self.lam = cutmix(xb, yb, box, self.perm)
 
     def after_loss(self):
         if not self.learn.training: return

@@ -104,7 +104,9 @@ def xresnet(cfg: XResNetConfig):
               for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers))]
     body_ = nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages)
     init_cnn(body_)
-    return nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
+    model = nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
+    model.config = cfg             # plain data, so a checkpoint can store `asdict(model.config)` and rebuild
+    return model
 
 
 # ---- registry: one line per variant ------------------------------------------------------------------------

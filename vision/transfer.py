@@ -1,0 +1,167 @@
+"""`python -m vision transfer`: reuse an Imagewoof xresnet on Oxford-IIIT Pet (37 breeds), four ways.
+
+    scratch           the same architecture, random init, everything trained
+    naive             pretrained body + new head, everything trainable from the start
+    frozen_bn         body frozen INCLUDING its BatchNorm layers, head trained; then all unfrozen, one LR
+    frozen_except_bn  body frozen EXCEPT BatchNorm, head + BN trained; then all unfrozen with discriminative
+                      LRs from `bn_splitter` (lower LRs for earlier layers)
+
+Each gets the same number of epochs. Freezing BN as well is the trap: its running statistics and affine terms
+still describe Imagewoof, and a frozen body's features never adapt to them.
+Writes runs/<name>/report.md with the table of the four accuracies.
+"""
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.config import Setting, config_to_json, parse_run_config
+from common.runs import new_run_dir, write_config, write_json
+
+from .data import image_dls, pets_items, subsample
+from .train import COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, setup
+from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, init_cnn, model_from_dict, splitter
+
+PROG = 'python -m vision transfer'
+EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
+
+SETTINGS = {
+    **COMMON_SETTINGS,
+    'checkpoint': Setting(None, 'Imagewoof checkpoint (default: newest runs_dir/imagewoof-<preset>*/checkpoints/'
+                                'model.pth)'),
+    'data': Setting('oxford-iiit-pet', 'data set name in the download registry'),
+    'valid_pct': Setting(0.2, 'fraction of the Pets images held out for validation (seeded random split)'),
+    'split_seed': Setting(42, 'seed of the train/valid split'),
+    'n_images': Setting(None, 'use only this many Pets images (a seeded random subset, before the split)'),
+    'epochs_frozen': Setting(2, 'epochs with the body frozen (the two freezing experiments)'),
+    'epochs_unfrozen': Setting(4, 'epochs after unfreezing; scratch and naive get both counts together'),
+    'lr': Setting(1e-2, 'peak LR for the head (and for scratch/naive)'),
+    'lr_unfrozen': Setting(2e-3, 'peak LR after unfreezing (top layer group)'),
+    'lr_spread': Setting(10.0, 'discriminative LRs: the first layer group gets lr_unfrozen / lr_spread'),
+    'experiments': Setting(list(EXPERIMENTS), 'comma-separated subset of: ' + ', '.join(EXPERIMENTS)),
+}
+
+PRESETS = {
+    'tiny': {'size': 32, 'bs': 32, 'n_images': 400, 'epochs_frozen': 1, 'epochs_unfrozen': 1, 'workers': 1,
+             'progress': False},
+    'cpu': {'size': 64, 'bs': 32, 'epochs_frozen': 2, 'epochs_unfrozen': 4, 'workers': 1},
+    'paper': {'size': 128, 'bs': 64, 'epochs_frozen': 3, 'epochs_unfrozen': 5, 'workers': 8,
+              'precision': 'bf16', 'channels_last': True},
+}
+
+
+def find_checkpoint(runs_dir, preset):
+    "The newest runs_dir/imagewoof-<preset>*/checkpoints/model.pth."
+    found = sorted(Path(runs_dir).glob(f'imagewoof-{preset}*/checkpoints/model.pth'), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no Imagewoof checkpoint under {runs_dir}/imagewoof-{preset}*; run "
+                         f"`python -m vision train --preset {preset}` first or pass --checkpoint")
+    return found[-1]
+
+
+def body_width(b, c_in, size):
+    "Channels of the body's output, found by running a small batch through it (BN statistics left untouched)."
+    was_training = b.training
+    b.eval()
+    with torch.no_grad():
+        nf = b(torch.zeros(2, c_in, size, size, device=next(b.parameters()).device)).shape[1]
+    b.train(was_training)
+    return nf
+
+
+def transfer_model(pretrained, n_out, size):
+    "Pretrained body (cut before the pooling layer) + new head: concat pool, flatten, linear to `n_out`."
+    b = copy.deepcopy(body(pretrained))
+    nf = body_width(b, pretrained.config.c_in, size)
+    head = nn.Sequential(AdaptiveConcatPool2d(1), nn.Flatten(), nn.Linear(2 * nf, n_out))
+    init_cnn(head)
+    model = nn.Sequential(b, head)
+    model.config = dataclasses.replace(pretrained.config, n_out=n_out)
+    return model
+
+
+def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
+    "Train one of the four variants; returns (accuracy, minutes, recorder history)."
+    model = transfer_model(pretrained, n_out, cfg['size'])
+    if kind == 'scratch':                                       # same architecture, fresh weights everywhere
+        fresh = model_from_dict({**dataclasses.asdict(pretrained.config), 'n_out': n_out})
+        model = transfer_model(fresh, n_out, cfg['size'])
+    split, train_bn = {'frozen_bn': (splitter, False), 'frozen_except_bn': (bn_splitter, True)}.get(kind,
+                                                                                                 (splitter, True))
+    learn = make_learner(model, dls, cfg, run_dir, stage=kind, splitter=split, train_bn=train_bn)
+    history, t0 = [], time.time()
+    if kind in ('scratch', 'naive'):
+        learn.fit_one_cycle(cfg['epochs_frozen'] + cfg['epochs_unfrozen'], cfg['lr'])
+        history += learn.recorder.history
+    else:
+        learn.freeze()                                          # only the last group: the head (+ body BN, bn_splitter)
+        learn.fit_one_cycle(cfg['epochs_frozen'], cfg['lr'])
+        history += learn.recorder.history
+        learn.unfreeze()
+        n = learn.n_groups
+        lr = cfg['lr_unfrozen']
+        lrs = [lr] * n if kind == 'frozen_bn' else [lr / cfg['lr_spread'] ** ((n - 1 - i) / (n - 1)) for i in range(n)]
+        learn.fit_one_cycle(cfg['epochs_unfrozen'], lrs)
+        history += [dict(h, epoch=h['epoch'] + cfg['epochs_frozen']) for h in learn.recorder.history]
+    acc = learn.validate()['accuracy']
+    return acc, (time.time() - t0) / 60, history
+
+
+def main(argv=None):
+    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
+    unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
+    if unknown: raise SystemExit(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    setup(cfg)
+    ck_path = Path(cfg['checkpoint'] or find_checkpoint(cfg['runs_dir'], cfg['preset']))
+    pretrained, ck = load_model(ck_path)
+    run_dir = new_run_dir(cfg['name'] or f"pets-transfer-{cfg['preset']}", cfg['runs_dir'])
+    path = dataset_path(cfg, cfg['data'])
+    images = path / 'images' if (path / 'images').is_dir() else path
+    cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
+    write_config(run_dir, cfg)
+    print(f"run folder: {run_dir}\ncheckpoint: {ck_path}\ndata: {images}")
+
+    (tp, tl), (vp, vl), classes = pets_items(images, cfg['valid_pct'], cfg['split_seed'])
+    n_all = len(tp) + len(vp)
+    if cfg['n_images']:
+        frac = cfg['n_images'] / n_all
+        (tp, tl), (vp, vl) = subsample((tp, tl), round(len(tp) * frac)), subsample((vp, vl), round(len(vp) * frac))
+    split_note = (f"Seeded random split (numpy default_rng({cfg['split_seed']}) permutation) of the {n_all} images "
+                  f"in `{images}`: {round(n_all * cfg['valid_pct'])} ({cfg['valid_pct']:.0%}) held out for "
+                  f"validation, the rest for training; labels are the file names without the trailing `_<n>.jpg`; "
+                  f"{len(classes)} classes. Used here: {len(tp)} training / {len(vp)} validation images.")
+    print(split_note)
+    dls = image_dls((tp, tl), (vp, vl), cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'])
+
+    results, histories = {}, {}
+    for kind in cfg['experiments']:
+        torch.manual_seed(cfg['seed'])                          # same head init and data order for every variant
+        acc, minutes, hist = run_experiment(kind, pretrained, dls, len(classes), cfg, run_dir)
+        results[kind], histories[kind] = {'accuracy': acc, 'minutes': round(minutes, 2)}, hist
+        print(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
+        write_json(run_dir / 'metrics.json', {'results': results, 'split': split_note, 'checkpoint': str(ck_path)})
+
+    what = {'scratch': 'from scratch (random init), all trainable',
+            'naive': 'pretrained, all trainable from the start',
+            'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
+            'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)'}
+    epochs = cfg['epochs_frozen'] + cfg['epochs_unfrozen']
+    report = [f"# Transfer: Imagewoof xresnet -> Oxford-IIIT Pet ({len(classes)} breeds), {cfg['size']} px", '',
+              f"Pretrained: `{ck_path}` ({ck['config'].get('arch', '?')}, width {ck['config'].get('width', '?')}; "
+              f"Imagewoof trained at {ck['config'].get('size', '?')} px).", '', f"Split: {split_note}", '',
+              fmt_table(['variant', 'what', 'epochs', 'accuracy', 'minutes'],
+                        [[k, what[k], epochs if k in ('scratch', 'naive') else
+                          f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}",
+                          f"{r['accuracy']:.4f}", r['minutes']] for k, r in results.items()]), '',
+              f"Head LR {cfg['lr']}; after unfreezing: top LR {cfg['lr_unfrozen']}, discriminative spread "
+              f"{cfg['lr_spread']}x over the layer groups (frozen_except_bn only); {cfg['opt']} wd {cfg['wd']}, "
+              f"label smoothing {cfg['label_smoothing']}, bs {cfg['bs']}, precision {cfg['precision']}."]
+    for k, h in histories.items():
+        report += ['', f'## {k}', '', history_table(h)]
+    report += ['', '```json', config_to_json(cfg), '```']
+    (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
+    print(f"report: {run_dir / 'report.md'}")
+    return run_dir, results
