@@ -66,7 +66,8 @@ def bare_steps(model, data, precision):
 def learner_steps(model, data, precision):
     "The same steps through `Learner.fit` (one epoch, no validation batches)."
     from common.learner import DataLoaders, Learner
-    learn = Learner(model, DataLoaders(data, []), F.cross_entropy, lr=1e-2, precision=precision)
+    learn = Learner(model, DataLoaders(data), F.cross_entropy, lr=1e-2, precision=precision, progress=False,
+                    device='cpu')
     learn.fit(1)
 
 

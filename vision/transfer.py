@@ -12,6 +12,7 @@ Writes runs/<name>/report.md with the table of the four accuracies.
 """
 import copy
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ SETTINGS = {
     **COMMON_SETTINGS,
     'checkpoint': Setting(None, 'Imagewoof checkpoint (default: newest runs_dir/imagewoof-<preset>*/checkpoints/'
                                 'model.pth)'),
-    'data': Setting('oxford-iiit-pet', 'data set name in the download registry'),
+    'data': Setting(None, 'data set name in the download registry (default: oxford-iiit-pet-subset-160 when a '
+                          'mirror is set, as the mirror holds only that subset; else oxford-iiit-pet)'),
     'valid_pct': Setting(0.2, 'fraction of the Pets images held out for validation (seeded random split)'),
     'split_seed': Setting(42, 'seed of the train/valid split'),
     'n_images': Setting(None, 'use only this many Pets images (a seeded random subset, before the split)'),
@@ -118,6 +120,8 @@ def main(argv=None):
     ck_path = Path(cfg['checkpoint'] or find_checkpoint(cfg['runs_dir'], cfg['preset']))
     pretrained, ck = load_model(ck_path)
     run_dir = new_run_dir(cfg['name'] or f"pets-transfer-{cfg['preset']}", cfg['runs_dir'])
+    if cfg['data'] is None:
+        cfg['data'] = 'oxford-iiit-pet-subset-160' if cfg['mirror'] or os.environ.get('ULMFIT_MIRROR') else 'oxford-iiit-pet'
     path = dataset_path(cfg, cfg['data'])
     images = path / 'images' if (path / 'images').is_dir() else path
     cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
