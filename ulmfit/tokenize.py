@@ -24,7 +24,7 @@ _re_spaces = re.compile(r'  +')
 
 
 def fix_html(t: str) -> str:
-    "Undo HTML/WikiText escapes: `'a<br />b &amp; c'` -> `'a\\nb & c'`, `'x @-@ y'` -> `'x-y'`."
+    "Undo HTML/WikiText escapes: `'a<br />b &lt;i&gt;'` -> `'a\\nb <i>'`, `'x @-@ y'` -> `'x-y'`, `'&amp;'` -> `'&&'`."
     for old, new in _HTML_FIXES:
         if old in t: t = t.replace(old, new)
     if '&' in t: t = html.unescape(t)
@@ -43,7 +43,7 @@ _re_wrep = re.compile(r'(\b\w+\W+)(\1{3,})')
 
 
 def replace_wrep(t: str) -> str:
-    "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no way'`."
+    "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no  way'`."
     return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
 
 
