@@ -93,9 +93,16 @@ def test_weight_dropout_resamples_in_train_not_in_eval_and_raw_gets_grad():
     wd.eval()
     ref, _ = wd.module(x, h)
     assert torch.equal(wd(x, h)[0], ref) and torch.equal(wd(x, h)[0], wd(x, h)[0])
-    # With p=0 the training path (functional kernel) matches nn.LSTM exactly.
-    wd.weight_p = 0.
-    assert torch.allclose(wd.train()(x, h)[0], ref, atol=1e-6)
+    # The training path is nn.LSTM with a dropped-out hidden-to-hidden weight (the same mask, replayed by seed).
+    wd.train()
+    torch.manual_seed(7)
+    got = wd(x, h)[0]
+    ref_lstm = nn.LSTM(5, 6, batch_first=True)
+    ref_lstm.load_state_dict(wd.module.state_dict())
+    torch.manual_seed(7)
+    with torch.no_grad():
+        ref_lstm.weight_hh_l0.copy_(torch.nn.functional.dropout(wd.module.weight_hh_l0, 0.5, True))
+    assert torch.allclose(got, ref_lstm(x, h)[0], atol=1e-6)
 
 
 def test_hidden_state_carries_across_calls_and_reset_clears_it():

@@ -104,10 +104,13 @@ class EmbeddingDropout(nn.Module):
         self.emb, self.embed_p = emb, embed_p
 
     def forward(self, words):  # (bs, sl) -> (bs, sl, emb_sz)
-        w = self.emb.weight  # (vocab_sz, emb_sz)
+        out = self.emb(words)  # (bs, sl, emb_sz)
         if self.training and self.embed_p != 0.:
-            w = w * dropout_mask(w.detach(), (w.size(0), 1), self.embed_p)
-        return F.embedding(words, w, self.emb.padding_idx)
+            # One mask value per vocab row, looked up per token: the same as scaling the whole matrix's rows,
+            # without materialising a (vocab_sz, emb_sz) copy every batch.
+            mask = dropout_mask(out.detach(), (self.emb.num_embeddings, 1), self.embed_p)  # (vocab_sz, 1)
+            out = out * F.embedding(words, mask)  # (bs, sl, 1)
+        return out
 
 
 class WeightDropout(nn.Module):
@@ -133,6 +136,8 @@ class WeightDropout(nn.Module):
             weights = [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0]
             if x.is_cuda:  # cuDNN wants the four weights in one buffer, in this order, or it copies and warns
                 flat = torch.cat([w.reshape(-1) for w in weights])
+                if torch.is_autocast_enabled('cuda'):  # cast the buffer once, not each weight apart
+                    flat = flat.to(torch.get_autocast_dtype('cuda'))
                 weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
             out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, m.batch_first)
             return out, (h, c)
