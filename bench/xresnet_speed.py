@@ -13,10 +13,14 @@ import time
 
 # glibc hands large freed buffers back to the OS and then page-faults them in again on the next step; on the
 # small VMs this runs on that alone costs a third of the step. Keep them: re-exec with the knobs set.
-_MALLOC = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736'}
-if __name__ == '__main__' and any(os.environ.get(k) != v for k, v in _MALLOC.items()) \
+# OpenMP threads that spin at every op's barrier lose their core to any other busy process on a shared 2-core
+# VM (2-4x slower); sleeping waiters cost little when the machine is idle. An explicit setting in the
+# environment wins over this default.
+_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
+        'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
+if __name__ == '__main__' and any(os.environ.get(k) != v for k, v in _ENV.items()) \
         and not os.environ.get('XRESNET_BENCH_NO_REEXEC'):
-    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **_MALLOC})
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **_ENV})
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=20, help='timed steps (after warm-up)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--bare', action='store_true', help='time a bare loop even when the Learner is available')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0 = torch default)')
     return p.parse_args(argv)
 
 
@@ -73,6 +78,7 @@ def learner_steps(model, data, precision):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = xresnet18(n_out=10)
     if args.channels_last: model = model.to(memory_format=torch.channels_last)
@@ -90,7 +96,8 @@ def main(argv=None):
     print(json.dumps({'images_per_s': round(args.steps * args.bs / dt, 1), 'model': 'xresnet18', 'bs': args.bs,
                       'size': args.size, 'precision': args.precision, 'channels_last': args.channels_last,
                       'steps': args.steps, 'loop': 'learner' if run is learner_steps else 'bare',
-                      'threads': torch.get_num_threads(), 'torch': torch.__version__}))
+                      'threads': torch.get_num_threads(), 'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
+                      'load_avg_1min': round(os.getloadavg()[0], 2), 'torch': torch.__version__}))
 
 
 if __name__ == '__main__':

@@ -49,7 +49,7 @@ SETTINGS = {
 PRESETS = {
     'tiny': {'size': 32, 'bs': 32, 'n_images': 400, 'epochs_frozen': 1, 'epochs_unfrozen': 1, 'workers': 1,
              'progress': False},
-    'cpu': {'size': 64, 'bs': 32, 'epochs_frozen': 2, 'epochs_unfrozen': 4, 'workers': 1},
+    'cpu': {'size': 64, 'bs': 32, 'epochs_frozen': 2, 'epochs_unfrozen': 3, 'workers': 1},
     'paper': {'size': 128, 'bs': 64, 'epochs_frozen': 3, 'epochs_unfrozen': 5, 'workers': 8,
               'precision': 'bf16', 'channels_last': True},
 }
