@@ -5,6 +5,7 @@ events it cares about, and an `order` (lower runs first). Control flow that leav
 only through the cancel exceptions below; each has a matching `after_cancel_*` event, and the stage's
 `after_*` event still fires.
 """
+import re
 
 EVENTS = frozenset('''before_fit before_epoch before_train before_batch after_pred after_loss
     before_backward before_step after_step after_batch after_train
@@ -67,7 +68,8 @@ class Callback:
         n = type(self).__name__
         if n.endswith('Callback') and n != 'Callback':
             n = n[:-len('Callback')]
-        return ''.join('_' + c.lower() if c.isupper() else c for c in n).lstrip('_')
+        n = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', n)  # LRFinder -> LR_Finder
+        return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', n).lower()  # MixedPrecision -> mixed_precision, RNN -> rnn
 
     # Callbacks that must survive a resume override these two.
     def state_dict(self):

@@ -7,7 +7,7 @@ order  callback
    5   LRFinder            exponential LR sweep
   10   MixedPrecision      autocast, fp16 loss scaling, skipped steps
   20   GradientClip        clip by total norm (after unscaling)
-  30   NaNGuard            stops on a non-finite loss
+  30   NanGuard            stops on a non-finite loss
   50   Recorder            losses, hyper-parameters, metrics
   60   ProgressCallback    progress bars and the per-epoch table
   70   EarlyStopping, SaveBest, CheckpointCallback, TimeBudget
@@ -229,7 +229,7 @@ class GradientClip(Callback):
         nn.utils.clip_grad_norm_([p for p in self.learn.model.parameters() if p.grad is not None], self.max_norm)
 
 
-class NaNGuard(Callback):
+class NanGuard(Callback):
     "Stops training with a clear message as soon as the training loss is NaN or infinite."
     order = 30
 

@@ -45,7 +45,7 @@ class Learner:
         self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = 0
         self.training, self.resume_state, self.lr_finding = False, None, False
         if default_cbs:
-            self.add_cbs([C.DeviceCallback(device), C.Recorder(metrics), C.NaNGuard()])
+            self.add_cbs([C.DeviceCallback(device), C.Recorder(metrics), C.NanGuard()])
             if progress:
                 self.add_cbs(C.ProgressCallback())
             if precision != 'fp32':

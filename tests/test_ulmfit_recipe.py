@@ -1,0 +1,147 @@
+"ULMFiT recipe: vocab transfer, gradual unfreezing, a classifier that must read word order, the TextClassifier API."
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ulmfit import recipe
+from ulmfit.api import TextClassifier, load_classifier
+from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
+from common.checkpoint import CheckpointError
+from ulmfit.awd_lstm import clas_config
+from ulmfit.classifier import get_text_classifier
+
+
+def test_match_embeds_copies_shared_rows_and_means_new_ones():
+    old = ['xxunk', 'xxpad', 'the', 'cat', 'dog']
+    new = ['xxunk', 'xxpad', 'dog', 'zebra', 'the', 'yak', 'fish', 'cat']
+    m = get_language_model(AWDLSTMConfig.preset('tiny', vocab_sz=len(old)))
+    sd = m.state_dict()
+    out, n = recipe.match_embeds(sd, old, new)
+    assert n == 5
+    for key in ('0.embed.emb.weight', '1.decoder.weight', '1.decoder.bias'):
+        w_old, w_new = sd[key], out[key]
+        assert w_new.shape[0] == len(new)
+        for i, t in enumerate(new):
+            expected = w_old[old.index(t)] if t in old else w_old.mean(0)
+            assert torch.allclose(w_new[i], expected), (key, t)
+    assert torch.equal(out['0.rnns.0.module.weight_ih_l0'], sd['0.rnns.0.module.weight_ih_l0'])
+    m2 = get_language_model(AWDLSTMConfig.preset('tiny', vocab_sz=len(new)))
+    m2.load_state_dict(out)  # fits a model built for the new vocab
+
+
+def test_gradual_unfreezing_schedule(monkeypatch):
+    cfg = AWDLSTMConfig.preset('tiny', vocab_sz=16)
+    learn = recipe.clas_learner(cfg, 2, dls=None)
+    calls = []
+
+    def fake_fit(n_epoch, lrs, moms=None):
+        trainable = [any(p.requires_grad for p in g) for g in learn.param_groups()]
+        calls.append((n_epoch, lrs, trainable))
+    monkeypatch.setattr(learn, 'fit_one_cycle', fake_fit)
+    recipe.train_classifier(learn, None, log=lambda *a: None)
+    # groups: embedding, LSTM 0, LSTM 1, head (tiny has 2 layers)
+    assert [c[2] for c in calls] == [[False, False, False, True], [False, False, True, True],
+                                     [False, True, True, True], [True, True, True, True]]
+    assert [c[0] for c in calls] == [1, 1, 1, 2]
+    for (_, lrs, _), top in zip(calls, (2e-2, 1e-2, 5e-3, 1e-3)):
+        assert lrs == pytest.approx([top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top])
+
+
+def order_corpus(n, seed):
+    "Label 1 when 'alpha' comes before 'omega': every document holds both words, so only order tells."
+    rnd = random.Random(seed)
+    fill = ['red', 'green', 'blue', 'big', 'small', 'cat', 'dog', 'runs', 'sleeps', 'very']
+    rows = []
+    for _ in range(n):
+        words = [rnd.choice(fill) for _ in range(rnd.randint(4, 10))]
+        i, j = sorted(rnd.sample(range(len(words) + 2), 2))
+        first, second = ('alpha', 'omega') if rnd.random() < 0.5 else ('omega', 'alpha')
+        words.insert(i, first)
+        words.insert(j, second)
+        rows.append((' '.join(words), 'pos' if first == 'alpha' else 'neg'))
+    return pd.DataFrame(rows, columns=['text', 'label'])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp('data')
+    df = order_corpus(480, 0)
+    df['is_valid'] = np.arange(len(df)) >= 400
+    config = AWDLSTMConfig(vocab_sz=0, emb_sz=32, n_hid=64, n_layers=2)
+    clf = TextClassifier(config=config, bs=32, data_root=root, verbose=False)
+    with pytest.warns(UserWarning, match='from scratch'):
+        clf.fit(df, valid_col='is_valid', stages=[(0, 8, 1e-2)], drop_mult=0.1)
+    return clf, root
+
+
+def test_classifier_learns_word_order(trained):
+    clf, _ = trained
+    assert clf.results['accuracy'] > 0.85, clf.results
+
+
+def test_predict_keeps_input_order_and_handles_empty(trained):
+    clf, _ = trained
+    texts = ['red alpha dog omega', '', 'omega big big big cat sleeps very very small alpha', '   ',
+             'alpha ' + 'red ' * 3000 + 'omega']  # very long: the last max_len tokens are read
+    with pytest.warns(UserWarning, match='2 empty'):
+        preds = clf.predict(texts)
+    assert len(preds) == 5
+    assert preds[1].label is None and preds[3].label is None and preds[1].probs == {}
+    assert preds[0].label == 'pos' and preds[2].label == 'neg'
+    assert set(preds[0].probs) == {'neg', 'pos'} and abs(sum(preds[0].probs.values()) - 1) < 1e-5
+    # one by one gives the same answers as in a batch sorted by length
+    single = [clf.predict([t])[0] for t in (texts[0], texts[2])]
+    assert [p.label for p in single] == [preds[0].label, preds[2].label]
+    assert single[0].probs['pos'] == pytest.approx(preds[0].probs['pos'], abs=1e-4)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    clf, _ = trained
+    clf.save(tmp_path / 'clf')
+    again = TextClassifier.load(tmp_path / 'clf', verbose=False)
+    texts = ['red alpha dog omega', 'omega cat alpha']
+    assert [p.label for p in again.predict(texts)] == [p.label for p in clf.predict(texts)]
+
+
+def test_load_rejects_vocab_mismatch(trained, tmp_path):
+    clf, _ = trained
+    d = clf.save(tmp_path / 'clf')
+    import json
+    (d / 'config.json').write_text(json.dumps({'tampered': True}))  # the checkpoint, not config.json, is the truth
+    load_classifier(d)
+    from common.checkpoint import load_checkpoint, save_checkpoint
+    ck = load_checkpoint(d / 'clas.pth')
+    ck['extras']['itos'] = ck['extras']['itos'][:-8]
+    save_checkpoint(d / 'clas.pth', ck['model'], ck['config'], extras=ck['extras'])
+    with pytest.raises(CheckpointError, match='vocab has'):
+        load_classifier(d)
+
+
+def test_fit_errors_name_the_problem(tmp_path):
+    clf = TextClassifier(config=AWDLSTMConfig.preset('tiny'), data_root=tmp_path, verbose=False)
+    df = pd.DataFrame({'text': ['a b', 'c d', 'e f'], 'label': ['x', 'y', 'z'], 'v': [False, False, True]})
+    with pytest.raises(KeyError, match="'labels'"):
+        clf.fit(df, label_col='labels', valid_col='v')
+    with pytest.raises(ValueError, match=r"never seen in training: \['z'\]"):
+        clf.fit(df, valid_col='v')
+    with pytest.raises(RuntimeError, match="isn't trained"):
+        clf.predict(['hello'])
+
+
+def test_classifier_prediction_ignores_padding():
+    torch.manual_seed(0)
+    cfg = clas_config(AWDLSTMConfig.preset('tiny', vocab_sz=50))
+    m = get_text_classifier(cfg, 3, bptt=8, max_len=40).eval()
+    doc = torch.randint(2, 50, (1, 13))
+    m[0].reset()
+    a = m(doc)
+    padded = torch.cat([torch.full((1, 21), cfg.pad_id), doc], 1)
+    m[0].reset()
+    b = m(padded)
+    a = a[0] if isinstance(a, tuple) else a
+    b = b[0] if isinstance(b, tuple) else b
+    assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,254 @@
+"""`TextClassifier`: ULMFiT on your own labelled texts.
+
+    clf = TextClassifier.from_pretrained('runs/lm-cpu/model')   # a model folder (ours or imported from fastai)
+    clf.fine_tune_lm(texts)                                      # list / Series / DataFrame column / folder of .txt
+    clf.fit(df, text_col='text', label_col='label', valid_col='is_valid')
+    clf.predict(['great film', 'dull'])                          # [Prediction(label, probs), ...] in input order
+    clf.save('my-clf'); TextClassifier.load('my-clf')
+
+Defined behaviours:
+- empty or whitespace-only texts are predicted as `Prediction(None, {})` (nothing to read), with a warning;
+- texts longer than `max_len` tokens are classified from their last `max_len` tokens (as in training);
+- validation labels never seen in training raise a ValueError naming them;
+- a saved classifier is one folder: `clas.pth` (weights, config, vocab, classes, settings), `vocab.json`,
+  `config.json`; loading checks that vocab, config and weights agree.
+"""
+import json
+import warnings
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from common.learner import DataLoaders
+
+from . import recipe
+from .awd_lstm import AWDLSTMConfig, clas_config
+from .classifier import get_text_classifier
+from .datasets import TableReader, TextCorpusReader
+from .loaders import pad_collate
+from .model_io import load_model_folder, save_model_folder
+from .store import build_store
+from .tokenize import SpacyTokenizer
+from .vocab import Vocab
+
+Prediction = namedtuple('Prediction', 'label probs')
+
+
+def _as_frame(data, text_col):
+    "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings."
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, Path)) and Path(data).is_file():
+        p = Path(data)
+        if p.suffix == '.parquet':
+            return pd.read_parquet(p)
+        return pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',')
+    if isinstance(data, (list, tuple, pd.Series, np.ndarray)):
+        return pd.DataFrame({text_col: list(data)})
+    raise TypeError(f"expected a DataFrame, a CSV/TSV/Parquet path or a list of texts, got {type(data).__name__}")
+
+
+def _text_reader(texts, text_col='text'):
+    "A reader over texts given as a folder of .txt files, a text file, a DataFrame column or a list."
+    if isinstance(texts, (str, Path)) and Path(texts).is_dir():
+        return TextCorpusReader([texts])
+    if isinstance(texts, (str, Path)) and Path(texts).suffix in ('.txt', '.gz'):
+        return TextCorpusReader([texts])
+    df = _as_frame(texts, text_col)
+    return TableReader(df[[text_col]].rename(columns={text_col: 'text'}), text_cols='text', valid_col=None)
+
+
+class TextClassifier:
+    "ULMFiT: a pretrained AWD-LSTM language model, fine-tuned on your texts, then a classifier on top."
+
+    def __init__(self, lm_state=None, config=None, itos=None, tokenizer=None, precision='fp32', bs=32, bptt=72,
+                 max_len=72 * 20, data_root=None, verbose=True):
+        self.lm_state, self.config, self.itos = lm_state, config or AWDLSTMConfig.preset('cpu'), itos
+        self.tok = tokenizer or SpacyTokenizer()
+        self.precision, self.bs, self.bptt, self.max_len = precision, bs, bptt, max_len
+        self.data_root, self.verbose = data_root, verbose
+        self.vocab, self.enc_state, self.model, self.classes, self.multi_label = None, None, None, None, False
+        self.thresholds = None
+
+    def _log(self, *a):
+        if self.verbose:
+            print(*a)
+
+    @classmethod
+    def from_pretrained(cls, model_dir, **kwargs):
+        "Start from a language-model folder (written by `pretrain` or `import-fastai`)."
+        model, config, itos = load_model_folder(model_dir)
+        return cls(lm_state=model.state_dict(), config=config, itos=itos, **kwargs)
+
+    # ---- stage 2: the language model ----------------------------------------------------------------
+    def _vocab_for(self, reader):
+        store = build_store(reader, self.tok, root=self.data_root, progress=self.verbose, name='texts')
+        return store
+
+    def fine_tune_lm(self, texts, text_col='text', frozen_epochs=1, epochs=2, lr=2e-3, frozen_lr=2e-2, bs=32,
+                     bptt=70, valid_pct=0.1, drop_mult=0.3):
+        "Fine-tune the language model on `texts` (no labels needed); builds the vocab from them."
+        store = self._vocab_for(_text_reader(texts, text_col))
+        self.vocab = store.vocab
+        state = self._matched_lm_state()
+        config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
+        dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
+        learn = recipe.finetune_lm(state, config, dls, frozen_epochs=frozen_epochs, frozen_lr=frozen_lr, epochs=epochs,
+                                   lr=lr, precision=self.precision, drop_mult=drop_mult, log=self._log)
+        self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
+        self.enc_state = {k[2:]: v for k, v in self.lm_state.items() if k.startswith('0.')}
+        self.lm_results = learn.validate()
+        return self
+
+    def _matched_lm_state(self):
+        if self.lm_state is None:
+            warnings.warn('no pretrained language model: training from scratch (expect much lower accuracy)')
+            return None
+        state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
+        self._log(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
+        return state
+
+    def save_lm(self, path):
+        "Write the (fine-tuned) language model as a model folder."
+        from .awd_lstm import get_language_model
+        m = get_language_model(self.config)
+        m.load_state_dict(self.lm_state)
+        return save_model_folder(path, m, self.config, self.itos)
+
+    # ---- stage 3: the classifier -------------------------------------------------------------------
+    def fit(self, data, text_col='text', label_col='label', valid_col=None, valid_pct=0.1, stages=None,
+            label_smoothing=0., drop_mult=0.5, seed=42):
+        """Train the classifier with gradual unfreezing. `label_col` may be a list of 0/1 columns (multi-label).
+        Without `valid_col`, a random `valid_pct` of the rows is held out."""
+        df = _as_frame(data, text_col).copy()
+        label_cols = [label_col] if isinstance(label_col, str) else list(label_col)
+        for c in [text_col, *label_cols] + ([valid_col] if valid_col else []):
+            if c not in df.columns:
+                raise KeyError(f"column {c!r} not in the data; columns are {list(df.columns)}")
+        if valid_col is None:
+            rng = np.random.default_rng(seed)
+            df['is_valid'] = rng.random(len(df)) < valid_pct
+            valid_col = 'is_valid'
+        self.multi_label = len(label_cols) > 1
+        if not self.multi_label:
+            train_labels = set(df.loc[~df[valid_col].astype(bool), label_cols[0]].dropna().unique())
+            unseen = set(df.loc[df[valid_col].astype(bool), label_cols[0]].dropna().unique()) - train_labels
+            if unseen:
+                raise ValueError(f"validation labels never seen in training: {sorted(map(str, unseen))}")
+        reader = TableReader(df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0],
+                             valid_col=valid_col)
+        if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
+            vstore = self._vocab_for(_text_reader(df, text_col))
+            self.vocab = vstore.vocab
+            state = self._matched_lm_state()
+            self.config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
+            self.enc_state = {k[2:]: v for k, v in state.items() if k.startswith('0.')} if state else None
+            self.itos = list(self.vocab.itos)
+        store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root, progress=self.verbose,
+                            name='labelled')
+        self.classes = list(store.label_names)
+        tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
+        if len(tr) == 0 or len(va) == 0:
+            raise ValueError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
+        dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True, max_len=self.max_len),
+                          recipe.clas_loader(store, va, self.bs, max_len=self.max_len))
+        learn = recipe.clas_learner(self.config, len(self.classes), dls, multi_label=self.multi_label,
+                                    label_smoothing=label_smoothing, drop_mult=drop_mult, bptt=self.bptt,
+                                    max_len=self.max_len, precision=self.precision)
+        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages or recipe.CLAS_STAGES, log=self._log)
+        self.model, self.drop_mult = learn.model.eval(), drop_mult
+        probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
+        if self.multi_label:
+            from .classifier import fit_thresholds
+            self.thresholds = fit_thresholds(probs, targs).tolist()
+            self.results = {'accuracy_multi': ((probs >= torch.tensor(self.thresholds)) == targs.bool())
+                            .float().mean().item()}
+        else:
+            self.results = recipe.classification_report(probs, targs, self.classes)
+        return self
+
+    # ---- prediction ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, texts, bs=64):
+        "Labels and probabilities for each text, in input order (internally sorted by length for speed)."
+        if self.model is None:
+            raise RuntimeError("the classifier isn't trained: call fit() or TextClassifier.load() first")
+        texts = list(texts)
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
+                          f"predicted as label None")
+        keep = [i for i in range(len(texts)) if i not in set(empty)]
+        ids = [self.vocab.numericalize(self.tok(texts[i]))[-self.max_len:] for i in keep]
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True)
+        self.model.eval()
+        dev = next(self.model.parameters()).device
+        out = [Prediction(None, {})] * len(texts)
+        for s in range(0, len(order), bs):
+            chunk = order[s:s + bs]
+            x, _ = pad_collate([(ids[j], 0) for j in chunk], pad_idx=self.vocab.pad_idx)
+            self.model[0].reset()
+            logits = self.model(x.to(dev))
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits.float(), -1)
+            for j, p in zip(chunk, probs.cpu()):
+                pd_ = {str(c): float(v) for c, v in zip(self.classes, p)}
+                if self.multi_label:
+                    label = [str(c) for c, v, t in zip(self.classes, p, self.thresholds) if v >= t]
+                else:
+                    label = str(self.classes[int(p.argmax())])
+                out[keep[j]] = Prediction(label, pd_)
+        return out
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save(self, path):
+        "Write the classifier as one self-contained folder."
+        if self.model is None:
+            raise RuntimeError("nothing to save: the classifier isn't trained")
+        return save_classifier(path, self.model, self.config, self.itos, self.classes,
+                               {'multi_label': self.multi_label, 'thresholds': self.thresholds, 'bptt': self.bptt,
+                                'max_len': self.max_len, 'drop_mult': getattr(self, 'drop_mult', 0.5),
+                                'tokenizer': self.tok.config()})
+
+    @classmethod
+    def load(cls, path, **kwargs):
+        "Load a folder written by `save` (or by `python -m ulmfit imdb`)."
+        model, config, itos, classes, settings = load_classifier(path)
+        clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
+        clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
+        clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
+        return clf
+
+
+def save_classifier(path, model, config, itos, classes, settings):
+    "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
+    save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
+    for name, obj in (('vocab.json', {'itos': list(itos)}), ('config.json', {**config.to_dict(), 'classes': extras[
+            'classes'], **settings})):
+        atomic_write(path / name, lambda f, o=obj: f.write(json.dumps(o, indent=1, default=str).encode()))
+    return path
+
+
+def load_classifier(path):
+    "Rebuild a saved classifier: (model, config, itos, classes, settings)."
+    path = Path(path)
+    ck = load_checkpoint(path / 'clas.pth')
+    try:
+        config = AWDLSTMConfig.from_dict(ck['config'])
+        itos, classes, settings = ck['extras']['itos'], ck['extras']['classes'], ck['extras']['settings']
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'clas.pth'} is not a classifier folder's checkpoint: {e}") from None
+    if len(itos) != config.vocab_sz:
+        raise CheckpointError(f"{path}: vocab has {len(itos)} tokens but the model expects {config.vocab_sz}")
+    model = get_text_classifier(clas_config(config, settings.get('drop_mult', 0.5)), len(classes),
+                                bptt=settings['bptt'], max_len=settings['max_len'])
+    load_model_state(model, ck['model'], path / 'clas.pth')
+    return model, config, itos, classes, settings

@@ -1,0 +1,220 @@
+"""ULMFiT end to end on IMDB: `python -m ulmfit imdb [--preset tiny|cpu|paper] [--key value ...]`.
+
+  1. get IMDB (download, or ULMFIT_MIRROR) and build one token store (train + test + unsup, with labels)
+  2. take the pretrained LM (`--pretrained DIR`, else the newest runs/lm-*/model; none: from scratch, loudly)
+  3. vocab transfer, then fine-tune the LM on all review text (10% of documents held out)
+  4. train the classifier with gradual unfreezing; evaluate on the 25,000 test reviews
+  5. with --bidirectional, the same backwards, and the averaged-probability ensemble
+The run folder gets report.md, metrics.json (accuracy, per-class precision/recall, stage wall times),
+metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matrix. `--resume RUN_DIR`
+skips the stages whose outputs are already in that folder.
+"""
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common.config import Setting, parse_run_config
+from common.learner import DataLoaders
+from common.plots import plot_confusion
+from common.runs import RunLogger, new_run_dir, write_config, write_json
+
+from . import recipe
+from .api import load_classifier, save_classifier
+from .awd_lstm import AWDLSTMConfig
+from .datasets import ImdbReader, TableReader
+from .model_io import load_model_folder, save_model_folder
+from .store import build_store
+from .tokenize import SpacyTokenizer
+
+SETTINGS = {
+    'dataset': Setting('imdb', 'imdb (50k labelled + 50k unlabelled reviews) or imdb_sample (1,000 rows)',
+                       ('imdb', 'imdb_sample')),
+    'pretrained': Setting('', "forward LM model folder; empty = newest runs/lm-*/model; 'none' = from scratch"),
+    'pretrained_bwd': Setting('', "backward LM folder; empty = newest runs/lm-*-bwd/model; 'none' = from scratch"),
+    'bidirectional': Setting(False, 'also train the backward model and report the ensemble'),
+    'model': Setting('cpu', 'AWD-LSTM size when there is no pretrained model', ('tiny', 'cpu', 'paper')),
+    'max_vocab': Setting(60000, 'largest vocab size'),
+    'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
+    'lm_docs': Setting(0, 'fine-tune the LM on this many random documents (0 = all)'),
+    'lm_bs': Setting(64, 'LM fine-tuning batch size'),
+    'lm_bptt': Setting(70, 'LM fine-tuning sequence length'),
+    'lm_drop_mult': Setting(0.3, 'LM fine-tuning dropout multiplier'),
+    'lm_frozen_epochs': Setting(1, 'LM epochs with only the last layer group trainable'),
+    'lm_frozen_lr': Setting(2e-2, 'learning rate of those'),
+    'lm_epochs': Setting(10, 'LM epochs with every layer trainable'),
+    'lm_lr': Setting(2e-3, 'learning rate of those'),
+    'lm_valid_pct': Setting(0.1, 'fraction of documents held out to validate the LM'),
+    'clas_bs': Setting(64, 'classifier batch size'),
+    'clas_lr': Setting(2e-2, 'top learning rate of the first unfreezing stage (later stages: /2, /4, /20)'),
+    'clas_epochs': Setting([1, 1, 1, 2], 'epochs of the four unfreezing stages: head, -2, -3, all'),
+    'clas_drop_mult': Setting(0.5, 'classifier dropout multiplier'),
+    'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
+    'bptt': Setting(72, 'classifier chunk length'),
+    'max_len': Setting(72 * 20, 'classifier reads at most the last max_len tokens'),
+    'label_smoothing': Setting(0.0, 'label smoothing of the classifier loss'),
+    'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
+    'seed': Setting(42, 'random seed'),
+    'name': Setting('', 'run folder name under runs/ (default: imdb-<preset>)'),
+    'runs': Setting('runs', 'where run folders go'),
+    'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
+}
+
+PRESETS = {
+    'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_bs=32, lm_bptt=35,
+                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
+    # About two hours on a 2-core CPU: LM fine-tuning on a third of the review text, one epoch per stage.
+    'cpu': dict(lm_docs=30000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1], max_len=72 * 10),
+    # The fastai ULMFiT IMDB example, for a GPU.
+    'paper': dict(model='paper', lm_bs=128, lm_bptt=80, lm_epochs=10, clas_bs=64, precision='fp16'),
+}
+
+
+def find_pretrained(runs, backwards):
+    "The newest language-model folder under `runs` for this direction (backward runs end in -bwd), or None."
+    cands = [p.parent for p in Path(runs).glob('lm-*/model/lm.pth')
+             if ('-bwd' in p.parent.parent.name) == backwards]
+    return max(cands, key=lambda p: (p / 'lm.pth').stat().st_mtime) if cands else None
+
+
+def imdb_store(cfg):
+    "The token store of the dataset: labels, splits and the vocab built from its text."
+    from common.download import untar_data
+    tok = SpacyTokenizer()
+    if cfg['dataset'] == 'imdb':
+        folder = untar_data('imdb')
+        reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup')), 'test'
+    else:
+        folder = untar_data('imdb_sample')
+        csv = next(Path(folder).rglob('texts.csv'))
+        reader, test_split = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid'), 'valid'
+    store = build_store(reader, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], name=cfg['dataset'])
+    return store, test_split
+
+
+def main(argv=None):
+    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit imdb', description=__doc__)
+    return run(cfg)
+
+
+def run(cfg):
+    "The whole pipeline; returns the run folder."
+    t_start, times = time.time(), {}
+    if cfg['resume']:
+        run_dir = Path(cfg['resume'])
+        cfg = {**json.loads((run_dir / 'config.json').read_text()), 'resume': cfg['resume']}
+    else:
+        run_dir = new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
+    torch.manual_seed(cfg['seed'])
+    t = time.time()
+    store, test_split = imdb_store(cfg)
+    times['data'] = round(time.time() - t, 1)
+    print(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab {len(store.vocab):,}; "
+          f"run folder {run_dir}")
+    write_config(run_dir, {**cfg, 'store': str(store.path)})
+    classes = list(store.label_names)
+    directions = ['fwd', 'bwd'] if cfg['bidirectional'] else ['fwd']
+    results, probs = {}, {}
+    for d in directions:
+        p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'))
+        probs[d], results[d] = p, res
+        times.update({f'{d}_{k}': v for k, v in st.items()})
+    if len(directions) == 2:
+        ens = (probs['fwd'] + probs['bwd']) / 2
+        results['ensemble'] = recipe.classification_report(ens, targs, classes)
+    best = 'ensemble' if 'ensemble' in results else 'fwd'
+    plot_confusion(results[best]['confusion'], classes, run_dir / 'plots' / 'confusion.png')
+    times['total'] = round(time.time() - t_start, 1)
+    final = {'test_accuracy': {k: v['accuracy'] for k, v in results.items()}, 'results': results,
+             'wall_s': times, 'test_docs': int(len(targs)), 'vocab_size': len(store.vocab)}
+    write_json(run_dir / 'metrics.json', final)
+    write_report(run_dir, cfg, final, classes)
+    print('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
+          + f"; report: {run_dir / 'report.md'}")
+    return run_dir
+
+
+def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
+    "Fine-tune the LM and train + evaluate the classifier for one reading direction."
+    d = 'bwd' if backwards else 'fwd'
+    times = {}
+    lm_dir, clas_dir = run_dir / f'lm_{d}', run_dir / f'clas_{d}'
+    g = torch.Generator().manual_seed(cfg['seed'])
+    # ---- LM fine-tuning (skipped when resuming past it) ----
+    if (lm_dir / 'lm.pth').exists():
+        print(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
+        lm_model, config, _ = load_model_folder(lm_dir)
+        lm_state = lm_model.state_dict()
+    else:
+        t = time.time()
+        key = 'pretrained_bwd' if backwards else 'pretrained'
+        src = None if cfg[key] == 'none' else (Path(cfg[key]) if cfg[key] else find_pretrained(cfg['runs'], backwards))
+        if src is None:
+            print('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
+                  f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{key.replace('_', '-')} "
+                  "DIR (e.g. fastai's weights via `python -m ulmfit import-fastai`).\n" + '!' * 80)
+            config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
+            state = None
+        else:
+            m, pconfig, itos = load_model_folder(src)
+            state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
+            print(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
+            config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
+        docs = None
+        if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
+            docs = torch.randperm(len(store), generator=g)[:cfg['lm_docs']].sort().values.numpy()
+        dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
+        learn = recipe.finetune_lm(state, config, dls, cfg['lm_frozen_epochs'], cfg['lm_frozen_lr'], cfg['lm_epochs'],
+                                   cfg['lm_lr'], precision=cfg['precision'], drop_mult=cfg['lm_drop_mult'],
+                                   cbs=[RunLogger(run_dir, f'lm_{d}')])
+        lm_state = learn.model.state_dict()
+        save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
+        times['lm_finetune'] = round(time.time() - t, 1)
+    # ---- classifier ----
+    train_idx, test_idx = store.labeled_idx('train'), store.labeled_idx(test_split)
+    if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
+    mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, cfg['max_len'], backwards)  # noqa: E731
+    dls = DataLoaders(mk(train_idx, True), mk(test_idx, False))
+    if (clas_dir / 'clas.pth').exists():
+        print(f'[{d}] reusing the trained classifier in {clas_dir}')
+        model, *_ = load_classifier(clas_dir)
+        learn = recipe.clas_learner(config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'],
+                                    precision=cfg['precision'])
+        learn.model = model
+    else:
+        t = time.time()
+        learn = recipe.clas_learner(config, len(classes), dls, label_smoothing=cfg['label_smoothing'],
+                                    drop_mult=cfg['clas_drop_mult'], bptt=cfg['bptt'], max_len=cfg['max_len'],
+                                    precision=cfg['precision'], cbs=[RunLogger(run_dir, f'clas_{d}')])
+        lr = cfg['clas_lr']
+        stages = [(n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, .5, .25, .05))]
+        enc = {k[2:]: v for k, v in lm_state.items() if k.startswith('0.')}
+        times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
+        save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
+                        {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
+                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards,
+                         'tokenizer': SpacyTokenizer().config()})
+        times['clas_train'] = round(time.time() - t, 1)
+    t = time.time()
+    p, targs = recipe.predict_probs(learn, dls.valid)
+    times['evaluate'] = round(time.time() - t, 1)
+    res = recipe.classification_report(p, targs, classes)
+    print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
+    return p, targs, res, times
+
+
+def write_report(run_dir, cfg, final, classes):
+    "A short Markdown report beside metrics.json."
+    lines = [f"# IMDB sentiment: ULMFiT ({cfg['preset']} preset)", '',
+             '| model | test accuracy |', '|---|---|']
+    lines += [f'| {k} | {v:.4f} |' for k, v in final['test_accuracy'].items()]
+    best = 'ensemble' if 'ensemble' in final['results'] else 'fwd'
+    lines += ['', f'Per class ({best}):', '', '| class | precision | recall | f1 | support |', '|---|---|---|---|---|']
+    for c, m in final['results'][best]['per_class'].items():
+        lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines += ['', 'Wall time of each stage (s): ' + ', '.join(f'{k} {v}' for k, v in final['wall_s'].items()), '',
+              '![confusion matrix](plots/confusion.png)', '']
+    (Path(run_dir) / 'report.md').write_text('\n'.join(lines))
+

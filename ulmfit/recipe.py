@@ -1,0 +1,165 @@
+"""The ULMFiT recipe (Howard & Ruder 2018) as plain functions, shared by `python -m ulmfit imdb` and the
+`TextClassifier` API:
+
+    pretrained LM ──match_embeds──▶ LM on the target vocab ──finetune_lm──▶ encoder
+    encoder ──train_classifier (gradual unfreezing)──▶ classifier ──evaluate──▶ report
+"""
+import time
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.learner import DataLoaders, Learner
+from common.metrics import Perplexity, accuracy, accuracy_multi
+from common.optim import adamw
+
+from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, get_language_model, lm_accuracy,
+                       lm_loss, lm_splitter)
+from .classifier import clas_splitter, encoder_state, get_text_classifier
+from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
+
+# The fastai ULMFiT IMDB example's schedule (configurable through the run config / API arguments).
+LM_STAGES = dict(frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8))
+CLAS_STAGES = [  # (freeze_to, epochs, top lr); lower groups get lr / 2.6**k
+    (-1, 1, 2e-2), (-2, 1, 1e-2), (-3, 1, 5e-3), (0, 2, 1e-3)]
+
+
+def match_embeds(state, old_itos, new_itos):
+    """Re-index a LM state dict from `old_itos` to `new_itos`: rows of tokens both vocabs share are copied,
+    new tokens get the mean row (embedding, tied decoder weight and decoder bias). Returns (state, n_matched)."""
+    old_stoi = {t: i for i, t in enumerate(old_itos)}
+    pairs = [(i, old_stoi[t]) for i, t in enumerate(new_itos) if t in old_stoi]
+    new_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    old_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    out = {}
+    for k, v in state.items():
+        if v.shape[:1] == (len(old_itos),) and (k.endswith('emb.weight') or '.decoder.' in k or 'encoder.weight' in k):
+            w = v.mean(0, keepdim=True).expand(len(new_itos), *v.shape[1:]).clone()  # (new_vocab, ...)
+            w[new_idx] = v[old_idx]
+            out[k] = w
+        else:
+            out[k] = v
+    return out, len(pairs)
+
+
+def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2., beta=1., cbs=(), path=None):
+    "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
+    return Learner(get_language_model(config), dls, lm_loss, opt_fn=partial(adamw, weight_decay=wd), lr=lr,
+                   splitter=lm_splitter, metrics=[lm_accuracy, Perplexity()], precision=precision, clip=clip, path=path,
+                   cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
+
+
+def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs=None):
+    "LM loaders over a store's docs (all, or `docs`), holding out `valid_pct` of the documents at random."
+    docs = np.arange(len(store)) if docs is None else np.asarray(docs)
+    g = torch.Generator().manual_seed(seed)
+    perm = docs[torch.randperm(len(docs), generator=g).numpy()]
+    n_val = max(1, int(round(len(docs) * valid_pct)))
+    kw = dict(bs=bs, bptt=bptt, backwards=backwards)
+    return DataLoaders(LMLoader(store.ids, store.offsets, np.sort(perm[n_val:]), shuffle=True, **kw),
+                       LMLoader(store.ids, store.offsets, np.sort(perm[:n_val]), shuffle=False, **kw))
+
+
+def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8),
+                precision='fp32', drop_mult=1.0, cbs=(), path=None, log=print):
+    """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
+    everything. Returns the Learner (its `model[0]` is the fine-tuned encoder)."""
+    config = AWDLSTMConfig.from_dict({**config.to_dict(), 'drop_mult': drop_mult})
+    learn = lm_learner(config, dls, lr=lr, precision=precision, cbs=cbs, path=path)
+    if lm_state is not None:
+        learn.model.load_state_dict(lm_state)
+    if frozen_epochs:
+        learn.freeze()
+        log(f'LM fine-tuning: {frozen_epochs} epoch(s) of the last layer group at lr {frozen_lr}')
+        learn.fit_one_cycle(frozen_epochs, frozen_lr, moms=moms)
+    if epochs:
+        learn.unfreeze()
+        log(f'LM fine-tuning: {epochs} epoch(s) of all layers at lr {lr}')
+        learn.fit_one_cycle(epochs, lr, moms=moms)
+    return learn
+
+
+class Reversed(torch.utils.data.Dataset):
+    "A (ids, label) dataset with each document's tokens in reverse order (for the backward model)."
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        ids, y = self.ds[i]
+        return np.ascontiguousarray(ids[::-1]), y
+
+    @property
+    def lengths(self):
+        return self.ds.lengths
+
+
+def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, num_workers=0):
+    "A classification DataLoader: SortishSampler for training, SortSampler otherwise; padding at the front."
+    ds = TextClassDataset(store, idx, max_len)
+    if backwards:
+        ds = Reversed(ds)
+    sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
+    return DataLoader(ds, batch_size=bs if train else 2 * bs, sampler=sampler, num_workers=num_workers,
+                      collate_fn=partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len))
+
+
+def clas_learner(config, n_out, dls, multi_label=False, label_smoothing=0., drop_mult=0.5, bptt=72, max_len=72 * 20,
+                 precision='fp32', wd=0.01, clip=None, cbs=(), path=None):
+    "A Learner for a ULMFiT classifier (softmax, or sigmoid per label for multi-label targets)."
+    model = get_text_classifier(clas_config(config, drop_mult), n_out, bptt=bptt, max_len=max_len)
+    if multi_label:
+        loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
+    else:
+        loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
+    return Learner(model, dls, loss, opt_fn=partial(adamw, weight_decay=wd), splitter=clas_splitter, metrics=metrics,
+                   precision=precision, clip=clip, path=path, cbs=[RNNCallback(), *cbs])
+
+
+def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, log=print):
+    """ULMFiT stage 3: load the fine-tuned encoder, then gradual unfreezing: for each (freeze_to, epochs, lr),
+    train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times."""
+    if enc_state is not None:
+        learn.model[0].encoder.load_state_dict(encoder_state(enc_state))
+    times = []
+    for n, epochs, lr in stages:
+        learn.freeze_to(n)
+        k = learn.n_groups
+        lrs = [lr / div ** (k - 1 - i) for i in range(k)]
+        log(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
+        t = time.time()
+        learn.fit_one_cycle(epochs, lrs, moms=moms)
+        times.append(round(time.time() - t, 1))
+    return times
+
+
+def classification_report(probs, targets, classes):
+    "Accuracy, per-class precision/recall/F1 and the confusion matrix (rows: actual)."
+    pred = probs.argmax(1)
+    n = len(classes)
+    cm = torch.zeros(n, n, dtype=torch.long)
+    for t, p in zip(targets.tolist(), pred.tolist()):
+        cm[t, p] += 1
+    per = {}
+    for i, c in enumerate(classes):
+        tp = cm[i, i].item()
+        prec = tp / max(cm[:, i].sum().item(), 1)
+        rec = tp / max(cm[i].sum().item(), 1)
+        per[str(c)] = {'precision': prec, 'recall': rec, 'f1': 2 * prec * rec / (prec + rec) if prec + rec else 0.,
+                       'support': cm[i].sum().item()}
+    return {'accuracy': (pred == targets).float().mean().item(), 'per_class': per, 'confusion': cm.tolist()}
+
+
+def predict_probs(learn, dl, multi_label=False):
+    "Probabilities and targets over `dl`, back in the dataset's order (the sampler sorts by length)."
+    probs, targs = learn.get_preds(dl, act=(torch.sigmoid if multi_label else partial(torch.softmax, dim=-1)))
+    order = torch.as_tensor(list(iter(dl.sampler)))
+    out_p, out_t = torch.empty_like(probs), torch.empty_like(targs)
+    out_p[order], out_t[order] = probs, targs
+    return out_p, out_t
