@@ -118,8 +118,8 @@ def main(argv=None):
           f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
     print(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
     print(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
-    return store
+    return 0
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -123,6 +123,23 @@ def _chunk_post(toks: list[str]) -> tuple[str, ...]:
 # space between two other whitespace chars, leading whitespace, double spaces) take the plain path; the output is
 # the same either way, and tests plus bench/tokenize_speed.py --reference-docs check it against plain spaCy.
 _re_ws_sp_ws = re.compile(r'\s \s')
+_re_ws = re.compile(r'\s')
+_re_split_ws = re.compile(r'\S+|\s+')
+
+
+_PIPES = {}  # (lang, fast) -> tokenizer, shared by the SpacyTokenizers of a process
+
+
+def _blank_tokenizer(lang: str, fast: bool):
+    "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes (see below)."
+    if (lang, fast) not in _PIPES:
+        import spacy
+        nlp = spacy.blank(lang)
+        # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
+        # time spent on unseen words, and it never changes where tokens are split.
+        if fast: nlp.vocab.lex_attr_getters = {}
+        _PIPES[lang, fast] = nlp.tokenizer
+    return _PIPES[lang, fast]
 
 
 class SpacyTokenizer:
@@ -132,7 +149,7 @@ class SpacyTokenizer:
     def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
                  memo_size: int = 2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._ref, self._fast, self._memos = None, None, {}
+        self._ref, self._fast, self._memos, self._specials = None, None, {}, None
 
     def config(self) -> dict:
         "Everything that changes the output (goes into the store's cache key)."
@@ -150,21 +167,18 @@ class SpacyTokenizer:
     @property
     def spacy_tok(self):
         "Plain `spacy.blank(lang).tokenizer`."
-        if self._ref is None:
-            import spacy
-            self._ref = spacy.blank(self.lang).tokenizer
+        if self._ref is None: self._ref = _blank_tokenizer(self.lang, fast=False)
         return self._ref
 
     @property
     def _fast_tok(self):
-        # Same tokenizer, but new words skip spaCy's lexical attributes (shape, like_num, ...): they cost most of
-        # the time on unseen words and never influence where tokens are split.
-        if self._fast is None:
-            import spacy
-            nlp = spacy.blank(self.lang)
-            nlp.vocab.lex_attr_getters = {}
-            self._fast = nlp.tokenizer
+        if self._fast is None: self._fast = _blank_tokenizer(self.lang, fast=True)
         return self._fast
+
+    @property
+    def _special_keys(self) -> frozenset:
+        if self._specials is None: self._specials = frozenset(self._fast_tok.rules)
+        return self._specials
 
     def prepare(self, text: str) -> str:
         "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
@@ -179,8 +193,29 @@ class SpacyTokenizer:
     def _fill(self, miss: list[str], memo: dict, conv) -> None:
         "Tokenize the pieces missing from `memo` with one spaCy call and store `conv(tokens)` for each."
         if len(memo) > self.memo_size: memo.clear()  # bounded memory on huge corpora
+        # A piece with whitespace inside ('end.\n\nThe', from '<br /><br />') is its chunks plus one token per
+        # whitespace run: the run itself, or run + ' ' at the piece's end (that space joins it). Its chunks are
+        # common pieces on their own, so only they go through spaCy.
+        simple, composite = [], []
+        for p in miss: (composite if _re_ws.search(p) else simple).append(p)
+        subs = [_re_split_ws.findall(p) for p in composite]
+        simple = list(dict.fromkeys(simple + [c for cs in subs for c in cs if not c[0].isspace() and c not in memo]))
+        # A purely alphabetic piece is one token unless it is one of spaCy's special cases ("cannot", "gonna"):
+        # no prefix, suffix, infix or URL pattern of the English tokenizer can fire on letters alone.
+        if simple:
+            specials = self._special_keys
+            alpha = [p for p in simple if p.isalpha() and p not in specials]
+            for p in alpha: memo[p] = conv([p])
+            if len(alpha) < len(simple): self._spacy_fill([p for p in simple if p not in memo], memo, conv)
+        for p, cs in zip(composite, subs):
+            res = []
+            for j, c in enumerate(cs):
+                res += memo[c] if not c[0].isspace() else conv([c + ' ' if j == len(cs) - 1 else c])
+            memo[p] = tuple(res)
+
+    def _spacy_fill(self, miss: list[str], memo: dict, conv) -> None:
         # Each piece sits between ' x ' separators so it sees the same single-space context as in the text. A token
-        # belongs to the piece it starts in (a trailing-whitespace token like '\n ' may run into the separator).
+        # belongs to the piece it starts in.
         starts, pos = [], 2
         for p in miss: starts.append(pos); pos += len(p) + 3
         joined = 'x ' + ' x '.join(miss) + ' x'
@@ -290,7 +325,8 @@ _W = {}  # per-process worker state
 
 
 def _init_worker(tok):
-    _W.clear(); _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=os.getpid())
+    # `pid` names this worker's id table; random so two runs in one process never share a mapping
+    _W.clear(); _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=(os.getpid(), os.urandom(8).hex()))
 
 
 def _tok_batch(texts):
