@@ -164,7 +164,8 @@ def build_lm_data(cfg, r=0, ws=1):
     train = LMLoader(store.ids, store.offsets, t_idx, shuffle=True, var_bptt=cfg['var_bptt'], **lm)
     valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
     info = {'corpus': src, 'train_docs': len(store) if t_idx is None else len(t_idx), 'train_tokens': train.n_tokens,
-            'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path)}
+            'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path),
+            'tokenizer': tok.config()}
     return DataLoaders(train, valid), store.vocab, info
 
 
@@ -230,7 +231,7 @@ def pretrain(cfg, r=0, ws=1):
         return run_dir
     res = learn.validate()
     model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
-                                  extras={'backwards': cfg['backwards'], 'tokenizer': cfg['tokenizer']})
+                                  extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
              'epochs_done': len(learn.recorder.history), 'train_tokens': info['train_tokens'],
              'budget_reached': bool(getattr(learn, 'budget_reached', False)),

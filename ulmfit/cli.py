@@ -1,0 +1,79 @@
+"""`python -m ulmfit classify` and `python -m ulmfit predict`: ULMFiT on your own CSV/TSV/Parquet files.
+
+    python -m ulmfit classify --csv reviews.csv --text-col text --label-col label [--pretrained runs/lm-cpu/model]
+    python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out preds.csv
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common.runs import new_run_dir, write_config, write_json
+
+
+def classify_main(argv=None):
+    p = argparse.ArgumentParser(prog='python -m ulmfit classify', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--csv', required=True, help='labelled data: .csv, .tsv or .parquet')
+    p.add_argument('--text-col', default='text', help='text column (default: text)')
+    p.add_argument('--label-col', default='label',
+                   help='label column; several comma-separated 0/1 columns make a multi-label task (default: label)')
+    p.add_argument('--valid-col', default=None, help='boolean column marking validation rows (default: random split)')
+    p.add_argument('--valid-pct', type=float, default=0.1, help='validation fraction without --valid-col')
+    p.add_argument('--pretrained', default='', help='language-model folder (default: newest runs/lm-*/model; '
+                                                    "'none' = from scratch)")
+    p.add_argument('--lm-epochs', type=int, default=1, help='LM fine-tuning epochs with all layers (0 = skip)')
+    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
+    p.add_argument('--bs', type=int, default=32, help='classifier batch size')
+    p.add_argument('--name', default='', help='run folder name (default: clf-<file stem>)')
+    p.add_argument('--runs', default='runs', help='where run folders go')
+    a = p.parse_args(argv)
+    from .api import TextClassifier, _as_frame
+    from .imdb import find_pretrained
+    t0 = time.time()
+    src = None if a.pretrained == 'none' else (Path(a.pretrained) if a.pretrained else find_pretrained(a.runs, False))
+    clf = TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs) if src else \
+        TextClassifier(precision=a.precision, bs=a.bs)
+    run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
+    write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
+    print(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
+    df = _as_frame(a.csv, a.text_col)
+    labels = a.label_col.split(',')
+    if a.lm_epochs and src:
+        clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs)
+    clf.fit(df, text_col=a.text_col, label_col=labels if len(labels) > 1 else labels[0], valid_col=a.valid_col,
+            valid_pct=a.valid_pct)
+    out = clf.save(run_dir / 'classifier')
+    res = {k: v for k, v in clf.results.items() if k != 'confusion'}
+    write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})
+    print(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
+          f"classifier folder: {out}")
+    return 0
+
+
+def predict_main(argv=None):
+    p = argparse.ArgumentParser(prog='python -m ulmfit predict', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True, help='classifier folder (from classify, imdb or TextClassifier.save)')
+    p.add_argument('--csv', required=True, help='texts to classify: .csv, .tsv or .parquet')
+    p.add_argument('--text-col', default='text')
+    p.add_argument('--out', required=True, help='output CSV: the input columns plus pred and one prob_<class> each')
+    a = p.parse_args(argv)
+    from .api import TextClassifier, _as_frame
+    out = Path(a.out)
+    if out.exists():
+        raise SystemExit(f"{out} exists: choose another --out (existing files are never overwritten)")
+    clf = TextClassifier.load(a.model)
+    df = _as_frame(a.csv, a.text_col)
+    if a.text_col not in df.columns:
+        raise SystemExit(f"{a.csv}: no column {a.text_col!r}; columns are {list(df.columns)}")
+    preds = clf.predict(df[a.text_col].tolist())
+    df['pred'] = [p.label if not isinstance(p.label, list) else '|'.join(p.label) for p in preds]
+    for c in clf.classes:
+        df[f'prob_{c}'] = [p.probs.get(str(c)) for p in preds]
+    df.to_csv(out, index=False)
+    print(f'wrote {len(df):,} predictions to {out}')
+    return 0
+
+
+main = classify_main
