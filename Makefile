@@ -6,7 +6,9 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?=
 MIRROR ?= $(if $(wildcard ../shared/data/MANIFEST.md),../shared/data,)
 ULMFIT_DATA ?= data
-CORPUS ?=
+# Without CORPUS, lm-pretrain uses WikiText-103; the mirror's stand-in corpus (it has no WikiText-103 train) is
+# taken when present.
+CORPUS ?= $(if $(wildcard $(MIRROR)/wiki-corpus/train.txt.gz),$(MIRROR)/wiki-corpus/train.txt.gz,)
 BIDIR ?=
 ARGS ?=
 export ULMFIT_DATA
@@ -39,6 +41,7 @@ lint: ## ruff, errors only
 smoke: ## real-data end-to-end runs with PRESET=tiny on the mirror
 	$(PYTHON) -m ulmfit prepare --dataset imdb_sample
 	$(MAKE) lm-pretrain PRESET=tiny
+	$(PYTHON) tests/run_readme_example.py
 	$(MAKE) imdb-classify PRESET=tiny
 	$(MAKE) imagewoof PRESET=tiny
 	$(MAKE) pets-transfer PRESET=tiny

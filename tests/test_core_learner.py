@@ -284,3 +284,35 @@ def test_metrics_and_get_preds():
     assert res['accuracy'] == pytest.approx(acc) and acc > 0.9
     assert res['f1'] == pytest.approx(f1_score(preds.argmax(1), y))
     assert AvgMetric(accuracy).name == 'accuracy'
+
+
+def test_early_stopping_and_save_best(tmp_path):
+    from common.callback import Callback
+    from common.callbacks import EarlyStopping, SaveBest
+
+    class FakeValid(Callback):  # valid losses 3, 2, 2.5, 2.6, 1 ...: best at epoch 2, no gain for 2 epochs after
+        order = 51
+        seq = [3., 2., 2.5, 2.6, 1.]
+
+        def after_validate(self):
+            self.learn.recorder.last_valid['valid_loss'] = self.seq[self.learn.epoch]
+    learn = synth_learner(n=64)
+    snap = {}
+
+    class Snap(Callback):
+        order = 80
+
+        def after_epoch(self):
+            snap[self.learn.epoch] = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+    learn.fit(5, cbs=[FakeValid(), SaveBest(tmp_path / 'best.pth'), EarlyStopping(patience=2), Snap()])
+    assert len(learn.recorder.history) == 4  # stopped after two epochs without improvement
+    for k, v in learn.model.state_dict().items():  # the best epoch's weights were loaded back
+        assert torch.equal(v, snap[1][k]), k
+
+
+def test_time_budget_stops_with_checkpoint(tmp_path):
+    from common.callbacks import CheckpointCallback, TimeBudget
+    learn = synth_learner(n=256, bs=8)
+    ck = tmp_path / 'last.pth'
+    learn.fit(3, cbs=[CheckpointCallback(ck), TimeBudget(max_minutes=0.)])
+    assert learn.budget_reached and learn.train_iter == 1 and ck.exists()
