@@ -62,7 +62,7 @@ SETTINGS = {
 }
 
 PRESETS = {
-    'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_bs=32, lm_bptt=35,
+    'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
                  lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
     # About two hours on a 2-core CPU: LM fine-tuning on a third of the review text, one epoch per stage.
     'cpu': dict(lm_docs=30000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1], max_len=72 * 10),
