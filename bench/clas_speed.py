@@ -16,6 +16,11 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if 'OMP_WAIT_POLICY' not in os.environ:
+    # OpenMP threads that spin while waiting make a busy 2-core machine several times slower (the LSTM's
+    # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+    os.execv(sys.executable, [sys.executable] + sys.argv)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -87,7 +92,8 @@ def main(argv=None):
     res = dict(bench='clas_speed', **first, precision=precisions[0], sampler=a.sampler, docs=a.docs,
                real_tokens=n_real, padded_tokens=n_tok, pad_frac=round(1 - n_real / n_tok, 3),
                matmul_gflops=round(matmul_gflops(), 1), config=c.to_dict(), bs=a.bs, bptt=a.bptt,
-               max_len=a.max_len, threads=torch.get_num_threads(), malloc_tuned=tuned, torch=torch.__version__)
+               max_len=a.max_len, threads=torch.get_num_threads(),
+               omp_wait_policy=os.environ['OMP_WAIT_POLICY'], malloc_tuned=tuned, torch=torch.__version__)
     if len(precisions) > 1:
         res['by_precision'] = runs
     print(json.dumps(res))

@@ -16,6 +16,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if 'OMP_WAIT_POLICY' not in os.environ:
+    # OpenMP threads that spin while waiting make a busy 2-core machine several times slower (the LSTM's
+    # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+    os.execv(sys.executable, [sys.executable] + sys.argv)
 import torch  # noqa: E402
 
 from common.callback import Callback  # noqa: E402
@@ -111,7 +116,8 @@ def main(argv=None):
     first = runs[precisions[0]]
     res = dict(bench='lm_speed', **first, precision=precisions[0], matmul_gflops=round(mm, 1),
                pct_of_matmul=round(100 * first['gflops'] / mm, 1), config=c.to_dict(), bs=a.bs, bptt=a.bptt,
-               batches=a.batches, warmup=a.warmup, threads=torch.get_num_threads(), malloc_tuned=tuned,
+               batches=a.batches, warmup=a.warmup, threads=torch.get_num_threads(),
+               omp_wait_policy=os.environ['OMP_WAIT_POLICY'], malloc_tuned=tuned,
                torch=torch.__version__)
     if len(precisions) > 1:
         res['by_precision'] = runs

@@ -224,3 +224,28 @@ def test_fit_thresholds():
     targs = torch.tensor([[1, 1], [1, 1], [0, 1], [0, 0]])
     th = fit_thresholds(probs, targs)
     assert th[0] > 0.2 and th[0] <= 0.6 and th[1] <= 0.2 and th[1] > 0.1
+
+
+def test_sample_next_top_k_min_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    from ulmfit.generate import sample_next
+    assert sample_next(logits, temperature=0.).item() == 0
+    assert {sample_next(logits, top_k=2, generator=g).item() for _ in range(200)} == {0, 1}
+    # min_p 0.4: keep tokens with p >= 0.4 * 0.5 = 0.2
+    assert {sample_next(logits, min_p=0.4, generator=g).item() for _ in range(200)} == {0, 1}
+
+
+def test_generate_from_model_folder(tmp_path):
+    from ulmfit.generate import generate, generate_ids
+    from ulmfit.model_io import load_model_folder, save_model_folder
+    from ulmfit.tokenize import SPECIALS
+    itos = SPECIALS + ['the', 'movie', 'was', 'good', '.', 'bad', 'a']
+    c = AWDLSTMConfig.preset('tiny', vocab_sz=len(itos))
+    save_model_folder(tmp_path, get_language_model(c), c, itos)
+    model, c2, itos2 = load_model_folder(tmp_path)
+    assert c2 == c and itos2 == itos
+    new = generate_ids(model, [2, 9, 10], 5, ban_ids=(0, 1), generator=torch.Generator().manual_seed(0))
+    assert len(new) == 5 and not set(new) & {0, 1}
+    text = generate(tmp_path, 'The movie was', words=4, seed=0)
+    assert text.startswith('The movie was') and 'xxbos' not in text

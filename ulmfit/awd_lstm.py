@@ -2,9 +2,10 @@
 
 Four small dropout modules, a stack of LSTMs and a tied decoder:
 
-    ids (bs, sl) ─ EmbeddingDropout ─ RNNDropout(input_p) ─┬─ LSTM₀ ─ RNNDropout(hidden_p) ─ LSTM₁ ─ ... ─ LSTMₙ ─ raw
-                                                            each LSTM's hidden-to-hidden weight goes through WeightDropout
-    raw (bs, sl, emb_sz) ─ RNNDropout(output_p) ─ Linear (weight tied to the embedding) ─ logits (bs, sl, vocab_sz)
+    ids (bs, sl) ─ EmbeddingDropout ─ RNNDropout(input_p)
+                 ─ LSTM₀ ─ RNNDropout(hidden_p) ─ LSTM₁ ─ ... ─ LSTMₙ ─ raw (bs, sl, emb_sz)
+                   (each LSTM's hidden-to-hidden weight goes through WeightDropout)
+    raw ─ RNNDropout(output_p) ─ Linear (weight tied to the embedding) ─ logits (bs, sl, vocab_sz)
 
 The language model returns `(logits, raw, out)`: AR/TAR need the last layer's raw and dropped outputs.
 `RNNCallback` unpacks that tuple at `after_pred`, so losses and metrics see plain logits.

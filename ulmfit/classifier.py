@@ -1,7 +1,8 @@
 """The ULMFiT classifier: the AWD-LSTM encoder read in BPTT chunks, masked concat pooling, a small MLP head.
 
     ids (bs, sl) ─ SentenceEncoder ─ (output (bs, w, emb_sz), pad mask (bs, w))
-                 ─ masked_concat_pool ─ (bs, 3*emb_sz) ─ [BatchNorm ─ Dropout ─ Linear ─ ReLU] ... ─ logits (bs, n_out)
+                 ─ masked_concat_pool ─ (bs, 3*emb_sz)
+                 ─ [BatchNorm ─ Dropout ─ Linear ─ ReLU] ... ─ logits (bs, n_out)
 """
 import torch
 import torch.nn as nn

@@ -42,14 +42,14 @@ def generate_ids(model, ids, n_words, temperature=1., top_k=None, min_p=None, ba
 
 
 # ---- glue to the tokenizer and vocab -----------------------------------------------------------------------
-def _tokenizer_for(model_dir):
-    "The tokenizer a model folder was trained with (lm.pth extras['tokenizer']; spaCy rules if not recorded)."
-    from common.checkpoint import load_checkpoint
-
+def _tokenizer_for(model_dir, extras):
+    "The tokenizer a model folder was trained with (extras['tokenizer'] in lm.pth; spaCy rules if not recorded)."
     from .tokenize import SentencePieceTokenizer, SpacyTokenizer
-    cfg = load_checkpoint(Path(model_dir) / 'lm.pth')['extras'].get('tokenizer') or {}
+    cfg = extras.get('tokenizer') or {}
     if cfg.get('kind') == 'spm':
-        spm_path = Path(model_dir) / 'spm.model'  # a copy in the folder wins over the recorded path
+        spm_path = Path(model_dir) / 'spm.model'  # a copy in the folder wins over a recorded path
+        if not spm_path.exists() and 'model_path' not in cfg:
+            raise FileNotFoundError(f"{model_dir} was trained with SentencePiece but has no spm.model")
         return SentencePieceTokenizer(spm_path if spm_path.exists() else cfg['model_path'])
     return SpacyTokenizer()
 
@@ -58,9 +58,11 @@ def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=Non
     "Continue `prompt` with `words` sampled tokens from the LM in `model_dir`; returns readable text."
     from .model_io import load_model_folder
     from .tokenize import PAD, UNK
-    model, config, itos = load_model_folder(model_dir)
+    model, config, itos, extras = load_model_folder(model_dir, with_extras=True)
+    if extras.get('backwards'):
+        raise ValueError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
     stoi = {t: i for i, t in enumerate(itos)}
-    toks = _tokenizer_for(model_dir)(prompt)
+    toks = _tokenizer_for(model_dir, extras)(prompt)
     ids = [stoi.get(t, stoi.get(UNK, 0)) for t in toks]
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     ban = [stoi[t] for t in (UNK, PAD) if t in stoi]

@@ -41,14 +41,15 @@ def load_vocab(path):
     return d['itos'] if isinstance(d, dict) else d
 
 
-def load_model_folder(path, map_location='cpu'):
-    "Rebuild the language model of a folder written by `save_model_folder`: returns (model, config, itos)."
+def load_model_folder(path, map_location='cpu', with_extras=False):
+    "Rebuild the LM of a folder written by `save_model_folder`: (model, config, itos), plus extras if asked."
     path = Path(path)
     ck = load_checkpoint(path / 'lm.pth', map_location)
     config = AWDLSTMConfig.from_dict(ck['config'])
     model = get_language_model(config)
     load_model_state(model, ck['model'], path / 'lm.pth')
-    return model, config, load_vocab(path)
+    res = model, config, load_vocab(path)
+    return res + (ck['extras'],) if with_extras else res
 
 
 def load_encoder_folder(path, map_location='cpu'):
