@@ -57,7 +57,8 @@ TRICKY = ['Hello  world', 'a\tb\t\tc', 'New\n\nline \n end', 'WOW!!!!! so  GOOD'
           'no no no no no way', "it's don't can't", '  leading', 'trailing  ', '\n\nstart', 'tab\t', '', ' ',
           'a/b#c', '&amp; &lt;tag&gt; <br /><br />x', '\u00a0nbsp\u2003em', "'quoted' \"double\"", '$10.50, 1,000.5km',
           "Mr. Smith's dog.", 'ÉCOLE école', '---', '....', 'x | y', 'a|', '|', 'a\n \tb', 'end.\n', 'x \n y',
-          'a \n\n b', 'foo\n bar', 'a\nb c\n d', 'a \n', 'a\t \tb c', 'x\u3000y z', 'q ', 'q  ', 'x x x x x x']
+          'a \n\n b', 'foo\n bar', 'a\nb c\n d', 'a \n', 'a\t \tb c', 'x\u3000y z', 'q ', 'q  ', 'x x x x x x',
+          "Back'' ''Return", 'Hi :-) there :- )', "rock 'n' roll 'cause", '10a.m. 5 p.m. ok']
 
 
 def test_memo_matches_plain_spacy(tok):

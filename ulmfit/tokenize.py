@@ -130,16 +130,17 @@ _re_split_ws = re.compile(r'\S+|\s+')
 _PIPES = {}  # (lang, fast) -> tokenizer, shared by the SpacyTokenizers of a process
 
 
-def _blank_tokenizer(lang: str, fast: bool):
-    "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes (see below)."
-    if (lang, fast) not in _PIPES:
+def _blank_tokenizer(lang: str, fast: bool, rules: bool = True):
+    "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
+    if (lang, fast, rules) not in _PIPES:
         import spacy
         nlp = spacy.blank(lang)
         # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
         # time spent on unseen words, and it never changes where tokens are split.
         if fast: nlp.vocab.lex_attr_getters = {}
-        _PIPES[lang, fast] = nlp.tokenizer
-    return _PIPES[lang, fast]
+        if not rules: nlp.tokenizer.rules = {}
+        _PIPES[lang, fast, rules] = nlp.tokenizer
+    return _PIPES[lang, fast, rules]
 
 
 class SpacyTokenizer:
@@ -149,7 +150,7 @@ class SpacyTokenizer:
     def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
                  memo_size: int = 2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._ref, self._fast, self._memos, self._specials = None, None, {}, None
+        self._ref, self._fast, self._memos, self._specials, self._risks = None, None, {}, None, None
 
     def config(self) -> dict:
         "Everything that changes the output (goes into the store's cache key)."
@@ -176,6 +177,31 @@ class SpacyTokenizer:
         return self._fast
 
     @property
+    def _risk_sets(self):
+        """(left, right, pairs): token pairs that can join into a special case across a space, and their sides.
+
+        spaCy re-checks special cases containing affixes ("''", ":-)", "a.m.") on the token sequence after the affix
+        split, and that match can straddle a space: "Back'' ''Return" gives '' ' ' rather than '' ''. A key whose
+        split (without special cases) is [t1, ..., tn] can only straddle a boundary where the left piece ends with
+        some t_i and the right piece starts with t_(i+1). Texts with such a boundary take the plain path."""
+        if self._risks is None:
+            tok, bare = self._fast_tok, _blank_tokenizer(self.lang, fast=True, rules=False)
+            pairs = set()
+            for k in tok.rules:
+                if tok.find_prefix(k) or tok.find_suffix(k) or tok.find_infix(k) or ' ' in k:
+                    p = [t.text for t in bare(k) if not t.is_space]
+                    pairs.update(zip(p, p[1:]))
+            self._risks = tuple({a for a, _ in pairs}), tuple({b for _, b in pairs}), frozenset(pairs)
+        return self._risks
+
+    def _flag(self, p: str, risk: dict, toks: list[str], bare: list[str]) -> None:
+        "Record the risky tokens piece `p` starts/ends with, split with (`toks`) and without (`bare`) special cases."
+        left, right, _ = self._risk_sets
+        st = frozenset(t for t in toks[:1] + bare[:1] if t in right)
+        en = frozenset(t for t in toks[-1:] + bare[-1:] if t in left)
+        if st or en: risk[p] = (st, en)
+
+    @property
     def _special_keys(self) -> frozenset:
         if self._specials is None: self._specials = frozenset(self._fast_tok.rules)
         return self._specials
@@ -190,10 +216,10 @@ class SpacyTokenizer:
         "The slow, obviously-correct path: pre-rules, plain spaCy on the whole text, post-rules."
         return apply_post_rules([t.text for t in self.spacy_tok(self.prepare(text))])
 
-    def _fill(self, miss: list[str], memo: dict, conv) -> None:
-        "Tokenize the pieces missing from `memo` with one spaCy call and store `conv(tokens)` for each."
-        if len(memo) > self.memo_size: memo.clear()  # bounded memory on huge corpora
-        # A piece with whitespace inside ('end.\n\nThe', from '<br /><br />') is its chunks plus one token per
+    def _fill(self, miss: list[str], memo: dict, risk: dict, conv) -> None:
+        "Tokenize the pieces missing from `memo` with one spaCy call; store `conv(tokens)` and boundary risk flags."
+        if len(memo) > self.memo_size: memo.clear(); risk.clear()  # bounded memory on huge corpora
+        # A piece with whitespace inside ('end.\\n\\nThe', from '<br /><br />') is its chunks plus one token per
         # whitespace run: the run itself, or run + ' ' at the piece's end (that space joins it). Its chunks are
         # common pieces on their own, so only they go through spaCy.
         simple, composite = [], []
@@ -202,50 +228,74 @@ class SpacyTokenizer:
         simple = list(dict.fromkeys(simple + [c for cs in subs for c in cs if not c[0].isspace() and c not in memo]))
         # A purely alphabetic piece is one token unless it is one of spaCy's special cases ("cannot", "gonna"):
         # no prefix, suffix, infix or URL pattern of the English tokenizer can fire on letters alone.
+        left, right, _ = self._risk_sets
         if simple:
             specials = self._special_keys
             alpha = [p for p in simple if p.isalpha() and p not in specials]
-            for p in alpha: memo[p] = conv([p])
-            if len(alpha) < len(simple): self._spacy_fill([p for p in simple if p not in memo], memo, conv)
+            for p in alpha:
+                memo[p] = conv([p])
+                if p.startswith(right) or p.endswith(left): self._flag(p, risk, [p], [p])
+            rest = [p for p in simple if p not in memo]
+            if rest:
+                toks = self._split(self._fast_tok, rest)
+                cand = [i for i, p in enumerate(rest) if p.startswith(right) or p.endswith(left)]
+                bare = dict(zip(cand, self._split(_blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
+                for i, (p, tk) in enumerate(zip(rest, toks)):
+                    memo[p] = conv(tk)
+                    if i in bare: self._flag(p, risk, tk, bare[i])
         for p, cs in zip(composite, subs):
             res = []
             for j, c in enumerate(cs):
                 res += memo[c] if not c[0].isspace() else conv([c + ' ' if j == len(cs) - 1 else c])
             memo[p] = tuple(res)
+            st = risk.get(cs[0], (None, None))[0] if not cs[0][0].isspace() else None
+            en = risk.get(cs[-1], (None, None))[1] if not cs[-1][0].isspace() else None
+            if st or en: risk[p] = (st, en)
 
-    def _spacy_fill(self, miss: list[str], memo: dict, conv) -> None:
-        # Each piece sits between ' x ' separators so it sees the same single-space context as in the text. A token
-        # belongs to the piece it starts in.
-        starts, pos = [], 2
-        for p in miss: starts.append(pos); pos += len(p) + 3
-        joined = 'x ' + ' x '.join(miss) + ' x'
-        idx, lens = self._fast_tok(joined).to_array([IDX, LENGTH]).T  # no Token objects: much cheaper
+    @staticmethod
+    def _split(tokenizer, pieces: list[str]) -> list[list[str]]:
+        "Tokens of each piece, from one call on the pieces joined by ' zqz ' (a word no special case involves)."
+        # Each piece sees the same single-space context as in the text; a token belongs to the piece it starts in.
+        if not pieces: return []
+        starts, pos = [], 4
+        for p in pieces: starts.append(pos); pos += len(p) + 5
+        joined = 'zqz ' + ' zqz '.join(pieces) + ' zqz'
+        idx, lens = tokenizer(joined).to_array([IDX, LENGTH]).T  # no Token objects: much cheaper
         starts = np.asarray(starts)
         k = np.searchsorted(starts, idx, 'right') - 1
-        keep = (k >= 0) & (idx < starts[k] + np.fromiter(map(len, miss), np.int64, len(miss))[k])
-        toks = [[] for _ in miss]
+        keep = (k >= 0) & (idx < starts[k] + np.fromiter(map(len, pieces), np.int64, len(pieces))[k])
+        toks = [[] for _ in pieces]
         for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()): toks[kk].append(joined[i:i + n])
-        for p, tk in zip(miss, toks): memo[p] = conv(tk)
+        return toks
 
-    def _run(self, text: str, memo: dict, conv) -> list:
+    def _run(self, text: str, memo: dict, risk: dict, conv) -> list:
         text = self.prepare(text)
         if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace(): text = text[:-1]  # spaCy drops it too
         if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
-            return list(conv([t.text for t in self._fast_tok(text)]))  # rare: the plain path
+            return self._plain(text, conv)
         pieces = text.split(' ')
         got = list(map(memo.get, pieces))
         if None in got:
-            self._fill(list(dict.fromkeys(p for p, g in zip(pieces, got) if g is None)), memo, conv)
+            self._fill(list(dict.fromkeys(p for p, g in zip(pieces, got) if g is None)), memo, risk, conv)
             got = list(map(memo.__getitem__, pieces))
+        if risk and not risk.keys().isdisjoint(pieces):  # a special case might straddle a space: check pairs
+            pairs, no = self._risk_sets[2], (None, None)
+            for a, b in zip(pieces, pieces[1:]):
+                e, s = risk.get(a, no)[1], risk.get(b, no)[0]
+                if e and s and any((x, y) in pairs for x in e for y in s): return self._plain(text, conv)
         return list(chain.from_iterable(got))
+
+    def _plain(self, text: str, conv) -> list:
+        return list(conv([t.text for t in self._fast_tok(text)]))
 
     def __call__(self, text: str) -> list[str]:
         "Tokens of one document (identical to `reference(text)`)."
-        return self._run(text, self._memos.setdefault('str', {}), _chunk_post)
+        return self._run(text, self._memos.setdefault('str', {}), self._memos.setdefault('str_risk', {}),
+                         _chunk_post)
 
     def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
         "Token ids of one document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
-        if self._memos.get('ids_of') is not stoi: self._memos['ids'], self._memos['ids_of'] = {}, stoi
+        if self._memos.get('ids_of') is not stoi: self._memos.update(ids={}, ids_risk={}, ids_of=stoi)
 
         def conv(toks):
             ids = []
@@ -254,7 +304,7 @@ class SpacyTokenizer:
                 if i is None: i = stoi[t] = len(itos); itos.append(t)
                 ids.append(i)
             return tuple(ids)
-        return self._run(text, self._memos['ids'], conv)
+        return self._run(text, self._memos['ids'], self._memos['ids_risk'], conv)
 
 
 # ---------------------------------------------------------------- SentencePiece
