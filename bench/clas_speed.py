@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from common.learner import DataLoaders, Learner  # noqa: E402
 from common.perf import tune_malloc  # noqa: E402
-from lm_speed import BatchTimer, matmul_gflops  # noqa: E402
+from lm_speed import BatchTimer, lm_flops_per_token, matmul_gflops  # noqa: E402
 from ulmfit.awd_lstm import AWDLSTMConfig, RNNCallback, clas_config  # noqa: E402
 from ulmfit.classifier import clas_splitter, get_text_classifier  # noqa: E402
 
@@ -86,8 +86,10 @@ def main(argv=None):
                         precision=p, cbs=[RNNCallback(), timer], progress=False, device='cpu')
         learn.fit(1, lr=1e-3)
         t = sum(timer.times[1:])  # the first batch is a warm-up repeat
+        lstm_flops = lm_flops_per_token(c) - 2 * c.emb_sz * c.vocab_sz  # the encoder's share; the head is tiny
         runs[p] = dict(docs_per_s=round(a.docs / t, 2), s_per_epoch=round(t, 1),
-                       ms_per_batch_median=round(1000 * statistics.median(timer.times[1:]), 1))
+                       ms_per_batch_median=round(1000 * statistics.median(timer.times[1:]), 1),
+                       gflops=round(3 * lstm_flops * n_real / t / 1e9, 1))  # counting real tokens only
     first = runs[precisions[0]]
     res = dict(bench='clas_speed', **first, precision=precisions[0], sampler=a.sampler, docs=a.docs,
                real_tokens=n_real, padded_tokens=n_tok, pad_frac=round(1 - n_real / n_tok, 3),
