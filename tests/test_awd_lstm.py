@@ -249,3 +249,17 @@ def test_generate_from_model_folder(tmp_path):
     assert len(new) == 5 and not set(new) & {0, 1}
     text = generate(tmp_path, 'The movie was', words=4, seed=0)
     assert text.startswith('The movie was') and 'xxbos' not in text
+
+
+def test_lm_trains_through_the_learner_with_rnn_callbacks():
+    from common.learner import DataLoaders, Learner
+    m = get_language_model(tiny())
+    x = ids(4, 9)
+    batches = [(x[:, :-1], x[:, 1:])] * 6
+    learn = Learner(m, DataLoaders(batches, batches[:1]), lm_loss, splitter=lm_splitter, clip=0.1,
+                    metrics=[lm_accuracy], cbs=[RNNCallback(), ARTARCallback()], progress=False, device='cpu')
+    before = learn.validate()
+    learn.fit(2, lr=1e-2)
+    assert learn.validate()['valid_loss'] < before['valid_loss']
+    with pytest.raises(ValueError, match='RNNCallback'):
+        Learner(m, DataLoaders(batches), lm_loss, cbs=[ARTARCallback()], progress=False, device='cpu').fit(1)

@@ -298,6 +298,10 @@ class ARTARCallback(Callback):
     def name(self):
         return 'artar'
 
+    def before_fit(self):
+        if not isinstance(getattr(self.learn, 'rnn', None), RNNCallback):
+            raise ValueError("ARTARCallback needs an RNNCallback in the same Learner (it unpacks the LM's outputs)")
+
     def after_loss(self):
         rnn = self.learn.rnn
         if self.learn.training and rnn.raw_out is not None:
