@@ -156,7 +156,7 @@ class SpacyTokenizer:
         "Everything that changes the output (goes into the store's cache key)."
         import spacy
         return dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
-                    spacy=spacy.__version__, rules_version=1)
+                    spacy=spacy.__version__, rules_version=2)
 
     def __getstate__(self):  # the spaCy pipelines are rebuilt in each worker process
         return dict(lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
@@ -279,10 +279,16 @@ class SpacyTokenizer:
             self._fill(list(dict.fromkeys(p for p, g in zip(pieces, got) if g is None)), memo, risk, conv)
             got = list(map(memo.__getitem__, pieces))
         if risk and not risk.keys().isdisjoint(pieces):  # a special case might straddle a space: check pairs
-            pairs, no = self._risk_sets[2], (None, None)
-            for a, b in zip(pieces, pieces[1:]):
-                e, s = risk.get(a, no)[1], risk.get(b, no)[0]
-                if e and s and any((x, y) in pairs for x in e for y in s): return self._plain(text, conv)
+            pairs = self._risk_sets[2]
+            flags = list(map(risk.get, pieces))
+            for i in [i for i, f in enumerate(flags[:-1]) if f and f[1] and flags[i + 1] and flags[i + 1][0]]:
+                e, s = flags[i][1], flags[i + 1][0]
+                if any((x, y) in pairs for x in e for y in s):
+                    # Tokenize 4 pieces either side in context (longer than any special case); if that differs
+                    # from the memo, the match happened: redo the whole text the plain way.
+                    lo, hi = max(0, i - 3), min(len(pieces), i + 5)
+                    if list(self._plain(' '.join(pieces[lo:hi]), conv)) != list(chain.from_iterable(got[lo:hi])):
+                        return self._plain(text, conv)
         return list(chain.from_iterable(got))
 
     def _plain(self, text: str, conv) -> list:
