@@ -49,12 +49,21 @@ class RunLogger(Callback):
     order = 65
 
     def __init__(self, run_dir, stage='train'):
-        self.run_dir, self.stage = Path(run_dir), stage
+        self.run_dir, self.stage, self.n_fits = Path(run_dir), stage, 0
+
+    def before_fit(self):
+        if not self.learn.lr_finding:
+            self.n_fits += 1
+
+    @property
+    def tag(self):
+        "The stage name, numbered from its second fit on (`clas`, `clas-2`, ...): each fit keeps its plots."
+        return self.stage if self.n_fits <= 1 else f'{self.stage}-{self.n_fits}'
 
     def after_epoch(self):
         if rank() != 0 or self.learn.lr_finding or not self.learn.recorder.history:
             return
-        row = {'stage': self.stage, **self.learn.recorder.history[-1], 'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
+        row = {'stage': self.tag, **self.learn.recorder.history[-1], 'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
         with open(self.run_dir / 'metrics.jsonl', 'a') as f:
             f.write(json.dumps(row) + '\n')
 
@@ -64,8 +73,8 @@ class RunLogger(Callback):
         r = self.learn.recorder
         plots = self.run_dir / 'plots'
         if r.losses:
-            r.plot_loss(plots / f'{self.stage}_loss.png')
-            r.plot_sched(plots / f'{self.stage}_sched.png')
+            r.plot_loss(plots / f'{self.tag}_loss.png')
+            r.plot_sched(plots / f'{self.tag}_sched.png')
         if r.history:
             from .plots import plot_metrics
-            plot_metrics(r.history, plots / f'{self.stage}_metrics.png')
+            plot_metrics(r.history, plots / f'{self.tag}_metrics.png')
