@@ -102,3 +102,13 @@ def test_frozen_body_including_bn():
     assert all(torch.equal(a, b) for a, b in zip(bn0, snapshot(bns)))
     learn.unfreeze()
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize('entry', ['train', 'transfer'])
+def test_presets_resolve_and_unknown_keys_fail(entry):
+    from common.config import resolve_config
+    mod = __import__(f'vision.{entry}', fromlist=['SETTINGS'])
+    for preset in ('tiny', 'cpu', 'paper'):
+        assert resolve_config(mod.SETTINGS, mod.PRESETS, preset)['preset'] == preset
+    with pytest.raises(ValueError, match='no_such_key'):
+        resolve_config(mod.SETTINGS, mod.PRESETS, 'tiny', {'no_such_key': 1})
