@@ -87,12 +87,12 @@ def transfer_model(pretrained, n_out, size):
 
 def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     "Train one of the four variants; returns (accuracy, minutes, recorder history)."
-    model = transfer_model(pretrained, n_out, cfg['size'])
+    src = pretrained
     if kind == 'scratch':                                       # same architecture, fresh weights everywhere
-        fresh = model_from_dict({**dataclasses.asdict(pretrained.config), 'n_out': n_out})
-        model = transfer_model(fresh, n_out, cfg['size'])
-    split, train_bn = {'frozen_bn': (splitter, False), 'frozen_except_bn': (bn_splitter, True)}.get(kind,
-                                                                                                 (splitter, True))
+        src = model_from_dict({**dataclasses.asdict(pretrained.config), 'n_out': n_out})
+    model = transfer_model(src, n_out, cfg['size'])
+    split = bn_splitter if kind == 'frozen_except_bn' else splitter
+    train_bn = kind != 'frozen_bn'                              # frozen_bn: BN is frozen with the rest of the body
     learn = make_learner(model, dls, cfg, run_dir, stage=kind, splitter=split, train_bn=train_bn)
     history, t0 = [], time.time()
     if kind in ('scratch', 'naive'):
