@@ -234,7 +234,7 @@ class NanGuard(Callback):
     order = 30
 
     def after_loss(self):
-        if self.learn.training and not torch.isfinite(self.learn.loss.detach()).item():
+        if self.learn.training and not math.isfinite(float(self.learn.loss.detach())):
             raise FloatingPointError(
                 f"training loss became {float(self.learn.loss)} at epoch {self.learn.epoch + 1}, "
                 f"batch {self.learn.iter + 1}: the learning rate is probably too high (try lr_find), or the data "

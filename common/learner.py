@@ -41,7 +41,7 @@ class Learner:
         self.model, self.dls, self.loss_fn, self.opt_fn, self.lr = model, dls, loss_fn, opt_fn, lr
         self.splitter, self.train_bn, self.wd = splitter, train_bn, wd
         self.path = Path(path) if path is not None else None
-        self.opt, self.ddp_model, self.cbs = None, None, []
+        self.opt, self.ddp_model, self.cbs, self._handlers = None, None, [], {}
         self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = 0
         self.training, self.resume_state, self.lr_finding = False, None, False
         if default_cbs:
@@ -67,6 +67,7 @@ class Learner:
             self.cbs.append(cb)
             setattr(self, cb.name, cb)
         self.cbs.sort(key=lambda c: c.order)
+        self._handlers = {}  # rebuilt lazily by emit
         return self
 
     def remove_cbs(self, cbs):
@@ -76,20 +77,18 @@ class Learner:
                 self.cbs.remove(cb)
                 if getattr(self, cb.name, None) is cb:
                     delattr(self, cb.name)
+        self._handlers = {}
         return self
 
     def emit(self, event):
         "Call `event` on every callback that handles it, in `order`."
-        if event not in EVENTS:
-            raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
-        for cb in list(self.cbs):
-            fn = cb.__dict__.get(event)  # an instance-level handler (DebugCallback) ...
-            if fn is not None:
-                fn()
-                continue
-            fn = getattr(type(cb), event, None)  # ... or the class's method
-            if fn is not None:
-                fn(cb)
+        handlers = self._handlers.get(event)
+        if handlers is None:
+            if event not in EVENTS:
+                raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
+            handlers = self._handlers[event] = [h for cb in self.cbs if (h := _handler(cb, event)) is not None]
+        for h in handlers:
+            h()
 
     def _stage(self, name, fn, cancel):
         "before_{name}, fn(), after_{name}; a `cancel` exception skips to after_cancel_{name}."
@@ -330,3 +329,11 @@ class Learner:
     def __repr__(self):
         return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
 
+
+
+def _handler(cb, event):
+    "The bound method of `cb` for `event`: an instance-level handler (DebugCallback) or the class's method."
+    fn = cb.__dict__.get(event)
+    if fn is not None:
+        return fn
+    return getattr(cb, event) if getattr(type(cb), event, None) is not None else None
