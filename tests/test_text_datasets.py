@@ -38,7 +38,8 @@ def test_imdb_bad_bytes_and_empty(tmp_path):
 
 
 def test_wikitext_articles_and_gz(tmp_path):
-    text = ' \n = Alpha = \n \n Alpha is a letter . \n \n = = History = = \n Old . \n = Beta = \n \n B @-@ side . \n'
+    text = (' \n = Alpha = \n \n Alpha is a letter . \n \n = = History = = \n \n Old . \n = 1 rad / s = \n \n'
+            ' = Beta = \n \n B @-@ side . \n')  # the formula line inside a paragraph is not a heading
     p = tmp_path / 'wiki.valid.raw.gz'
     with gzip.open(p, 'wt') as f: f.write(text)
     docs = list(WikiTextReader(p))

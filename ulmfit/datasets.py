@@ -152,12 +152,18 @@ class WikiTextReader:
 
     def __iter__(self) -> Iterator[Doc]:
         for f in self.files:
-            split, buf, title = _wiki_split(f), [], None
-            for line in _lines(f, self.errors):
-                if _re_title.match(line):
+            split, buf, title, prev = _wiki_split(f), [], None, ''
+            lines = _lines(f, self.errors)
+            line = next(lines, None)
+            while line is not None:
+                nxt = next(lines, None)
+                # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
+                # inside a paragraph is not one)
+                if _re_title.match(line) and not prev.strip() and (nxt is None or not nxt.strip()):
                     if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
                     buf, title = [], line.strip(' =\n')
                 buf.append(line)
+                prev, line = line, nxt
             if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
 
     def fingerprint(self) -> dict:
