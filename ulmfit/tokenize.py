@@ -127,7 +127,7 @@ _re_ws = re.compile(r'\s')
 _re_split_ws = re.compile(r'\S+|\s+')
 
 
-_PIPES = {}  # (lang, fast) -> tokenizer, shared by the SpacyTokenizers of a process
+_PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by the SpacyTokenizers of a process
 
 
 def _blank_tokenizer(lang: str, fast: bool, rules: bool = True):
