@@ -236,7 +236,7 @@ class NanGuard(Callback):
     def after_loss(self):
         if self.learn.training and not math.isfinite(float(self.learn.loss.detach())):
             raise FloatingPointError(
-                f"training loss became {float(self.learn.loss)} at epoch {self.learn.epoch + 1}, "
+                f"training loss became {float(self.learn.loss.detach())} at epoch {self.learn.epoch + 1}, "
                 f"batch {self.learn.iter + 1}: the learning rate is probably too high (try lr_find), or the data "
                 f"holds NaN/inf values")
 
