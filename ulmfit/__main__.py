@@ -33,7 +33,8 @@ def main(argv=None):
     tune_malloc()
     mod = importlib.import_module(COMMANDS[cmd][0])
     fn = getattr(mod, f'{cmd.replace("-", "_")}_main', None) or mod.main
-    return fn(rest) or 0
+    rc = fn(rest)  # commands may return what they made (a run folder): that is success
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == '__main__':
