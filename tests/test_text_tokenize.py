@@ -70,6 +70,14 @@ def test_memo_matches_plain_spacy(tok):
         assert [itos[i] for i in fresh.encode(s, stoi, itos)] == tok.reference(s), repr(s)
 
 
+def test_batch_matches_plain_spacy(tok):
+    want = [tok.reference(s) for s in TRICKY]
+    fresh = SpacyTokenizer()
+    assert fresh.batch(TRICKY + TRICKY) == want + want  # repeated pieces in one batch are filled once
+    stoi, itos = {}, []
+    assert [[itos[i] for i in d] for d in fresh.encode_batch(TRICKY, stoi, itos)] == want
+
+
 def test_parallel_order_and_table():
     texts = [f'Doc number {i} says {"hi " * (i % 5)}THE END.' for i in range(60)]
     tok = SpacyTokenizer()

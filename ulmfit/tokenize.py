@@ -4,11 +4,11 @@ import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, repeat
 from multiprocessing import get_context
 
 import numpy as np
-from spacy.attrs import IDX, LENGTH
+from spacy.attrs import IDX, LENGTH, ORTH
 
 # Special tokens and their ids are fixed: every vocab starts with them in this order.
 UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = 'xxunk xxpad xxbos xxeos xxfld xxrep xxwrep xxup xxmaj'.split()
@@ -28,7 +28,7 @@ def fix_html(t: str) -> str:
     for old, new in _HTML_FIXES:
         if old in t: t = t.replace(old, new)
     if '&' in t: t = html.unescape(t)
-    return _re_spaces.sub(' ', t)
+    return _re_spaces.sub(' ', t) if '  ' in t else t
 
 
 _re_rep = re.compile(r'(\S)(\1{3,})')
@@ -52,12 +52,12 @@ _re_spec = re.compile(r'([/#])')
 
 def spec_add_spaces(t: str) -> str:
     "Put spaces around `/` and `#`: `'and/or #1'` -> `'and / or  # 1'`."
-    return _re_spec.sub(r' \1 ', t)
+    return _re_spec.sub(r' \1 ', t) if '/' in t or '#' in t else t
 
 
 def rm_useless_spaces(t: str) -> str:
     "Collapse runs of spaces (not other whitespace): `'a   b\\n\\nc'` -> `'a b\\n\\nc'`."
-    return _re_spaces.sub(' ', t)
+    return _re_spaces.sub(' ', t) if '  ' in t else t
 
 
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
@@ -99,11 +99,6 @@ def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
     "Run the token-level rules in order (fastai v1 order: caps, then maj, then lowercase)."
     for r in rules: toks = r(toks)
     return toks
-
-
-def _chunk_post(toks: list[str]) -> tuple[str, ...]:
-    # The post-rules only ever look at one token, so they can be applied per chunk.
-    return tuple(apply_post_rules(toks))
 
 
 # ---------------------------------------------------------------- spaCy tokenizer with a chunk memo
@@ -150,7 +145,8 @@ class SpacyTokenizer:
     def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
                  memo_size: int = 2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._ref, self._fast, self._memos, self._specials, self._risks = None, None, {}, None, None
+        self._ref, self._fast, self._memos, self._specials, self._risks, self._ends = None, None, {}, None, None, None
+        self._lens = None
 
     def config(self) -> dict:
         "Everything that changes the output (goes into the store's cache key)."
@@ -178,12 +174,13 @@ class SpacyTokenizer:
 
     @property
     def _risk_sets(self):
-        """(left, right, pairs): token pairs that can join into a special case across a space, and their sides.
+        """(left, right, bit, mask): token pairs that can join into a special case across a space, as bitmasks.
 
         spaCy re-checks special cases containing affixes ("''", ":-)", "a.m.") on the token sequence after the affix
         split, and that match can straddle a space: "Back'' ''Return" gives '' ' ' rather than '' ''. A key whose
         split (without special cases) is [t1, ..., tn] can only straddle a boundary where the left piece ends with
-        some t_i and the right piece starts with t_(i+1). Texts with such a boundary take the plain path."""
+        some t_i and the right piece starts with t_(i+1). `bit[t_i] & mask[t_(i+1)]` is nonzero exactly for such pairs;
+        `left`/`right` are the tokens that have a bit/mask."""
         if self._risks is None:
             tok, bare = self._fast_tok, _blank_tokenizer(self.lang, fast=True, rules=False)
             pairs = set()
@@ -191,15 +188,19 @@ class SpacyTokenizer:
                 if tok.find_prefix(k) or tok.find_suffix(k) or tok.find_infix(k) or ' ' in k:
                     p = [t.text for t in bare(k) if not t.is_space]
                     pairs.update(zip(p, p[1:]))
-            self._risks = tuple({a for a, _ in pairs}), tuple({b for _, b in pairs}), frozenset(pairs)
+            bit = {a: 1 << j for j, a in enumerate(sorted({a for a, _ in pairs}))}
+            mask = {}
+            for a, b in pairs: mask[b] = mask.get(b, 0) | bit[a]
+            self._risks = tuple(bit), tuple(mask), bit, mask
         return self._risks
 
-    def _flag(self, p: str, risk: dict, toks: list[str], bare: list[str]) -> None:
-        "Record the risky tokens piece `p` starts/ends with, split with (`toks`) and without (`bare`) special cases."
-        left, right, _ = self._risk_sets
-        st = frozenset(t for t in toks[:1] + bare[:1] if t in right)
-        en = frozenset(t for t in toks[-1:] + bare[-1:] if t in left)
-        if st or en: risk[p] = (st, en)
+    def _flag(self, p: str, risk: tuple[dict, dict], toks: list[str], bare: list[str]) -> None:
+        "Record the risk masks of the tokens piece `p` starts/ends with, split with and without special cases."
+        _, _, bit, mask = self._risk_sets
+        st = mask.get(toks[0], 0) | mask.get(bare[0], 0)
+        en = bit.get(toks[-1], 0) | bit.get(bare[-1], 0)
+        if st: risk[0][p] = st
+        if en: risk[1][p] = en
 
     @property
     def _special_keys(self) -> frozenset:
@@ -216,9 +217,23 @@ class SpacyTokenizer:
         "The slow, obviously-correct path: pre-rules, plain spaCy on the whole text, post-rules."
         return apply_post_rules([t.text for t in self.spacy_tok(self.prepare(text))])
 
-    def _fill(self, miss: list[str], memo: dict, risk: dict, conv) -> None:
-        "Tokenize the pieces missing from `memo` with one spaCy call; store `conv(tokens)` and boundary risk flags."
-        if len(memo) > self.memo_size: memo.clear(); risk.clear()  # bounded memory on huge corpora
+    @property
+    def _special_ends(self) -> tuple[frozenset, frozenset]:
+        "First and last token texts that any special case produces."
+        if self._ends is None:
+            outs = [[t[ORTH] for t in v] for v in self._fast_tok.rules.values()]
+            self._ends = frozenset(o[0] for o in outs if o), frozenset(o[-1] for o in outs if o)
+        return self._ends
+
+    def _other_risk(self, p: str, t: str, start: bool) -> bool:
+        "Does `p` start (or end) with a risky token other than `t`?"
+        _, _, bit, mask = self._risk_sets
+        if self._lens is None: self._lens = sorted(set(map(len, mask))), sorted(set(map(len, bit)))
+        if start: return any(p[:n] != t and p[:n] in mask for n in self._lens[0])
+        return any(p[-n:] != t and p[-n:] in bit for n in self._lens[1])
+
+    def _fill(self, miss: list[str], memo: dict, risk: tuple[dict, dict], conv) -> None:
+        "Tokenize the pieces missing from `memo` with one spaCy call; store `conv(tokens)` and boundary risk masks."
         # A piece with whitespace inside ('end.\\n\\nThe', from '<br /><br />') is its chunks plus one token per
         # whitespace run: the run itself, or run + ' ' at the piece's end (that space joins it). Its chunks are
         # common pieces on their own, so only they go through spaCy.
@@ -228,7 +243,7 @@ class SpacyTokenizer:
         simple = list(dict.fromkeys(simple + [c for cs in subs for c in cs if not c[0].isspace() and c not in memo]))
         # A purely alphabetic piece is one token unless it is one of spaCy's special cases ("cannot", "gonna"):
         # no prefix, suffix, infix or URL pattern of the English tokenizer can fire on letters alone.
-        left, right, _ = self._risk_sets
+        left, right, _, _ = self._risk_sets
         if simple:
             specials = self._special_keys
             alpha = [p for p in simple if p.isalpha() and p not in specials]
@@ -238,19 +253,26 @@ class SpacyTokenizer:
             rest = [p for p in simple if p not in memo]
             if rest:
                 toks = self._split(self._fast_tok, rest)
-                cand = [i for i, p in enumerate(rest) if p.startswith(right) or p.endswith(left)]
+                # The split without special cases can only differ at an end whose token a special case produced:
+                # affixes are stripped from the outside in, identically, until a special case stops the stripping.
+                # And it only adds a flag if the piece starts/ends with some other risky token.
+                firsts, lasts = self._special_ends
+                cand = [i for i, (p, tk) in enumerate(zip(rest, toks))
+                        if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
+                        or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))]
                 bare = dict(zip(cand, self._split(_blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
                 for i, (p, tk) in enumerate(zip(rest, toks)):
                     memo[p] = conv(tk)
-                    if i in bare: self._flag(p, risk, tk, bare[i])
+                    if p.startswith(right) or p.endswith(left): self._flag(p, risk, tk, bare.get(i, tk))
         for p, cs in zip(composite, subs):
             res = []
             for j, c in enumerate(cs):
                 res += memo[c] if not c[0].isspace() else conv([c + ' ' if j == len(cs) - 1 else c])
             memo[p] = tuple(res)
-            st = risk.get(cs[0], (None, None))[0] if not cs[0][0].isspace() else None
-            en = risk.get(cs[-1], (None, None))[1] if not cs[-1][0].isspace() else None
-            if st or en: risk[p] = (st, en)
+            st = risk[0].get(cs[0], 0) if not cs[0][0].isspace() else 0
+            en = risk[1].get(cs[-1], 0) if not cs[-1][0].isspace() else 0
+            if st: risk[0][p] = st
+            if en: risk[1][p] = en
 
     @staticmethod
     def _split(tokenizer, pieces: list[str]) -> list[list[str]]:
@@ -268,49 +290,86 @@ class SpacyTokenizer:
         for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()): toks[kk].append(joined[i:i + n])
         return toks
 
-    def _run(self, text: str, memo: dict, risk: dict, conv) -> list:
+    def _pieces(self, text: str) -> tuple[str, list[str] | None]:
+        "The prepared text and its pieces, or None for the pieces when the text must take the plain path."
         text = self.prepare(text)
         if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace(): text = text[:-1]  # spaCy drops it too
         if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
-            return self._plain(text, conv)
-        pieces = text.split(' ')
-        got = list(map(memo.get, pieces))
-        if None in got:
-            self._fill(list(dict.fromkeys(p for p, g in zip(pieces, got) if g is None)), memo, risk, conv)
-            got = list(map(memo.__getitem__, pieces))
-        if risk and not risk.keys().isdisjoint(pieces):  # a special case might straddle a space: check pairs
-            pairs = self._risk_sets[2]
-            flags = list(map(risk.get, pieces))
-            for i in [i for i, f in enumerate(flags[:-1]) if f and f[1] and flags[i + 1] and flags[i + 1][0]]:
-                e, s = flags[i][1], flags[i + 1][0]
-                if any((x, y) in pairs for x in e for y in s):
-                    # Tokenize 4 pieces either side in context (longer than any special case); if that differs
-                    # from the memo, the match happened: redo the whole text the plain way.
-                    lo, hi = max(0, i - 3), min(len(pieces), i + 5)
-                    if list(self._plain(' '.join(pieces[lo:hi]), conv)) != list(chain.from_iterable(got[lo:hi])):
-                        return self._plain(text, conv)
+            return text, None
+        return text, text.split(' ')
+
+    def _run(self, texts: list[str], memo: dict, risk: tuple[dict, dict], conv) -> list[list]:
+        "Outputs of a batch of documents: every piece missing from the memo goes through one `_fill`."
+        if len(memo) > self.memo_size: memo.clear(); risk[0].clear(); risk[1].clear()  # bounded memory
+        docs, miss = [], {}
+        for t in texts:
+            text, pieces = self._pieces(t)
+            got = None if pieces is None else list(map(memo.get, pieces))
+            if got is not None and None in got:
+                miss.update(dict.fromkeys(p for p, g in zip(pieces, got) if g is None))
+                got = None  # looked up again after the fill
+            docs.append((text, pieces, got))
+        if miss: self._fill(list(miss), memo, risk, conv)
+        return [self._plain(text, conv) if pieces is None else self._join(text, pieces, got, memo, risk, conv)
+                for text, pieces, got in docs]
+
+    def _join(self, text: str, pieces: list[str], got: list | None, memo: dict, risk: tuple[dict, dict], conv) -> list:
+        "Output of one document from the memo, or from the plain path if a special case joins two of its pieces."
+        if got is None: got = list(map(memo.__getitem__, pieces))
+        starts, ends = risk
+
+        def risky(): return map(int.__and__, map(ends.get, pieces, repeat(0)), map(starts.get, pieces[1:], repeat(0)))
+        # A special case might straddle the space between pieces i and i + 1 (pieces that can start one are rarer).
+        if not starts.keys().isdisjoint(pieces) and any(risky()):
+            for i in [i for i, r in enumerate(risky()) if r]:
+                # Tokenize 4 pieces either side in context (longer than any special case); if that differs
+                # from the memo, the match happened: redo the whole text the plain way.
+                lo, hi = max(0, i - 3), min(len(pieces), i + 5)
+                if list(self._plain(' '.join(pieces[lo:hi]), conv)) != list(chain.from_iterable(got[lo:hi])):
+                    return self._plain(text, conv)
         return list(chain.from_iterable(got))
 
     def _plain(self, text: str, conv) -> list:
         return list(conv([t.text for t in self._fast_tok(text)]))
 
+    def _conv(self, post: dict, stoi: dict | None = None, itos: list | None = None):
+        "Tokens -> post-processed tokens (or their ids in `stoi`/`itos`), cached per token: the rules are per token."
+        def conv(toks):
+            res = []
+            for t in toks:
+                r = post.get(t)
+                if r is None:
+                    r = apply_post_rules([t])
+                    if stoi is not None:
+                        for j, u in enumerate(r):
+                            i = stoi.get(u)
+                            if i is None: i = stoi[u] = len(itos); itos.append(u)
+                            r[j] = i
+                    r = post[t] = tuple(r)
+                res += r
+            return tuple(res)
+        return conv
+
+    def batch(self, texts: list[str]) -> list[list[str]]:
+        "Tokens of each document (identical to `reference`); pieces unseen so far go through spaCy together."
+        m = self._memos
+        if 'str' not in m: m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
+        return self._run(texts, m['str'], m['str_risk'], m['str_conv'])
+
+    def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
+        "Token ids of each document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
+        m = self._memos
+        if m.get('ids_of') is not stoi:
+            m.update(ids={}, ids_risk=({}, {}), ids_of=stoi, ids_conv=self._conv({}, stoi, itos))
+        return self._run(texts, m['ids'], m['ids_risk'], m['ids_conv'])
+
     def __call__(self, text: str) -> list[str]:
         "Tokens of one document (identical to `reference(text)`)."
-        return self._run(text, self._memos.setdefault('str', {}), self._memos.setdefault('str_risk', {}),
-                         _chunk_post)
+        return self.batch([text])[0]
 
     def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
         "Token ids of one document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
-        if self._memos.get('ids_of') is not stoi: self._memos.update(ids={}, ids_risk={}, ids_of=stoi)
-
-        def conv(toks):
-            ids = []
-            for t in apply_post_rules(toks):
-                i = stoi.get(t)
-                if i is None: i = stoi[t] = len(itos); itos.append(t)
-                ids.append(i)
-            return tuple(ids)
-        return self._run(text, self._memos['ids'], self._memos['ids_risk'], conv)
+        return self.encode_batch([text], stoi, itos)[0]
 
 
 # ---------------------------------------------------------------- SentencePiece
@@ -386,19 +445,17 @@ def _init_worker(tok):
 
 
 def _tok_batch(texts):
-    tok = _W['tok']
-    return [tok(t) for t in texts]
+    return _W['tok'].batch(texts)
 
 
 def _enc_batch(texts):
     "Encode a batch with worker-local ids; ship the ids as one array plus the tokens this worker saw first."
     tok, stoi, itos = _W['tok'], _W['stoi'], _W['itos']
-    lens, ids = np.empty(len(texts), np.int64), []
-    for j, t in enumerate(texts):
-        d = tok.encode(t, stoi, itos)
-        lens[j] = len(d); ids += d
+    docs = tok.encode_batch(texts, stoi, itos)
+    lens = np.fromiter(map(len, docs), np.int64, len(docs))
+    ids = np.fromiter(chain.from_iterable(docs), np.int32, int(lens.sum()))
     new = itos[_W['sent']:]; _W['sent'] = len(itos)
-    return _W['pid'], np.asarray(ids, dtype=np.int32), lens, new
+    return _W['pid'], ids, lens, new
 
 
 def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
