@@ -230,7 +230,9 @@ def pretrain(cfg, r=0, ws=1):
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], moms=tuple(cfg['moms']), resume=resume)
     if r != 0:
         return run_dir
-    res = learn.validate()
+    # The last epoch's validation is the final one unless the time budget cut training short.
+    done = len(learn.recorder.history) == cfg['epochs'] and not getattr(learn, 'budget_reached', False)
+    res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
                                   extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
