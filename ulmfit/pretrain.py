@@ -7,7 +7,6 @@ Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each r
 import json
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,15 +15,14 @@ from common.callback import Callback, CancelFitException
 from common.callbacks import CheckpointCallback, TimeBudget
 from common.config import Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
-from common.learner import DataLoaders, Learner
-from common.metrics import Perplexity
-from common.optim import adamw
+from common.learner import DataLoaders
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
-from .awd_lstm import ARTARCallback, AWDLSTMConfig, RNNCallback, get_language_model, lm_accuracy, lm_loss, lm_splitter
+from .awd_lstm import AWDLSTMConfig
 from .datasets import TextCorpusReader, WikiTextReader
 from .loaders import LMLoader
 from .model_io import save_model_folder
+from .recipe import lm_learner
 from .store import build_store
 from .tokenize import SpacyTokenizer
 
@@ -170,14 +168,6 @@ def build_lm_data(cfg, r=0, ws=1):
     return DataLoaders(train, valid), store.vocab, info
 
 
-def lm_learner(dls, config, cfg, path=None, cbs=()):
-    "A Learner for an AWD-LSTM language model with the ULMFiT training callbacks."
-    model = get_language_model(config)
-    return Learner(model, dls, lm_loss, opt_fn=partial(adamw, weight_decay=cfg['wd']), lr=cfg['lr'],
-                   splitter=lm_splitter, metrics=[lm_accuracy, Perplexity()], path=path, precision=cfg['precision'],
-                   clip=cfg['clip'], cbs=[RNNCallback(), ARTARCallback(cfg['alpha'], cfg['beta']), *cbs])
-
-
 def main(argv=None):
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
     r, ws = setup_distributed()
@@ -226,7 +216,8 @@ def pretrain(cfg, r=0, ws=1):
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
         cbs.append(_StopAfter(2))
-    learn = lm_learner(dls, config, cfg, path=run_dir, cbs=cbs)
+    learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
+                       alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], moms=tuple(cfg['moms']), resume=resume)
     if r != 0:
         return run_dir
