@@ -51,6 +51,8 @@ SETTINGS = {
     'clas_epochs': Setting([1, 1, 1, 2], 'epochs of the four unfreezing stages: head, -2, -3, all'),
     'clas_drop_mult': Setting(0.5, 'classifier dropout multiplier'),
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
+    'clas_valid_docs': Setting(0, 'validate after each classifier epoch on this many random test reviews (0 = all); '
+                                  'the final evaluation always uses every test review'),
     'bptt': Setting(72, 'classifier chunk length'),
     'max_len': Setting(72 * 20, 'classifier reads at most the last max_len tokens'),
     'label_smoothing': Setting(0.0, 'label smoothing of the classifier loss'),
@@ -64,8 +66,11 @@ SETTINGS = {
 PRESETS = {
     'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
                  lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
-    # About two hours on a 2-core CPU: LM fine-tuning on a third of the review text, one epoch per stage.
-    'cpu': dict(lm_docs=30000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1], max_len=72 * 10),
+    # About 1.5-2 hours on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
+    # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
+    # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
+    'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
+                train_docs=8000, max_len=72 * 4, clas_valid_docs=1000),
     # The fastai ULMFiT IMDB example, for a GPU.
     'paper': dict(model='paper', lm_bs=128, lm_bptt=80, lm_epochs=10, clas_bs=64, precision='fp16'),
 }
@@ -176,7 +181,10 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, cfg['max_len'], backwards)  # noqa: E731
-    dls = DataLoaders(mk(train_idx, True), mk(test_idx, False))
+    valid_idx = test_idx
+    if cfg.get('clas_valid_docs') and cfg['clas_valid_docs'] < len(test_idx):
+        valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
+    dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False))
     if (clas_dir / 'clas.pth').exists():
         print(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
@@ -198,7 +206,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
                          'tokenizer': SpacyTokenizer().config()})
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()
-    p, targs = recipe.predict_probs(learn, dls.valid)
+    p, targs = recipe.predict_probs(learn, dls.valid if valid_idx is test_idx else mk(test_idx, False))
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
     print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
