@@ -34,6 +34,20 @@ def test_replace_wrep():
     assert replace_wrep('go, go, go, go, go!') == ' xxwrep 4 go,  go!'
 
 
+def test_rep_rules_match_the_plain_regexes_on_random_text():
+    "The pre-check and possessive quantifiers are shortcuts: the output must equal the plain fastai regexes'."
+    import random
+    import re
+    plain_rep, plain_wrep = re.compile(r'(\S)(\1{3,})'), re.compile(r'(\b\w+\W+)(\1{3,})')
+    rng = random.Random(0)
+    alphabet = ['a', 'b', 'no', 'é', '!', '.', ',', ' ', '\n', '  ', '-', '\ud800', 'x1', 'no ', 'no no no ', 'ha, ha, ', '!!!']
+    for _ in range(3000):
+        t = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert replace_rep(t) == plain_rep.sub(lambda m: f' xxrep {len(m.group(0))} {m.group(1)} ', t), repr(t)
+        assert replace_wrep(t) == plain_wrep.sub(lambda m: f' xxwrep {len(m.group(2).split()) + 1} {m.group(1)} ',
+                                                 t), repr(t)
+
+
 def test_spaces():
     assert spec_add_spaces('and/or #1') == 'and / or  # 1'
     assert rm_useless_spaces('a   b\n\nc  d') == 'a b\n\nc d'

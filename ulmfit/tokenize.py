@@ -34,12 +34,22 @@ def fix_html(t: str) -> str:
 _re_rep = re.compile(r'(\S)(\1{3,})')
 
 
+def _has_run4(t: str) -> bool:
+    "Does any character occur 4 times in a row? (A vectorised pre-check: the regex alone costs ~50 us per review.)"
+    a = np.frombuffer(t.encode('utf-32-le', 'surrogatepass'), np.uint32)
+    e = a[1:] == a[:-1]
+    return bool((e[:-2] & e[1:-1] & e[2:]).any())
+
+
 def replace_rep(t: str) -> str:
     "A character repeated 4+ times: `'wow!!!!!'` -> `'wow xxrep 5 ! '`."
+    if len(t) < 4 or not _has_run4(t): return t
     return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
 
 
-_re_wrep = re.compile(r'(\b\w+\W+)(\1{3,})')
+# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
+# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
+_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
 
 
 def replace_wrep(t: str) -> str:
