@@ -72,7 +72,12 @@ TRICKY = ['Hello  world', 'a\tb\t\tc', 'New\n\nline \n end', 'WOW!!!!! so  GOOD'
           'a/b#c', '&amp; &lt;tag&gt; <br /><br />x', '\u00a0nbsp\u2003em', "'quoted' \"double\"", '$10.50, 1,000.5km',
           "Mr. Smith's dog.", 'ÉCOLE école', '---', '....', 'x | y', 'a|', '|', 'a\n \tb', 'end.\n', 'x \n y',
           'a \n\n b', 'foo\n bar', 'a\nb c\n d', 'a \n', 'a\t \tb c', 'x\u3000y z', 'q ', 'q  ', 'x x x x x x',
-          "Back'' ''Return", 'Hi :-) there :- )', "rock 'n' roll 'cause", '10a.m. 5 p.m. ok']
+          "Back'' ''Return", 'Hi :-) there :- )', "rock 'n' roll 'cause", '10a.m. 5 p.m. ok',
+          # one bracket/quote before a word and/or one mark after it: split without spaCy unless a special case
+          # could be involved
+          '(Mr. Smith', 'cannot, (cannot gonna! (Dr. Mr., (film, film. DVD. tX. 日本. 日本, (a. a. i. I.',
+          "goin' \"film\" 'film' (Mr.",
+          "(etc. etc., e.g., Gray's 'em 'cause dogs' ol' nothin', x; x: ?x x? (x)"]
 
 
 def test_memo_matches_plain_spacy(tok):

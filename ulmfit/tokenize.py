@@ -133,6 +133,7 @@ _re_split_ws = re.compile(r'\S+|\s+')
 
 
 _PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by the SpacyTokenizers of a process
+_OPEN1, _CLOSE1 = frozenset('("\''), frozenset(',!?;:)"\'')  # one-character prefixes/suffixes spaCy always splits
 
 
 def _blank_tokenizer(lang: str, fast: bool, rules: bool = True):
@@ -256,10 +257,11 @@ class SpacyTokenizer:
         left, right, _, _ = self._risk_sets
         if simple:
             specials = self._special_keys
-            alpha = [p for p in simple if p.isalpha() and p not in specials]
-            for p in alpha:
-                memo[p] = conv([p])
-                if p.startswith(right) or p.endswith(left): self._flag(p, risk, [p], [p])
+            for p in simple:
+                tk = [p] if p.isalpha() and p not in specials else self._affix_split(p)
+                if tk:
+                    memo[p] = conv(tk)
+                    if p.startswith(right) or p.endswith(left): self._flag(p, risk, tk, tk)
             rest = [p for p in simple if p not in memo]
             if rest:
                 toks = self._split(self._fast_tok, rest)
@@ -283,6 +285,26 @@ class SpacyTokenizer:
             en = risk[1].get(cs[-1], 0) if not cs[-1][0].isspace() else 0
             if st: risk[0][p] = st
             if en: risk[1][p] = en
+
+    def _affix_split(self, p: str) -> list[str] | None:
+        """Tokens of a word with one opening bracket/quote and/or one closing mark (`'(film,'` -> `['(', 'film', ',']`),
+        or None when `p` is not of that shape or a special case could be involved (English rules only).
+
+        spaCy strips one prefix and one suffix per step, checking the special cases on `p`, `p` minus its prefix,
+        `p` minus its suffix and the stem; these marks are affixes after any letter, and letters never are. A '.'
+        is only a suffix after some letters (lowercase, or two capitals): here only after a-z."""
+        n = len(p)
+        if n < 2 or self.lang != 'en': return None
+        a = 1 if p[0] in _OPEN1 else 0
+        b = n - 1 if p[-1] in _CLOSE1 or (p[-1] == '.' and 'a' <= p[-2] <= 'z') else n
+        w = p[a:b]
+        if (a == 0 and b == n) or not w.isalpha(): return None
+        specials = self._special_keys
+        if p in specials or w in specials or p[a:] in specials or p[:b] in specials: return None
+        toks = ([p[0]] if a else []) + [w] + ([p[-1]] if b < n else [])
+        _, _, bit, mask = self._risk_sets  # a special case with affixes could join two of these tokens
+        if any(bit.get(x, 0) & mask.get(y, 0) for x, y in zip(toks, toks[1:])): return None
+        return toks
 
     @staticmethod
     def _split(tokenizer, pieces: list[str]) -> list[list[str]]:
