@@ -66,7 +66,7 @@ SETTINGS = {
 PRESETS = {
     'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
                  lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
-    # About 1.5-2 hours on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
+    # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
     # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],

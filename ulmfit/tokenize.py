@@ -522,11 +522,9 @@ def _run(fn, tok, texts, n_workers, chunk):
     "Map `fn` over batches of `texts` in worker processes; results in order, at most a few batches in flight."
     n_workers = default_workers() if n_workers is None else n_workers
     if n_workers <= 1:
-        old = gc.get_threshold()
-        _init_worker(tok)
-        try:
+        with _relaxed_gc():
+            _init_worker(tok)
             for b in _batches(texts, chunk): yield fn(b)
-        finally: gc.set_threshold(*old)
         return
     # Pool.imap would read the whole input ahead; a small window of async tasks keeps memory bounded.
     with _relaxed_gc(), get_context('fork').Pool(n_workers, initializer=_init_worker, initargs=(tok,)) as pool:
