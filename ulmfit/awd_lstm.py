@@ -253,10 +253,20 @@ def lm_accuracy(pred, y):
     return (pred.argmax(-1) == y).float().mean()
 
 
-def ar_tar(raw_out, out, alpha=2., beta=1.):
-    "Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n)."
-    ar = alpha * out.float().pow(2).mean()
-    tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+def ar_tar(raw_out, out, alpha=2., beta=1., mask=None):
+    """Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n).
+
+    With `mask` (bs, sl), True at padding, the means run over real positions (and pairs of adjacent real positions)
+    only, so the amount of padding in a classifier batch doesn't change the penalty."""
+    if mask is None:
+        ar = alpha * out.float().pow(2).mean()
+        tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+        return ar + tar
+    real = (~mask)[..., None].float()  # (bs, sl, 1)
+    pair = real[:, 1:] * real[:, :-1]  # (bs, sl-1, 1) both ends real
+    n = out.size(-1)
+    ar = alpha * (out.float().pow(2) * real).sum() / (real.sum() * n).clamp(min=1)
+    tar = beta * ((raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2) * pair).sum() / (pair.sum() * n).clamp(min=1)
     return ar + tar
 
 
@@ -268,7 +278,7 @@ def reset_model(model):
 
 
 class RNNCallback(Callback):
-    "Resets hidden state before each train/valid pass; unpacks (logits, raw, out) so losses see logits."
+    "Resets hidden state before each train/valid pass; unpacks (logits, raw, out[, mask]) so losses see logits."
     order = -5
 
     def before_train(self):
@@ -279,16 +289,21 @@ class RNNCallback(Callback):
 
     def after_pred(self):
         if isinstance(self.learn.pred, tuple):
-            self.learn.pred, self.raw_out, self.out = self.learn.pred
+            self.learn.pred, self.raw_out, self.out, *mask = self.learn.pred
+            self.mask = mask[0] if mask else None  # the classifier's padding mask
         else:
-            self.raw_out = self.out = None
+            self.raw_out = self.out = self.mask = None
 
 
 RNNResetCallback = RNNCallback
 
 
 class ARTARCallback(Callback):
-    "Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`."
+    """Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`.
+
+    Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
+    beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
+    adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
     order = 5  # after RNNCallback, before MixedPrecision (10) scales loss_grad
 
     def __init__(self, alpha=2., beta=1.):
@@ -305,4 +320,5 @@ class ARTARCallback(Callback):
     def after_loss(self):
         rnn = self.learn.rnn
         if self.learn.training and rnn.raw_out is not None:
-            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta)
+            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta,
+                                                                 getattr(rnn, 'mask', None))
