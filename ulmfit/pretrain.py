@@ -219,11 +219,12 @@ def pretrain(cfg, r=0, ws=1):
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], moms=tuple(cfg['moms']), resume=resume)
-    if r != 0:
-        return run_dir
-    # The last epoch's validation is the final one unless the time budget cut training short.
+    # The last epoch's validation is the final one unless the time budget cut training short. Every rank validates:
+    # the metrics are summed over ranks (DistributedCallback.after_validate).
     done = len(learn.recorder.history) == cfg['epochs'] and not getattr(learn, 'budget_reached', False)
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
+    if r != 0:
+        return run_dir
     model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
                                   extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
