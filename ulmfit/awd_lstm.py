@@ -132,26 +132,42 @@ class WeightDropout(nn.Module):
 
     def forward(self, x, hidden):  # x (bs, sl, ni), hidden 2 x (1, bs, nh)
         m = self.module
-        with _lstm_autocast(x):
+        fp32 = _lstm_fp32(x)
+        with torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext():
+            if fp32:
+                x, hidden = x.float(), tuple(h.float() for h in hidden)
             if not self.training or self.weight_p == 0.:
                 return m(x, hidden)
             w_hh = F.dropout(m.weight_hh_l0, self.weight_p, training=True)
             weights = [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0]
             if x.is_cuda:  # cuDNN wants the four weights in one buffer, in this order, or it copies and warns
                 flat = torch.cat([w.reshape(-1) for w in weights])
-                if torch.is_autocast_enabled('cuda'):  # cast the buffer once, not each weight apart
+                if torch.is_autocast_enabled('cuda'):  # fp16 (bf16 runs in fp32): cast the buffer once, not each weight
                     flat = flat.to(torch.get_autocast_dtype('cuda'))
                 weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
             out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, m.batch_first)
             return out, (h, c)
 
 
-def _lstm_autocast(x):
-    "Keep the LSTM in fp32 under CPU autocast where oneDNN has no bf16 LSTM (it fails on e.g. AVX2-only CPUs)."
-    cpu_bf16 = not x.is_cuda and torch.is_autocast_enabled('cpu')
-    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.autocast('cpu', enabled=False)
-    return contextlib.nullcontext()
+def lstm_in_fp32(device_type, autocast_dtype, onednn_bf16=True):
+    """Whether the LSTM kernel runs in fp32 (autocast off around it) under autocast to `autocast_dtype`.
+
+    - CUDA + bf16: yes. PyTorch's autocast wrapper for cuDNN RNNs casts input and weights to fp16 whatever the
+      autocast dtype (aten/src/ATen/native/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten` casts to kHalf), so a
+      bf16 run would run its LSTMs in fp16 with no loss scaler; passing bf16 weights ourselves needs cuDNN >= 9.13 for
+      bf16 RNNs. fp32 recurrences are safe everywhere, and the decoder, the larger matmul, still runs in bf16.
+    - CPU + bf16 where oneDNN has no bf16 LSTM (e.g. AVX2-only CPUs): yes, it would fail.
+    - fp16 on CUDA: no, cuDNN runs fp16 RNNs and the GradScaler covers them."""
+    if autocast_dtype != torch.bfloat16:
+        return False
+    return device_type == 'cuda' or (device_type == 'cpu' and not onednn_bf16)
+
+
+def _lstm_fp32(x):
+    dt = x.device.type
+    if dt not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dt):
+        return False
+    return lstm_in_fp32(dt, torch.get_autocast_dtype(dt), dt != 'cpu' or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # ---- encoder and decoder ---------------------------------------------------------------------------------
