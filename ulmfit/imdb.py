@@ -76,8 +76,25 @@ PRESETS = {
     # reading whole documents is worth its cost on a CPU awaits measurement.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
                 train_docs=8000, max_len=72 * 4, truncate=72 * 4, clas_valid_docs=1000),
-    # The fastai ULMFiT IMDB example, for a GPU.
-    'paper': dict(model='paper', lm_bs=128, lm_bptt=80, lm_epochs=10, clas_bs=64, precision='fp16'),
+    # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
+    # course-v3 lesson3-imdb.ipynb; the other settings' defaults above are that recipe too.
+    'paper': dict(
+        model='paper',       # the WT103 AWD-LSTM (used only when no pretrained folder is found)
+        lm_bs=128,           # dls_lm = ...dataloaders(path, path=path, bs=128, seq_len=80)
+        lm_bptt=80,          # ...seq_len=80
+        lm_drop_mult=0.3,    # language_model_learner(dls_lm, AWD_LSTM, drop_mult=0.3, ...)
+        lm_frozen_epochs=1, lm_frozen_lr=2e-2,  # learn.fit_one_cycle(1, 2e-2)
+        lm_epochs=10, lm_lr=2e-3,  # learn.unfreeze(); learn.fit_one_cycle(10, 2e-3)
+        lm_valid_pct=0.1,    # splitter=RandomSplitter(0.1) over train + test + unsup reviews
+        clas_bs=128,         # dls_clas = ...dataloaders(path, path=path, bs=128, seq_len=72)
+        bptt=72,             # ...seq_len=72
+        max_len=72 * 20,     # v2 text/learner.py `text_classifier_learner(max_len=72*20)`
+        truncate=0,          # whole documents, as fastai's SentenceEncoder reads them
+        clas_drop_mult=0.5,  # text_classifier_learner(dls_clas, AWD_LSTM, drop_mult=0.5, ...)
+        clas_lr=2e-2,        # fit_one_cycle(1, 2e-2); then 1e-2, 5e-3, 1e-3 (each a slice(lr/2.6**4, lr))
+        clas_epochs=[1, 1, 1, 2],  # freeze_to(-2): 1 epoch, freeze_to(-3): 1, unfreeze(): 2
+        precision='fp16',    # .to_fp16() on both learners
+    ),
 }
 
 
