@@ -8,8 +8,9 @@ import ulmfit.awd_lstm as A
 def test_lstm_precision_policy():
     assert A.lstm_in_fp32('cuda', torch.bfloat16)  # AutocastRNN.cpp casts to fp16: run fp32 instead
     assert not A.lstm_in_fp32('cuda', torch.float16)  # fp16 + GradScaler: cuDNN's fp16 RNN is fine
-    assert A.lstm_in_fp32('cpu', torch.bfloat16, onednn_bf16=False)
-    assert not A.lstm_in_fp32('cpu', torch.bfloat16, onednn_bf16=True)
+    assert A.lstm_in_fp32('cpu', torch.bfloat16, onednn_has_dtype=False)
+    assert not A.lstm_in_fp32('cpu', torch.bfloat16, onednn_has_dtype=True)
+    assert A.lstm_in_fp32('cpu', torch.float16, onednn_has_dtype=False)  # fp16 CPU autocast without oneDNN fp16
 
 
 def _run(wd, x, h, autocast):

@@ -149,25 +149,28 @@ class WeightDropout(nn.Module):
             return out, (h, c)
 
 
-def lstm_in_fp32(device_type, autocast_dtype, onednn_bf16=True):
+def lstm_in_fp32(device_type, autocast_dtype, onednn_has_dtype=True):
     """Whether the LSTM kernel runs in fp32 (autocast off around it) under autocast to `autocast_dtype`.
 
     - CUDA + bf16: yes. PyTorch's autocast wrapper for cuDNN RNNs casts input and weights to fp16 whatever the
       autocast dtype (aten/src/ATen/native/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten` casts to kHalf), so a
       bf16 run would run its LSTMs in fp16 with no loss scaler; passing bf16 weights ourselves needs cuDNN >= 9.13 for
       bf16 RNNs. fp32 recurrences are safe everywhere, and the decoder, the larger matmul, still runs in bf16.
-    - CPU + bf16 where oneDNN has no bf16 LSTM (e.g. AVX2-only CPUs): yes, it would fail.
-    - fp16 on CUDA: no, cuDNN runs fp16 RNNs and the GradScaler covers them."""
-    if autocast_dtype != torch.bfloat16:
-        return False
-    return device_type == 'cuda' or (device_type == 'cpu' and not onednn_bf16)
+    - CUDA + fp16: no, cuDNN runs fp16 RNNs and the GradScaler covers them.
+    - CPU: when oneDNN has no LSTM in that dtype (bf16 on AVX2-only CPUs, fp16 without AVX512-FP16), it would fail."""
+    if device_type == 'cuda':
+        return autocast_dtype == torch.bfloat16
+    return device_type == 'cpu' and not onednn_has_dtype
 
 
 def _lstm_fp32(x):
     dt = x.device.type
     if dt not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dt):
         return False
-    return lstm_in_fp32(dt, torch.get_autocast_dtype(dt), dt != 'cpu' or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    dtype = torch.get_autocast_dtype(dt)
+    has = dt != 'cpu' or (torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                          else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return lstm_in_fp32(dt, dtype, has)
 
 
 # ---- encoder and decoder ---------------------------------------------------------------------------------
