@@ -53,7 +53,7 @@ bench: ## run the benchmarks (each prints one JSON line)
 	$(PYTHON) bench/xresnet_speed.py --size 64
 	$(if $(wildcard $(ULMFIT_MIRROR)/imdb.tgz),$(PYTHON) bench/tokenize_speed.py --corpus $(ULMFIT_MIRROR)/imdb.tgz --workers 2,@echo "tokenize_speed skipped: no imdb.tgz in MIRROR")
 
-gpu-check: ## GPU checks (fp16/bf16 steps, CUDA-vs-CPU parity, resume, DDP), a pass/fail table; ARGS='--device cpu' runs them on the CPU
+gpu-check: ## GPU checks as a pass/fail table (ARGS='--device cpu' runs them on the CPU)
 	$(PYTHON) bench/gpu_check.py $(ARGS)
 
 lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus)

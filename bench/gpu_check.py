@@ -23,8 +23,9 @@ Checks (all through documented APIs: torch.autocast, torch.amp.GradScaler, chann
 On the CPU (`--device cpu`) the same code runs with CPU-sized batches (the model sizes stay `paper`'s unless
 --small): fp16/bf16 use CPU autocast and a CPU GradScaler, with an 8k vocab for the reduced-precision LM and
 classifier because most CPUs emulate fp16/bf16 matmuls (~20x slower at 60k); the LSTMs themselves run in fp32 where
-oneDNN lacks that dtype (awd_lstm.lstm_in_fp32); the cuDNN warning filter is installed but cuDNN is not involved; parity_eval compares the CPU with itself (it checks the plumbing, not cuDNN); ddp_torchrun runs two gloo
-processes on the CPU. Throughput numbers on a CPU are for the record only.
+oneDNN lacks that dtype (awd_lstm.lstm_in_fp32); the cuDNN warning filter is installed but cuDNN is not involved;
+parity_eval compares the CPU with itself (it checks the plumbing, not cuDNN); ddp_torchrun runs two gloo processes
+on the CPU. Throughput numbers on a CPU are for the record only.
 """
 import argparse
 import json
@@ -122,7 +123,8 @@ def check_lm(a, device, precision):
     if precision == 'fp16':
         first_skipped = log.skipped[0] > 0
         ok &= not first_skipped
-        detail += f"; first step {'SKIPPED' if first_skipped else 'taken'}, scale {learn.mixed_precision.scaler.get_scale():g}"
+        scale = learn.mixed_precision.scaler.get_scale()
+        detail += f"; first step {'SKIPPED' if first_skipped else 'taken'}, scale {scale:g}"
     t = sum(log.times[1:])
     rec = dict(bench='gpu_check_lm', precision=precision, tokens_per_s=round(bs * bptt * (len(log.times) - 1) / t, 1),
                bs=bs, bptt=bptt, vocab=cfg.vocab_sz, emb_sz=cfg.emb_sz, n_hid=cfg.n_hid)
@@ -357,7 +359,8 @@ def main(argv=None):
         print(json.dumps(r))
     failed = [r[0] for r in rows if r[1] is False]
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
-    print(f"{len(rows) - len(failed)}/{len(rows)} passed on {name} in {time.time() - t0:.0f} s (torch {torch.__version__})"
+    print(f"{len(rows) - len(failed)}/{len(rows)} passed on {name} in {time.time() - t0:.0f} s "
+          f"(torch {torch.__version__})"
           + (f"; FAILED: {', '.join(failed)}" if failed else ''))
     return 1 if failed else 0
 

@@ -41,7 +41,7 @@ def cleanup_distributed():
 
 
 def shard(t, r, n):
-    "Rank r's contiguous share of the first dimension of `t` (or of each tensor in a tuple); shares differ by one row at most."
+    "Rank r's contiguous share of the first dimension of `t` (or of each tuple item); shares differ by a row at most."
     if isinstance(t, (tuple, list)):
         return type(t)(shard(o, r, n) for o in t)
     if not isinstance(t, torch.Tensor):

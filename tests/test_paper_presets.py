@@ -1,4 +1,4 @@
-"The `paper` presets are fastai's published recipes (see the comments beside each value), and `div` reaches the schedule."
+"The `paper` presets are fastai's published recipes (see the comment beside each value); `div` shapes the schedule."
 from common.config import resolve_config
 from common.schedule import one_cycle
 from ulmfit import imdb, pretrain

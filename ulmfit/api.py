@@ -184,6 +184,8 @@ class TextClassifier:
                           f"predicted as label None")
         keep = [i for i in range(len(texts)) if i not in set(empty)]
         ids = [self.vocab.numericalize(self.tok(texts[i])) for i in keep]
+        if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
+            ids = [t[-self.truncate:] for t in ids]
         order = sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True)
         self.model.eval()
         dev = next(self.model.parameters()).device
@@ -221,6 +223,7 @@ class TextClassifier:
         clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
         clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
+        clf.truncate = settings.get('truncate', 0)
         return clf
 
 

@@ -72,8 +72,9 @@ PRESETS = {
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
     # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
-    # truncate=288 keeps this preset's reading as it was timed (documents cut to their last 288 tokens); whether
-    # reading whole documents is worth its cost on a CPU awaits measurement.
+    # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
+    # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
+    # measurement.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
                 train_docs=8000, max_len=72 * 4, truncate=72 * 4, clas_valid_docs=1000),
     # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
@@ -202,7 +203,8 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     train_idx, test_idx = store.labeled_idx('train'), store.labeled_idx(test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
-    mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, cfg.get('truncate'), backwards)  # noqa: E731
+    trunc = cfg.get('truncate')
+    mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
     valid_idx = test_idx
     if cfg.get('clas_valid_docs') and cfg['clas_valid_docs'] < len(test_idx):
         valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
@@ -224,7 +226,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
         save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
                         {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
-                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards,
+                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards, 'truncate': trunc or 0,
                          'tokenizer': SpacyTokenizer().config()})
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()

@@ -92,8 +92,8 @@ class SortishSampler(Sampler):
     """Roughly sorted by length, with randomness (torch's global RNG):
 
         randperm ─► [ megabatch 0 (50*bs) ][ megabatch 1 ] ...     each sorted by length, longest first
-                 ─► cut into batches of bs ─► the full batch holding the longest doc goes first (so an out-of-memory
-                    shows up at once), the other full batches are shuffled, the partial batch (if any) goes last
+                 ─► cut into batches of bs ─► the full batch holding the longest doc goes first (so an
+                    out-of-memory shows up at once), the other full batches are shuffled, the partial batch goes last
 
     The DataLoader cuts this index stream into batches of bs again, so the partial batch must stay last: anywhere else
     it shifts every later cut, and those batches straddle two length groups (lots of padding). Last, it is also what
