@@ -20,7 +20,7 @@ PRESET_ARG = $(if $(PRESET),--preset $(PRESET),)
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: help install test test-all lint smoke bench lm-pretrain imdb-classify imagewoof pets-transfer
+.PHONY: help install test test-all lint smoke bench gpu-check lm-pretrain imdb-classify imagewoof pets-transfer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench: ## run the benchmarks (each prints one JSON line)
 	$(PYTHON) bench/clas_speed.py --small
 	$(PYTHON) bench/xresnet_speed.py --size 64
 	$(if $(wildcard $(ULMFIT_MIRROR)/imdb.tgz),$(PYTHON) bench/tokenize_speed.py --corpus $(ULMFIT_MIRROR)/imdb.tgz --workers 2,@echo "tokenize_speed skipped: no imdb.tgz in MIRROR")
+
+gpu-check: ## GPU checks as a pass/fail table (ARGS='--device cpu' runs them on the CPU)
+	$(PYTHON) bench/gpu_check.py $(ARGS)
 
 lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus)
 	$(PYTHON) -m ulmfit pretrain $(PRESET_ARG) $(if $(CORPUS),--corpus $(CORPUS),) $(ARGS)

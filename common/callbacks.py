@@ -169,12 +169,15 @@ class MixedPrecision(Callback):
         if precision not in self.DTYPES:
             raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
         self.precision, self.scaler, self.init_scale = precision, scaler, init_scale
-        self.ctx, self.probe = None, None
+        self.ctx, self.probe, self.pending = None, None, None
 
     def before_fit(self):
         self.device_type = next(self.learn.model.parameters()).device.type
         if self.precision == 'fp16' and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
+        if self.pending is not None and self.scaler is not None:  # a resumed run's scale and growth tracker
+            self.scaler.load_state_dict(self.pending)
+        self.pending = None
         self.n_skipped = 0
 
     def before_batch(self):
@@ -214,8 +217,12 @@ class MixedPrecision(Callback):
         return {'scaler': self.scaler.state_dict()} if self.scaler is not None else {}
 
     def load_state_dict(self, state):
-        if 'scaler' in state and self.scaler is not None:
-            self.scaler.load_state_dict(state['scaler'])
+        # A resume loads callback state before `before_fit`, where the scaler is first made: keep it until then.
+        if 'scaler' in state:
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state['scaler'])
+            else:
+                self.pending = state['scaler']
 
 
 class GradientClip(Callback):

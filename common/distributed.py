@@ -41,15 +41,39 @@ def cleanup_distributed():
 
 
 def shard(t, r, n):
-    "Rank r's contiguous share of the first dimension of `t` (or of each tensor in a tuple)."
+    "Rank r's contiguous share of the first dimension of `t` (or of each tuple item); shares differ by a row at most."
     if isinstance(t, (tuple, list)):
         return type(t)(shard(o, r, n) for o in t)
     if not isinstance(t, torch.Tensor):
         return t
     bs = t.shape[0]
-    if bs % n:
-        raise ValueError(f"batch size {bs} can't be split evenly over {n} processes")
+    if bs < n:
+        raise ValueError(f"a batch of {bs} rows can't give each of {n} processes a row: use a batch size >= {n}")
     return t[r * bs // n:(r + 1) * bs // n]
+
+
+def share_weight(bs, r, n):
+    """What rank r's mean loss is scaled by so DDP's plain average of the ranks' gradients is the gradient of the
+    whole batch's mean loss: rows_r * n / bs (1 when the batch splits evenly)."""
+    return (((r + 1) * bs // n) - (r * bs // n)) * n / bs
+
+
+def _comm_device():
+    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
+def all_reduce_sum(values):
+    "Each number of `values` summed over all processes (as float64)."
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_cat(t):
+    "A CPU tensor concatenated (along dim 0) over all processes, in rank order; shapes may differ in dim 0."
+    out = [None] * world_size()
+    dist.all_gather_object(out, t.cpu())
+    return torch.cat(out)
 
 
 class DistributedCallback(Callback):
@@ -66,6 +90,25 @@ class DistributedCallback(Callback):
 
     def before_batch(self):
         # Loaders that already shard by rank (e.g. the LM loader) say so with `distributed_aware`.
+        self.weight = None
         if self.learn.training and not getattr(self.learn.dl, 'distributed_aware', False):
+            bs = self.learn.yb.shape[0] if isinstance(self.learn.yb, torch.Tensor) else None
             self.learn.xb = shard(self.learn.xb, rank(), world_size())
             self.learn.yb = shard(self.learn.yb, rank(), world_size())
+            if bs is not None and bs % world_size():
+                self.weight = share_weight(bs, rank(), world_size())
+
+    def before_backward(self):
+        # An uneven batch (e.g. a classifier's last one): ranks hold different row counts, and DDP averages their
+        # gradients with equal weight, so each rank's mean loss is weighted by its share of the rows first.
+        if self.weight is not None:
+            self.learn.loss_grad = self.learn.loss_grad * self.weight
+
+    def after_validate(self):
+        # A loader that shards by rank (the LM loader) shows each rank 1/N of the validation stream: the metrics'
+        # running sums are added up over the ranks, so the reported numbers cover the whole stream. (Other loaders
+        # show every rank everything.)
+        rec = getattr(self.learn, 'recorder', None)
+        if rec is not None and getattr(self.learn.dl, 'distributed_aware', False):
+            for m in [rec.valid_loss, *rec.metrics]:
+                m.sync()

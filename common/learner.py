@@ -16,8 +16,8 @@ import torch
 
 from .callback import (EVENTS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
                        CancelStepException, CancelTrainException, CancelValidateException)
-from .optim import adamw, as_param_lists, bn_params, check_split, lrs_for, make_param_groups, set_hyper, \
-    trainable_params
+from .optim import adamw, as_param_lists, bn_params, check_split, lrs_for, make_param_groups, opt_state_to_params, \
+    set_hyper, trainable_params
 
 
 class DataLoaders:
@@ -157,6 +157,10 @@ class Learner:
             self.resume_state = None
 
     def _do_fit(self):
+        # `before_fit` may have moved the model (DeviceCallback): optimizer state loaded earlier (a resume, `load`) must
+        # follow it, or the first step on a GPU meets CPU state.
+        if self.opt is not None:
+            opt_state_to_params(self.opt)
         start = self.resume_state['epoch'] if self.resume_state else 0
         for epoch in range(start, self.n_epoch):
             self.epoch = epoch

@@ -32,6 +32,10 @@ class Metric:
     def reset(self): ...
     def accumulate(self, learn): ...
 
+    def sync(self):
+        "Combine this pass's accumulators over all DDP processes (each saw part of the data)."
+        raise NotImplementedError(f"{type(self).__name__} can't combine its values across processes")
+
     @property
     def value(self): ...
 
@@ -50,6 +54,10 @@ class AvgMetric(Metric):
         self.total += float(self.fn(learn.pred, learn.yb)) * n
         self.count += n
 
+    def sync(self):
+        from .distributed import all_reduce_sum
+        self.total, self.count = all_reduce_sum([self.total, self.count])
+
     @property
     def value(self):
         return self.total / self.count if self.count else float('nan')
@@ -66,6 +74,10 @@ class AvgLoss(Metric):
         n = _n_targets(learn.yb)
         self.total += float(learn.loss) * n
         self.count += n
+
+    def sync(self):
+        from .distributed import all_reduce_sum
+        self.total, self.count = all_reduce_sum([self.total, self.count])
 
     @property
     def value(self):
@@ -97,6 +109,11 @@ class F1Score(Metric):
     def accumulate(self, learn):
         self.preds.append(learn.pred.argmax(-1).flatten().cpu())
         self.targs.append(learn.yb.flatten().cpu())
+
+    def sync(self):
+        from .distributed import all_gather_cat
+        cat = lambda ts: torch.cat(ts) if ts else torch.empty(0, dtype=torch.long)  # noqa: E731
+        self.preds, self.targs = [all_gather_cat(cat(self.preds))], [all_gather_cat(cat(self.targs))]
 
     @property
     def value(self):

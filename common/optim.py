@@ -146,3 +146,20 @@ def get_hyper(opt, name):
 
 
 OPTIMIZERS = {'adamw': adamw, 'adam': partial(adamw, weight_decay=0.), 'sgd': sgd}
+
+
+def opt_state_to_params(opt):
+    """Move optimizer state to the device (and floating dtype) of its parameters, if it isn't there.
+
+    State loaded before the model moved (a checkpoint read on the CPU, then `model.to('cuda')`) stays on the CPU, and
+    the first step fails. `torch.optim.Optimizer.load_state_dict` documents the rule we need: each state tensor is cast
+    to its parameter's device and dtype ('step' is left where the optimizer keeps it). Loading the optimizer's own
+    state again applies that rule once more.
+    """
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if k != 'step' and isinstance(v, torch.Tensor) and (
+                    v.device != p.device or (p.is_floating_point() and v.dtype != p.dtype)):
+                opt.load_state_dict(opt.state_dict())
+                return True
+    return False

@@ -71,3 +71,6 @@ def test_two_process_pretraining_matches_one(tmp_path, monkeypatch):
     b, _, _ = load_model_folder(tmp_path / 'runs' / 'ddp' / 'model')
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-5), k
+    # rank 0 reports the validation loss of the whole stream, not of its own half of the rows
+    m1, m2 = (json.loads((d / 'metrics.json').read_text()) for d in (single, tmp_path / 'runs' / 'ddp'))
+    assert abs(m1['valid_loss'] - m2['valid_loss']) < 1e-4

@@ -8,7 +8,8 @@
 
 Defined behaviours:
 - empty or whitespace-only texts are predicted as `Prediction(None, {})` (nothing to read), with a warning;
-- texts longer than `max_len` tokens are classified from their last `max_len` tokens (as in training);
+- texts are read whole; the classifier pools over the outputs of their last `max_len` tokens (as in training and
+  in fastai), so the hidden state has seen the beginning of a long text;
 - validation labels never seen in training raise a ValueError naming them;
 - a saved classifier is one folder: `clas.pth` (weights, config, vocab, classes, settings), `vocab.json`,
   `config.json`; loading checks that vocab, config and weights agree.
@@ -154,8 +155,7 @@ class TextClassifier:
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
         if len(tr) == 0 or len(va) == 0:
             raise ValueError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
-        dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True, max_len=self.max_len),
-                          recipe.clas_loader(store, va, self.bs, max_len=self.max_len))
+        dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True), recipe.clas_loader(store, va, self.bs))
         learn = recipe.clas_learner(self.config, len(self.classes), dls, multi_label=self.multi_label,
                                     label_smoothing=label_smoothing, drop_mult=drop_mult, bptt=self.bptt,
                                     max_len=self.max_len, precision=self.precision)
@@ -183,7 +183,9 @@ class TextClassifier:
             warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
                           f"predicted as label None")
         keep = [i for i in range(len(texts)) if i not in set(empty)]
-        ids = [self.vocab.numericalize(self.tok(texts[i]))[-self.max_len:] for i in keep]
+        ids = [self.vocab.numericalize(self.tok(texts[i])) for i in keep]
+        if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
+            ids = [t[-self.truncate:] for t in ids]
         order = sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True)
         self.model.eval()
         dev = next(self.model.parameters()).device
@@ -221,6 +223,7 @@ class TextClassifier:
         clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
         clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
+        clf.truncate = settings.get('truncate', 0)
         return clf
 
 

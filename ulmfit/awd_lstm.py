@@ -132,26 +132,45 @@ class WeightDropout(nn.Module):
 
     def forward(self, x, hidden):  # x (bs, sl, ni), hidden 2 x (1, bs, nh)
         m = self.module
-        with _lstm_autocast(x):
+        fp32 = _lstm_fp32(x)
+        with torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext():
+            if fp32:
+                x, hidden = x.float(), tuple(h.float() for h in hidden)
             if not self.training or self.weight_p == 0.:
                 return m(x, hidden)
             w_hh = F.dropout(m.weight_hh_l0, self.weight_p, training=True)
             weights = [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0]
             if x.is_cuda:  # cuDNN wants the four weights in one buffer, in this order, or it copies and warns
                 flat = torch.cat([w.reshape(-1) for w in weights])
-                if torch.is_autocast_enabled('cuda'):  # cast the buffer once, not each weight apart
+                if torch.is_autocast_enabled('cuda'):  # fp16 (bf16 runs in fp32): cast the buffer once, not each weight
                     flat = flat.to(torch.get_autocast_dtype('cuda'))
                 weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
             out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, m.batch_first)
             return out, (h, c)
 
 
-def _lstm_autocast(x):
-    "Keep the LSTM in fp32 under CPU autocast where oneDNN has no bf16 LSTM (it fails on e.g. AVX2-only CPUs)."
-    cpu_bf16 = not x.is_cuda and torch.is_autocast_enabled('cpu')
-    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.autocast('cpu', enabled=False)
-    return contextlib.nullcontext()
+def lstm_in_fp32(device_type, autocast_dtype, onednn_has_dtype=True):
+    """Whether the LSTM kernel runs in fp32 (autocast off around it) under autocast to `autocast_dtype`.
+
+    - CUDA + bf16: yes. PyTorch's autocast wrapper for cuDNN RNNs casts input and weights to fp16 whatever the
+      autocast dtype (aten/src/ATen/native/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten` casts to kHalf), so a
+      bf16 run would run its LSTMs in fp16 with no loss scaler; passing bf16 weights ourselves needs cuDNN >= 9.13 for
+      bf16 RNNs. fp32 recurrences are safe everywhere, and the decoder, the larger matmul, still runs in bf16.
+    - CUDA + fp16: no, cuDNN runs fp16 RNNs and the GradScaler covers them.
+    - CPU: when oneDNN has no LSTM in that dtype (bf16 on AVX2-only CPUs, fp16 without AVX512-FP16), it would fail."""
+    if device_type == 'cuda':
+        return autocast_dtype == torch.bfloat16
+    return device_type == 'cpu' and not onednn_has_dtype
+
+
+def _lstm_fp32(x):
+    dt = x.device.type
+    if dt not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dt):
+        return False
+    dtype = torch.get_autocast_dtype(dt)
+    has = dt != 'cpu' or (torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                          else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return lstm_in_fp32(dt, dtype, has)
 
 
 # ---- encoder and decoder ---------------------------------------------------------------------------------
@@ -253,10 +272,20 @@ def lm_accuracy(pred, y):
     return (pred.argmax(-1) == y).float().mean()
 
 
-def ar_tar(raw_out, out, alpha=2., beta=1.):
-    "Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n)."
-    ar = alpha * out.float().pow(2).mean()
-    tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+def ar_tar(raw_out, out, alpha=2., beta=1., mask=None):
+    """Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n).
+
+    With `mask` (bs, sl), True at padding, the means run over real positions (and pairs of adjacent real positions)
+    only, so the amount of padding in a classifier batch doesn't change the penalty."""
+    if mask is None:
+        ar = alpha * out.float().pow(2).mean()
+        tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+        return ar + tar
+    real = (~mask)[..., None].float()  # (bs, sl, 1)
+    pair = real[:, 1:] * real[:, :-1]  # (bs, sl-1, 1) both ends real
+    n = out.size(-1)
+    ar = alpha * (out.float().pow(2) * real).sum() / (real.sum() * n).clamp(min=1)
+    tar = beta * ((raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2) * pair).sum() / (pair.sum() * n).clamp(min=1)
     return ar + tar
 
 
@@ -268,7 +297,7 @@ def reset_model(model):
 
 
 class RNNCallback(Callback):
-    "Resets hidden state before each train/valid pass; unpacks (logits, raw, out) so losses see logits."
+    "Resets hidden state before each train/valid pass; unpacks (logits, raw, out[, mask]) so losses see logits."
     order = -5
 
     def before_train(self):
@@ -279,16 +308,21 @@ class RNNCallback(Callback):
 
     def after_pred(self):
         if isinstance(self.learn.pred, tuple):
-            self.learn.pred, self.raw_out, self.out = self.learn.pred
+            self.learn.pred, self.raw_out, self.out, *mask = self.learn.pred
+            self.mask = mask[0] if mask else None  # the classifier's padding mask
         else:
-            self.raw_out = self.out = None
+            self.raw_out = self.out = self.mask = None
 
 
 RNNResetCallback = RNNCallback
 
 
 class ARTARCallback(Callback):
-    "Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`."
+    """Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`.
+
+    Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
+    beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
+    adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
     order = 5  # after RNNCallback, before MixedPrecision (10) scales loss_grad
 
     def __init__(self, alpha=2., beta=1.):
@@ -305,4 +339,5 @@ class ARTARCallback(Callback):
     def after_loss(self):
         rnn = self.learn.rnn
         if self.learn.training and rnn.raw_out is not None:
-            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta)
+            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta,
+                                                                 getattr(rnn, 'mask', None))

@@ -3,6 +3,9 @@
     ids (bs, sl) ─ SentenceEncoder ─ (output (bs, w, emb_sz), pad mask (bs, w))
                  ─ masked_concat_pool ─ (bs, 3*emb_sz)
                  ─ [BatchNorm ─ Dropout ─ Linear ─ ReLU] ... ─ logits (bs, n_out)
+
+The model returns `(logits, output, output, mask)`, as the language model returns `(logits, raw, out)`: AR/TAR
+regularise the classifier's encoder outputs too (`RNNCallback` unpacks the tuple, so losses see plain logits).
 """
 import torch
 import torch.nn as nn
@@ -74,6 +77,11 @@ def masked_concat_pool(output, mask):
 
 def lin_bn_drop(ni, nf, p, act=True):
     "BatchNorm → Dropout → Linear (→ ReLU)."
+    # The Linear keeps its bias, as in fastai v1 layers.py `bn_drop_lin` (the head of the published ULMFiT models).
+    # fastai v2 layers.py `LinBnDrop` drops it (bias=not bn), but with the BatchNorm *before* the Linear that bias
+    # adds nothing the model can't already express: the BatchNorm shift β reaches the output as W·β, so any bias in
+    # W's column space (all of them when W has full row rank, as here: ni > nf) is reachable either way. Keeping it
+    # keeps saved classifiers loadable.
     layers = [nn.BatchNorm1d(ni), nn.Dropout(p), nn.Linear(ni, nf)]
     return layers + [nn.ReLU(inplace=True)] if act else layers
 
@@ -90,9 +98,11 @@ class PoolingLinearClassifier(nn.Module):
             layers += lin_bn_drop(ni, nf, p, act=i < len(ps) - 1)
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, inp):  # (output (bs, w, emb_sz), mask (bs, w)) -> (bs, n_out)
+    def forward(self, inp):  # (output (bs, w, emb_sz), mask (bs, w)) -> logits (bs, n_out), output, output, mask
         output, mask = inp
-        return self.layers(masked_concat_pool(output, mask))
+        # fastai v2 text/models/core.py `PoolingLinearClassifier.forward` likewise returns the encoder output twice
+        # (raw and dropped are the same here: no output dropout before pooling) for RNNRegularizer's AR/TAR.
+        return self.layers(masked_concat_pool(output, mask)), output, output, mask
 
 
 def get_text_classifier(config, n_out, bptt=72, max_len=72 * 20, lin_ftrs=(50,), ps=None):

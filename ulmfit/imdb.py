@@ -54,7 +54,10 @@ SETTINGS = {
     'clas_valid_docs': Setting(0, 'validate after each classifier epoch on this many random test reviews (0 = all); '
                                   'the final evaluation always uses every test review'),
     'bptt': Setting(72, 'classifier chunk length'),
-    'max_len': Setting(72 * 20, 'classifier reads at most the last max_len tokens'),
+    'max_len': Setting(72 * 20, 'classifier pools over (and back-propagates through) the last max_len tokens; it '
+                                'reads the whole document before them, as fastai does'),
+    'truncate': Setting(0, 'cut each document to its last N tokens (in reading order) before the classifier reads '
+                           'it: cheaper, but the hidden state no longer sees the beginning (0 = read whole documents)'),
     'label_smoothing': Setting(0.0, 'label smoothing of the classifier loss'),
     'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
     'seed': Setting(42, 'random seed'),
@@ -69,10 +72,30 @@ PRESETS = {
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
     # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
+    # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
+    # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
+    # measurement.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
-                train_docs=8000, max_len=72 * 4, clas_valid_docs=1000),
-    # The fastai ULMFiT IMDB example, for a GPU.
-    'paper': dict(model='paper', lm_bs=128, lm_bptt=80, lm_epochs=10, clas_bs=64, precision='fp16'),
+                train_docs=8000, max_len=72 * 4, truncate=72 * 4, clas_valid_docs=1000),
+    # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
+    # course-v3 lesson3-imdb.ipynb; the other settings' defaults above are that recipe too.
+    'paper': dict(
+        model='paper',       # the WT103 AWD-LSTM (used only when no pretrained folder is found)
+        lm_bs=128,           # dls_lm = ...dataloaders(path, path=path, bs=128, seq_len=80)
+        lm_bptt=80,          # ...seq_len=80
+        lm_drop_mult=0.3,    # language_model_learner(dls_lm, AWD_LSTM, drop_mult=0.3, ...)
+        lm_frozen_epochs=1, lm_frozen_lr=2e-2,  # learn.fit_one_cycle(1, 2e-2)
+        lm_epochs=10, lm_lr=2e-3,  # learn.unfreeze(); learn.fit_one_cycle(10, 2e-3)
+        lm_valid_pct=0.1,    # splitter=RandomSplitter(0.1) over train + test + unsup reviews
+        clas_bs=128,         # dls_clas = ...dataloaders(path, path=path, bs=128, seq_len=72)
+        bptt=72,             # ...seq_len=72
+        max_len=72 * 20,     # v2 text/learner.py `text_classifier_learner(max_len=72*20)`
+        truncate=0,          # whole documents, as fastai's SentenceEncoder reads them
+        clas_drop_mult=0.5,  # text_classifier_learner(dls_clas, AWD_LSTM, drop_mult=0.5, ...)
+        clas_lr=2e-2,        # fit_one_cycle(1, 2e-2); then 1e-2, 5e-3, 1e-3 (each a slice(lr/2.6**4, lr))
+        clas_epochs=[1, 1, 1, 2],  # freeze_to(-2): 1 epoch, freeze_to(-3): 1, unfreeze(): 2
+        precision='fp16',    # .to_fp16() on both learners
+    ),
 }
 
 
@@ -180,7 +203,8 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     train_idx, test_idx = store.labeled_idx('train'), store.labeled_idx(test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
-    mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, cfg['max_len'], backwards)  # noqa: E731
+    trunc = cfg.get('truncate')
+    mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
     valid_idx = test_idx
     if cfg.get('clas_valid_docs') and cfg['clas_valid_docs'] < len(test_idx):
         valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
@@ -202,7 +226,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
         save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
                         {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
-                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards,
+                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards, 'truncate': trunc or 0,
                          'tokenizer': SpacyTokenizer().config()})
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()

@@ -92,8 +92,12 @@ class SortishSampler(Sampler):
     """Roughly sorted by length, with randomness (torch's global RNG):
 
         randperm ─► [ megabatch 0 (50*bs) ][ megabatch 1 ] ...     each sorted by length, longest first
-                 ─► cut into batches of bs ─► the batch holding the longest doc goes first (so an out-of-memory
-                    shows up at once), the others are shuffled
+                 ─► cut into batches of bs ─► the full batch holding the longest doc goes first (so an
+                    out-of-memory shows up at once), the other full batches are shuffled, the partial batch goes last
+
+    The DataLoader cuts this index stream into batches of bs again, so the partial batch must stay last: anywhere else
+    it shifts every later cut, and those batches straddle two length groups (lots of padding). Last, it is also what
+    `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last).
     """
     def __init__(self, lengths, bs: int, mega: int = 50):
         self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
@@ -106,10 +110,11 @@ class SortishSampler(Sampler):
         megas = [idx[i:i + sz] for i in range(0, len(idx), sz)]
         idx = np.concatenate([m[np.argsort(-self.lengths[m], kind='stable')] for m in megas])
         batches = [idx[i:i + self.bs] for i in range(0, len(idx), self.bs)]
+        last = [batches.pop()] if len(batches) > 1 and len(batches[-1]) < self.bs else []
         first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
         rest = [b for i, b in enumerate(batches) if i != first]
         rest = [rest[i] for i in torch.randperm(len(rest)).tolist()]
-        return iter(np.concatenate([batches[first]] + rest).tolist())
+        return iter(np.concatenate([batches[first]] + rest + last).tolist())
 
 
 def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int | None = None):
@@ -162,6 +167,7 @@ def class_loaders(store, bs: int = 64, train_splits=('train',), valid_splits=('t
         if len(ds) == 0: raise ValueError(f'{store.path}: no labeled docs in split(s) {splits}')
         sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
         dls.append(DataLoader(ds, batch_size=bs if train else bs * 2, sampler=sampler, num_workers=num_workers,
+                              drop_last=train and len(ds) >= bs,  # see recipe.clas_loader
                               collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len)))
     return dls[0], dls[1]
 

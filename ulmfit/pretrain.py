@@ -47,6 +47,7 @@ SETTINGS = {
     'wd': Setting(0.01, 'decoupled weight decay'),
     'moms': Setting([0.8, 0.7, 0.8], 'one-cycle momentums (beta1) start,middle,end'),
     'pct_start': Setting(0.25, 'fraction of training spent warming up'),
+    'div': Setting(25.0, 'one-cycle starting LR divisor: training starts at lr/div'),
     'clip': Setting(0.1, 'gradient clipping (total norm)'),
     'alpha': Setting(2.0, 'AR (activation regularization) weight'),
     'beta': Setting(1.0, 'TAR (temporal activation regularization) weight'),
@@ -67,8 +68,26 @@ PRESETS = {
     # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax
     # decoder costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens).
     'cpu': dict(model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180.),
-    # The ULMFiT WikiText-103 recipe for a GPU: full size, fp16.
-    'paper': dict(model='paper', bs=128, bptt=70, epochs=10, lr=5e-3, precision='fp16'),
+    # The recipe that made fastai's published WikiText-103 weights: fastai v1 examples/train_wt103.py, `main`'s
+    # defaults and its calls `language_model_learner(data, AWD_LSTM, drop_mult=drop_mult, pretrained=False)`,
+    # `learn.to_fp16(clip=0.1)`, `learn.fit_one_cycle(epochs, lr, moms=(0.8,0.7), div_factor=10, wd=wd)`.
+    'paper': dict(
+        model='paper',       # AWD_LSTM at fastai's `awd_lstm_lm_config` sizes (see ulmfit.awd_lstm.AWDLSTMConfig)
+        bs=256,              # main(bs=256)
+        bptt=80,             # main(bptt=80)
+        var_bptt=False,      # v1 text/data.py `LanguageModelPreLoader` reads fixed bptt windows
+        epochs=12,           # main(epochs=12)
+        lr=1e-2,             # main(lr=1e-2)
+        drop_mult=0.1,       # main(drop_mult=0.1): WT103 is large, so 1/10 of the AWD-LSTM dropouts
+        wd=0.1,              # main(wd=0.1), passed to fit_one_cycle
+        div=10.,             # fit_one_cycle(div_factor=10); v1 final_div = div*1e4 = 1e5, our one_cycle's default
+        moms=[0.8, 0.7, 0.8],  # fit_one_cycle(moms=(0.8,0.7)): down, then back up
+        pct_start=0.3,       # v1 train.py `fit_one_cycle` default pct_start=0.3
+        clip=0.1,            # to_fp16(clip=0.1)
+        precision='fp16',    # to_fp16(...)
+        alpha=2., beta=1.,   # v1 text/learner.py `RNNLearner` defaults (AR/TAR)
+        max_vocab=60000, min_freq=3,  # v1 text/data.py `NumericalizeProcessor` defaults (create_data passes none)
+    ),
 }
 
 
@@ -218,12 +237,14 @@ def pretrain(cfg, r=0, ws=1):
         cbs.append(_StopAfter(2))
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
-    learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], moms=tuple(cfg['moms']), resume=resume)
-    if r != 0:
-        return run_dir
-    # The last epoch's validation is the final one unless the time budget cut training short.
+    learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], div=cfg.get('div', 25.),
+                        moms=tuple(cfg['moms']), resume=resume)
+    # The last epoch's validation is the final one unless the time budget cut training short. Every rank validates:
+    # the metrics are summed over ranks (DistributedCallback.after_validate).
     done = len(learn.recorder.history) == cfg['epochs'] and not getattr(learn, 'budget_reached', False)
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
+    if r != 0:
+        return run_dir
     model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
                                   extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],

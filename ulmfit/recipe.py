@@ -101,25 +101,34 @@ class Reversed(torch.utils.data.Dataset):
 
 
 def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, num_workers=0):
-    "A classification DataLoader: SortishSampler for training, SortSampler otherwise; padding at the front."
-    ds = TextClassDataset(store, idx, max_len)
+    """A classification DataLoader: SortishSampler for training, SortSampler otherwise; padding at the front.
+
+    Documents are whole (the classifier reads them all and pools over its last outputs, as fastai does); `max_len`
+    cuts each one to its last `max_len` tokens *in reading order* first, a cheaper approximation: for the backward
+    model that is the reversed document's end, i.e. the review's beginning, the part fastai's backward model pools."""
+    ds = TextClassDataset(store, idx)
     if backwards:
         ds = Reversed(ds)
-    sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
+    lengths = np.minimum(ds.lengths, max_len) if max_len else ds.lengths
+    sampler = SortishSampler(lengths, bs) if train else SortSampler(lengths)
+    # Training drops the last partial batch, as fastai does (v1 text/data.py `TextClasDataBunch.create` builds the
+    # training DataLoader with drop_last=True): a one-row batch crashes BatchNorm1d in training mode. A training set
+    # smaller than one batch keeps its only batch.
     return DataLoader(ds, batch_size=bs if train else 2 * bs, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(ds) >= bs,
                       collate_fn=partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len))
 
 
 def clas_learner(config, n_out, dls, multi_label=False, label_smoothing=0., drop_mult=0.5, bptt=72, max_len=72 * 20,
-                 precision='fp32', wd=0.01, clip=None, cbs=(), path=None):
-    "A Learner for a ULMFiT classifier (softmax, or sigmoid per label for multi-label targets)."
+                 precision='fp32', wd=0.01, clip=None, alpha=2., beta=1., cbs=(), path=None):
+    "A Learner for a ULMFiT classifier (softmax, or sigmoid per label for multi-label targets), with AR/TAR."
     model = get_text_classifier(clas_config(config, drop_mult), n_out, bptt=bptt, max_len=max_len)
     if multi_label:
         loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
     return Learner(model, dls, loss, opt_fn=partial(adamw, weight_decay=wd), splitter=clas_splitter, metrics=metrics,
-                   precision=precision, clip=clip, path=path, cbs=[RNNCallback(), *cbs])
+                   precision=precision, clip=clip, path=path, cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
 
 
 def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, log=print):
