@@ -2,8 +2,8 @@
 
     untar_data('imdb')  ->  $ULMFIT_DATA/imdb/            (default data root: ./data)
 
-    1. archive = $ULMFIT_DATA/archives/imdb.tgz; if missing: copy $ULMFIT_MIRROR/imdb.tgz when a mirror is set,
-       else download the URL (resumable: a `.part` file continues with an HTTP Range request)
+    1. archive = $ULMFIT_DATA/archives/imdb.tgz; if missing: copy $ULMFIT_MIRROR/imdb.tgz when a mirror is set and
+       holds it, else download the URL (resumable: a `.part` file continues with an HTTP Range request)
     2. check its size and, where the registry knows one for that size, its sha256
     3. extract into a temp folder beside the target, check every member, then rename into place
 
@@ -125,6 +125,8 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
         verify(dest, entry)
         return dest
     mirror = mirror or os.environ.get('ULMFIT_MIRROR')
+    if mirror and entry['url'] and not (Path(mirror) / entry['archive']).exists():
+        mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
     if mirror:
         src = Path(mirror) / entry['archive']

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_fastai_import import V, fastai_state, itos, reference_logits
+from test_fastai_import import EMB, HID, V, fastai_state, itos, reference_logits
 
 from common import download
 from common.download import DownloadError
@@ -117,8 +117,12 @@ def test_mirror_folder_serves_the_archive(server, tmp_path, monkeypatch, capsys)
     monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
     assert models_main(['--get', 'fastai-wt103-bwd']) == 0
     out = capsys.readouterr().out
-    assert f"{mirror / 'wt103-bwd.tgz'} (ULMFIT_MIRROR)" in out and 'missing there' in out  # fwd isn't there
+    assert f"{mirror / 'wt103-bwd.tgz'} (ULMFIT_MIRROR)" in out
+    assert f'wt103-fwd.tgz (not in ULMFIT_MIRROR {mirror})' in out
     assert server.requests == [] and (tmp_path / 'data' / 'models' / 'fastai-wt103-bwd' / 'lm.pth').exists()
+    # what the mirror lacks comes from its URL (the shared data mirror holds datasets, not these models)
+    assert get_pretrained('fastai-wt103', progress=False).name == 'fastai-wt103'
+    assert server.requests == ['/wt103-fwd.tgz']
 
 
 class Evil:
@@ -204,3 +208,35 @@ def test_help_states_the_default_order(capsys):
         main(['--help'])
     out = capsys.readouterr().out
     assert 'fastai-wt103' in out and 'newest local runs/lm-*/model' in out and 'paper' in out
+
+
+@pytest.mark.slow
+def test_imdb_paper_preset_takes_published_weights_both_directions(tmp_path, monkeypatch):
+    "`make imdb-classify PRESET=paper BIDIR=1` with no local LM: both fastai models come from the mirror and are used."
+    import random
+    from ulmfit.__main__ import main
+    mirror = tmp_path / 'mirror'
+    mirror.mkdir()
+    for d in ('fwd', 'bwd'):
+        (mirror / f'wt103-{d}.tgz').write_bytes(fastai_archive(bwd=d == 'bwd')[0])
+    rnd, rows = random.Random(0), ['label,text,is_valid']
+    for i in range(32):
+        words = ' '.join(rnd.choice(itos()[2:]) for _ in range(12))
+        rows.append(f"{'positive,' + words + ' good' if i % 2 else 'negative,' + words + ' bad'},{i >= 24}")
+    csv = '\n'.join(rows).encode()
+    with tarfile.open(mirror / 'imdb_sample.tgz', 'w:gz') as tf:
+        info = tarfile.TarInfo('imdb_sample/texts.csv')
+        info.size = len(csv)
+        tf.addfile(info, io.BytesIO(csv))
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+    monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
+    assert main(['imdb', '--preset', 'paper', '--dataset', 'imdb_sample', '--bidirectional', 'true', '--precision',
+                 'fp32', '--runs', str(tmp_path / 'runs'), '--min-freq', '1', '--lm-bs', '4', '--lm-bptt', '8',
+                 '--lm-epochs', '0', '--clas-bs', '8', '--clas-epochs', '1,1,1,1', '--max-len', '32', '--bptt',
+                 '16']) == 0
+    assert sorted(p.name for p in (tmp_path / 'data' / 'models').iterdir()) == ['fastai-wt103', 'fastai-wt103-bwd']
+    for seed, d in enumerate(('fwd', 'bwd')):  # LSTM weights untouched by the frozen LM stage: the published ones
+        lm, config, _ = load_model_folder(tmp_path / 'runs' / 'imdb-paper' / f'lm_{d}')
+        assert (config.emb_sz, config.n_hid) == (EMB, HID)
+        assert torch.equal(lm.state_dict()['0.rnns.1.module.weight_hh_l0'],
+                           fastai_state(seed=seed)['0.rnns.1.weight_hh_l0_raw'])

@@ -150,9 +150,9 @@ def models_main(argv=None):
     for name, e in PRETRAINED.items():
         reg = registry_entry(e['dataset'])
         src = reg['url']
-        if mirror:
+        if mirror:  # the mirror's copy is taken when it has one, else the URL (as common.download does)
             m = Path(mirror) / reg['archive']
-            src = f"{m} (ULMFIT_MIRROR{'' if m.exists() else '; missing there'})"
+            src = f'{m} (ULMFIT_MIRROR)' if m.exists() else f'{src} (not in ULMFIT_MIRROR {mirror})'
         cached = 'yes' if (model_dir(name) / 'lm.pth').exists() else 'no'
         print(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
     print(f"cache: {get_data_root() / 'models'}")
