@@ -10,6 +10,7 @@ import torch
 from test_fastai_import import EMB, HID, V, fastai_state, itos, reference_logits
 
 from common import download
+from common.checkpoint import CheckpointError
 from common.download import DownloadError
 from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
 from ulmfit.model_io import load_model_folder, save_model_folder
@@ -199,6 +200,8 @@ def test_default_order_local_then_named_for_paper_then_none(server, tmp_path, ca
     assert resolve_pretrained('', runs, True, 'cpu', fwd_spec='fastai-wt103').name == 'fastai-wt103-bwd'
     with pytest.raises(ValueError, match='backward model'):
         resolve_pretrained('fastai-wt103-bwd', runs, False)
+    with pytest.raises(CheckpointError, match='fastai-wt13: neither a language-model folder'):
+        resolve_pretrained('fastai-wt13', runs, False)
     assert len(server.requests) == 2
 
 

@@ -109,7 +109,12 @@ def get_pretrained(name: str, data_root=None, mirror=None, progress: bool = True
 
 def pretrained_folder(spec, data_root=None) -> Path:
     "A model folder from a known name (fetched on first use) or a path."
-    return get_pretrained(str(spec), data_root) if str(spec) in PRETRAINED else Path(spec)
+    if str(spec) in PRETRAINED:
+        return get_pretrained(str(spec), data_root)
+    if not (Path(spec) / 'lm.pth').exists():
+        raise CheckpointError(f"{spec}: neither a language-model folder (no lm.pth there) nor a known name "
+                              f"({', '.join(PRETRAINED)}); see `python -m ulmfit models`")
+    return Path(spec)
 
 
 def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_root=None, fwd_spec=''):
@@ -140,7 +145,8 @@ def models_main(argv=None):
     "CLI: list the known names, where each would come from, and whether it is cached; --get NAME fetches one."
     p = argparse.ArgumentParser(prog='python -m ulmfit models', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--get', default='', metavar='NAME', help='download and import NAME now (e.g. before going offline)')
+    p.add_argument('--get', default='', choices=['', *PRETRAINED], metavar='NAME',
+                   help='download and import NAME now (e.g. before going offline)')
     p.add_argument('--runs', default='runs', help='where local run folders are looked for')
     a = p.parse_args(argv)
     if a.get:
