@@ -198,7 +198,7 @@ def test_default_order_local_then_named_for_paper_then_none(server, tmp_path, ca
     assert resolve_pretrained('none', runs, False, 'paper') is None
     assert resolve_pretrained(str(bwd), runs, False, 'cpu') == bwd
     assert resolve_pretrained('', runs, True, 'cpu', fwd_spec='fastai-wt103').name == 'fastai-wt103-bwd'
-    with pytest.raises(ValueError, match='backward model'):
+    with pytest.raises(CheckpointError, match='backward model'):
         resolve_pretrained('fastai-wt103-bwd', runs, False)
     with pytest.raises(CheckpointError, match='fastai-wt13: neither a language-model folder'):
         resolve_pretrained('fastai-wt13', runs, False)

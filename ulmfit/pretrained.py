@@ -129,8 +129,8 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
         spec = named_for(True)
     if spec in PRETRAINED and PRETRAINED[spec]['backwards'] != backwards:
         d = 'backward' if PRETRAINED[spec]['backwards'] else 'forward'
-        raise ValueError(f"--pretrained{'-bwd' if backwards else ''} {spec}: that is the {d} model; "
-                         f"this direction takes {named_for(backwards)}")
+        raise CheckpointError(f"--pretrained{'-bwd' if backwards else ''} {spec}: that is the {d} model; "
+                              f"this direction takes {named_for(backwards)}")
     if spec:
         return pretrained_folder(spec, data_root)
     local = find_pretrained(runs, backwards)
