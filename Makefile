@@ -10,6 +10,9 @@ ULMFIT_DATA ?= data
 # taken when present.
 CORPUS ?= $(if $(wildcard $(MIRROR)/wiki-corpus/train.txt.gz),$(MIRROR)/wiki-corpus/train.txt.gz,)
 BIDIR ?=
+# A pretrained LM for imdb-classify: a model folder or a name from `python -m ulmfit models` (fastai-wt103). Empty:
+# the newest runs/lm-*/model, else fastai's published weights with PRESET=paper, else random weights (loudly).
+PRETRAINED ?=
 ARGS ?=
 export ULMFIT_DATA
 ifneq ($(strip $(MIRROR)),)
@@ -59,8 +62,8 @@ gpu-check: ## GPU checks as a pass/fail table (ARGS='--device cpu' runs them on 
 lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus)
 	$(PYTHON) -m ulmfit pretrain $(PRESET_ARG) $(if $(CORPUS),--corpus $(CORPUS),) $(ARGS)
 
-imdb-classify: ## ULMFiT on IMDB: fine-tune the LM, train the classifier, report test accuracy (BIDIR=1 for both directions)
-	$(PYTHON) -m ulmfit imdb $(PRESET_ARG) $(if $(BIDIR),--bidirectional true,) $(ARGS)
+imdb-classify: ## ULMFiT on IMDB: fine-tune the LM, train the classifier, report test accuracy (BIDIR=1 both directions; PRETRAINED=fastai-wt103)
+	$(PYTHON) -m ulmfit imdb $(PRESET_ARG) $(if $(BIDIR),--bidirectional true,) $(if $(PRETRAINED),--pretrained $(PRETRAINED),) $(ARGS)
 
 imagewoof: ## train an xresnet on Imagewoof-160
 	$(PYTHON) -m vision train $(PRESET_ARG) $(ARGS)

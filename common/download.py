@@ -2,8 +2,8 @@
 
     untar_data('imdb')  ->  $ULMFIT_DATA/imdb/            (default data root: ./data)
 
-    1. archive = $ULMFIT_DATA/archives/imdb.tgz; if missing: copy $ULMFIT_MIRROR/imdb.tgz when a mirror is set,
-       else download the URL (resumable: a `.part` file continues with an HTTP Range request)
+    1. archive = $ULMFIT_DATA/archives/imdb.tgz; if missing: copy $ULMFIT_MIRROR/imdb.tgz when a mirror is set and
+       holds it, else download the URL (resumable: a `.part` file continues with an HTTP Range request)
     2. check its size and, where the registry knows one for that size, its sha256
     3. extract into a temp folder beside the target, check every member, then rename into place
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 # name -> url, archive file name, folder it extracts to, and known copies (size -> sha256). The real upstream
 # archives' hashes are not recorded here; the known copies are this project's mirror files, keyed by size, so a
-# file of that size must match that hash and any other size is accepted unverified (with a note).
+# file of that size must match that hash and any other size is accepted unverified (with a note). An entry may
+# also give `size`: then a file of any other size is refused.
 REGISTRY = {
     'imdb': dict(url='https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz', archive='imdb.tgz', folder='imdb',
                  known={56242363: ('ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b', 'mirror copy')}),
@@ -42,6 +43,13 @@ REGISTRY = {
                                              'mirror copy')}),
     'oxford-iiit-pet': dict(url='https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz',
                             archive='oxford-iiit-pet.tgz', folder='oxford-iiit-pet', known={}),
+    # fastai's AWD-LSTM language models pretrained on WikiText-103 (`URLs.WT103_FWD` / `URLs.WT103_BWD`): one `.pth`
+    # state dict and one `.pkl` vocab each. fastai publishes no size or hash for them (its checks.txt has none), so
+    # no `size`/`known` is recorded; ulmfit/pretrained.py checks what the archive holds when it imports it.
+    'wt103-fwd': dict(url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-fwd.tgz', archive='wt103-fwd.tgz',
+                      folder='wt103-fwd', known={}),
+    'wt103-bwd': dict(url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-bwd.tgz', archive='wt103-bwd.tgz',
+                      folder='wt103-bwd', known={}),
     'oxford-iiit-pet-subset-160': dict(url=None, archive='oxford-iiit-pet-subset-160.tgz', folder='oxford-iiit-pet',
                                        known={11821500: ('9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a',
                                                          'mirror copy')}),
@@ -65,11 +73,12 @@ def sha256_file(path, block: int = 1 << 20) -> str:
 
 
 def verify(path, entry: dict, expected_size: int | None = None) -> bool:
-    "Check size (when expected) and sha256 (when the registry knows one for this size); True if a hash was checked."
+    "Check size (when expected or in the entry) and sha256 (when the registry knows one for this size); True if hashed."
     path = Path(path)
     size = path.stat().st_size
-    if expected_size is not None and size != expected_size:
-        raise DownloadError(f'{path}: size {size} bytes, expected {expected_size} (truncated or damaged download)')
+    for want in (expected_size, entry.get('size')):
+        if want is not None and size != want:
+            raise DownloadError(f'{path}: size {size} bytes, expected {want} (truncated or damaged download)')
     known = entry.get('known', {}).get(size) or entry.get('known', {}).get(str(size))
     if not known: return False
     digest = sha256_file(path)
@@ -116,6 +125,8 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
         verify(dest, entry)
         return dest
     mirror = mirror or os.environ.get('ULMFIT_MIRROR')
+    if mirror and entry['url'] and not (Path(mirror) / entry['archive']).exists():
+        mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
     if mirror:
         src = Path(mirror) / entry['archive']

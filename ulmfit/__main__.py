@@ -7,6 +7,7 @@ COMMANDS = {
     'pretrain': ('ulmfit.pretrain', 'pretrain an AWD-LSTM language model (WikiText-103 or any corpus)'),
     'generate': ('ulmfit.generate', 'generate text from a language-model folder'),
     'import-fastai': ('ulmfit.fastai_import', "convert fastai's published WT103 weights into a model folder"),
+    'models': ('ulmfit.pretrained', 'list the pretrained LMs known by name (fastai-wt103, ...) and whether cached'),
     'imdb': ('ulmfit.imdb', 'ULMFiT end to end on IMDB: fine-tune the LM, train the classifier, evaluate'),
     'classify': ('ulmfit.cli', 'fine-tune and train a classifier on your own CSV/TSV/Parquet file'),
     'predict': ('ulmfit.cli', 'predict labels for a CSV of texts with a saved classifier'),

@@ -1,6 +1,7 @@
 """`TextClassifier`: ULMFiT on your own labelled texts.
 
     clf = TextClassifier.from_pretrained('runs/lm-cpu/model')   # a model folder (ours or imported from fastai)
+    clf = TextClassifier.from_pretrained('fastai-wt103')         # fastai's published WT103 LM (downloaded once)
     clf.fine_tune_lm(texts)                                      # list / Series / DataFrame column / folder of .txt
     clf.fit(df, text_col='text', label_col='label', valid_col='is_valid')
     clf.predict(['great film', 'dull'])                          # [Prediction(label, probs), ...] in input order
@@ -32,6 +33,7 @@ from .classifier import get_text_classifier
 from .datasets import TableReader, TextCorpusReader
 from .loaders import pad_collate
 from .model_io import load_model_folder, save_model_folder
+from .pretrained import pretrained_folder
 from .store import build_store
 from .tokenize import SpacyTokenizer
 from .vocab import Vocab
@@ -81,8 +83,8 @@ class TextClassifier:
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
-        "Start from a language-model folder (written by `pretrain` or `import-fastai`)."
-        model, config, itos = load_model_folder(model_dir)
+        "Start from a language-model folder (from `pretrain` or `import-fastai`) or a name such as 'fastai-wt103'."
+        model, config, itos = load_model_folder(pretrained_folder(model_dir, kwargs.get('data_root')))
         return cls(lm_state=model.state_dict(), config=config, itos=itos, **kwargs)
 
     # ---- stage 2: the language model ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`python -m ulmfit classify` and `python -m ulmfit predict`: ULMFiT on your own CSV/TSV/Parquet files.
 
     python -m ulmfit classify --csv reviews.csv --text-col text --label-col label [--pretrained runs/lm-cpu/model]
+    python -m ulmfit classify --csv reviews.csv --pretrained fastai-wt103     # fastai's published WT103 weights
     python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out preds.csv
 """
 import argparse
@@ -20,8 +21,9 @@ def classify_main(argv=None):
                    help='label column; several comma-separated 0/1 columns make a multi-label task (default: label)')
     p.add_argument('--valid-col', default=None, help='boolean column marking validation rows (default: random split)')
     p.add_argument('--valid-pct', type=float, default=0.1, help='validation fraction without --valid-col')
-    p.add_argument('--pretrained', default='', help='language-model folder (default: newest runs/lm-*/model; '
-                                                    "'none' = from scratch)")
+    p.add_argument('--pretrained', default='', help="language-model folder or fastai-wt103 (fastai's published "
+                                                    "WikiText-103 weights); default: newest runs/lm-*/model, else "
+                                                    "from scratch; 'none' = from scratch")
     p.add_argument('--lm-epochs', type=int, default=1, help='LM fine-tuning epochs with all layers (0 = skip)')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
     p.add_argument('--bs', type=int, default=32, help='classifier batch size')
@@ -29,9 +31,9 @@ def classify_main(argv=None):
     p.add_argument('--runs', default='runs', help='where run folders go')
     a = p.parse_args(argv)
     from .api import TextClassifier, _as_frame
-    from .imdb import find_pretrained
+    from .pretrained import resolve_pretrained
     t0 = time.time()
-    src = None if a.pretrained == 'none' else (Path(a.pretrained) if a.pretrained else find_pretrained(a.runs, False))
+    src = resolve_pretrained(a.pretrained, a.runs)
     clf = TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs) if src else \
         TextClassifier(precision=a.precision, bs=a.bs)
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import load_file
+
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .model_io import save_model_folder
 
@@ -46,7 +48,7 @@ def read_itos(path):
 
 def read_fastai_state(path):
     "The state dict of a fastai checkpoint (bare, or {'model': ..., 'opt': ...}), loaded with weights_only."
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    obj = load_file(path)  # weights_only, with a one-line CheckpointError for code, damage or truncation
     if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
         obj = obj['model']
     if not isinstance(obj, dict) or '0.encoder.weight' not in obj:

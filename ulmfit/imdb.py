@@ -1,7 +1,9 @@
 """ULMFiT end to end on IMDB: `python -m ulmfit imdb [--preset tiny|cpu|paper] [--key value ...]`.
 
   1. get IMDB (download, or ULMFIT_MIRROR) and build one token store (train + test + unsup, with labels)
-  2. take the pretrained LM (`--pretrained DIR`, else the newest runs/lm-*/model; none: from scratch, loudly)
+  2. take the pretrained LM: `--pretrained DIR|fastai-wt103|none`; without it, the newest local runs/lm-*/model,
+     else with `--preset paper` fastai's published WikiText-103 weights (downloaded once, cached under
+     $ULMFIT_DATA/models/), else random weights with a loud banner (`python -m ulmfit models` lists the names)
   3. vocab transfer, then fine-tune the LM on all review text (10% of documents held out)
   4. train the classifier with gradual unfreezing; evaluate on the 25,000 test reviews
   5. with --bidirectional, the same backwards, and the averaged-probability ensemble
@@ -25,14 +27,18 @@ from .api import load_classifier, save_classifier
 from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, TableReader
 from .model_io import load_model_folder, save_model_folder
+from .pretrained import find_pretrained, resolve_pretrained  # noqa: F401  (find_pretrained: for callers of imdb)
 from .store import build_store
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
     'dataset': Setting('imdb', 'imdb (50k labelled + 50k unlabelled reviews) or imdb_sample (1,000 rows)',
                        ('imdb', 'imdb_sample')),
-    'pretrained': Setting('', "forward LM model folder; empty = newest runs/lm-*/model; 'none' = from scratch"),
-    'pretrained_bwd': Setting('', "backward LM folder; empty = newest runs/lm-*-bwd/model; 'none' = from scratch"),
+    'pretrained': Setting('', "forward LM: a model folder, fastai-wt103, or 'none' (from scratch); empty = newest "
+                              "runs/lm-*/model, else fastai-wt103 with the paper preset, else from scratch"),
+    'pretrained_bwd': Setting('', "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest "
+                                  "runs/lm-*-bwd/model, else fastai-wt103-bwd with the paper preset or when "
+                                  "--pretrained is fastai-wt103, else from scratch"),
     'bidirectional': Setting(False, 'also train the backward model and report the ensemble'),
     'model': Setting('cpu', 'AWD-LSTM size when there is no pretrained model', ('tiny', 'cpu', 'paper')),
     'max_vocab': Setting(60000, 'largest vocab size'),
@@ -97,13 +103,6 @@ PRESETS = {
         precision='fp16',    # .to_fp16() on both learners
     ),
 }
-
-
-def find_pretrained(runs, backwards):
-    "The newest language-model folder under `runs` for this direction (backward runs end in -bwd), or None."
-    cands = [p.parent for p in Path(runs).glob('lm-*/model/lm.pth')
-             if ('-bwd' in p.parent.parent.name) == backwards]
-    return max(cands, key=lambda p: (p / 'lm.pth').stat().st_mtime) if cands else None
 
 
 def imdb_store(cfg):
@@ -177,11 +176,12 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     else:
         t = time.time()
         key = 'pretrained_bwd' if backwards else 'pretrained'
-        src = None if cfg[key] == 'none' else (Path(cfg[key]) if cfg[key] else find_pretrained(cfg['runs'], backwards))
+        src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
         if src is None:
             print('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
                   f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{key.replace('_', '-')} "
-                  "DIR (e.g. fastai's weights via `python -m ulmfit import-fastai`).\n" + '!' * 80)
+                  f"DIR or --{key.replace('_', '-')} fastai-wt103{'-bwd' if backwards else ''} (fastai's published "
+                  "WikiText-103 weights).\n" + '!' * 80)
             config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
             state = None
         else:
