@@ -4,13 +4,14 @@ import os
 import random
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 import ulmfit.__main__ as ulmfit_cli
 from ulmfit.generate import generate
 from ulmfit.model_io import load_model_folder
-from ulmfit.pretrain import PRESETS, SETTINGS, pretrain
+from ulmfit.pretrain import PRESETS, SETTINGS, pretrain, spm_key
 from common.config import resolve_config
 
 WORDS = 'the cat dog sat on a mat and ran to house tree sun moon big small red blue'.split()
@@ -74,6 +75,14 @@ def test_two_process_pretraining_matches_one(tmp_path, monkeypatch):
         assert torch.allclose(x, y, atol=1e-5), k
 
 
+def _main(argv):
+    "The command line; a Ctrl-C that escapes it is a failure here, not the end of the test session."
+    try:
+        return ulmfit_cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped the command')
+
+
 def _cli(tmp_path, *extra):
     corpus = write_corpus(tmp_path / 'train.txt', 60, 0)
     valid = write_corpus(tmp_path / 'valid.txt', 6, 1)
@@ -94,7 +103,7 @@ def test_ctrl_c_in_pretrain_checkpoints_prints_resume_and_resume_finishes(tmp_pa
                 raise KeyboardInterrupt()
 
     monkeypatch.setattr(pretrain_mod, 'RunLogger', CtrlC)
-    assert ulmfit_cli.main(_cli(tmp_path)) == 130
+    assert _main(_cli(tmp_path)) == 130
     run = tmp_path / 'runs' / 'lm-tiny'
     err = capsys.readouterr().err
     assert f'resume with: python -m ulmfit pretrain --resume {run}' in err and 'Traceback' not in err
@@ -141,6 +150,8 @@ def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
     assert ulmfit_cli.main(args) == 0
     assert ulmfit_cli.main(args) == 0  # a second run finds the same SentencePiece model
     assert len(list((tmp_path / 'data' / 'cache' / 'spm').iterdir())) == 1
+    # the key does not depend on the process (a salted hash() would differ in the next run and on other ranks)
+    assert spm_key({'reader': 'text', 'files': [['/c.txt', 10, 0]]}, 80) == '07df66d9f31cb7ac8359'
     model = tmp_path / 'runs' / 'lm-tiny' / 'model'
     assert (model / 'spm.model').exists()
     assert generate(model, 'the cat', words=3, seed=0).lower().startswith('the cat')
@@ -156,6 +167,6 @@ def test_ctrl_c_in_imdb_names_the_resume_command(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt()
     monkeypatch.setattr(imdb, 'imdb_store', lambda cfg: (Store(), 'test'))
     monkeypatch.setattr(imdb, 'one_direction', ctrl_c)
-    assert ulmfit_cli.main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs')]) == 130
+    assert _main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs')]) == 130
     run = tmp_path / 'runs' / 'imdb-tiny'
     assert f'resume with: python -m ulmfit imdb --resume {run}' in capsys.readouterr().err

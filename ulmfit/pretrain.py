@@ -149,6 +149,11 @@ def resolve_corpora(cfg):
     return FirstDocs(train, cfg['max_docs']), (FirstDocs(valid, cfg['max_valid_docs']) if valid else None), src
 
 
+def spm_key(fingerprint, max_vocab):
+    "SentencePiece cache key, the same in every process and DDP rank (Python's hash() is salted per process)."
+    return hashlib.sha256(json.dumps([fingerprint, max_vocab], sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def build_lm_data(cfg, r=0, ws=1):
     "Token stores and LM loaders for training and validation; returns (dls, vocab, info)."
     tok = SpacyTokenizer() if cfg['tokenizer'] == 'spacy' else None
@@ -157,10 +162,7 @@ def build_lm_data(cfg, r=0, ws=1):
     if tok is None:  # SentencePiece: trained on (a sample of) the corpus, cached by the store's key
         from .tokenize import SentencePieceTokenizer
         from .store import data_root
-        # A stable key (Python's hash() is salted per process): every run and every DDP rank finds the same model.
-        key = hashlib.sha256(json.dumps([train_r.fingerprint(), cfg['max_vocab']], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:20]
-        sp_dir = data_root() / 'cache' / 'spm' / key
+        sp_dir = data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
         if not (sp_dir / 'spm.model').exists():
             texts = (d.text for i, d in enumerate(train_r) if i < 20000)
             SentencePieceTokenizer.train(texts, sp_dir, vocab_sz=min(cfg['max_vocab'], 15000))
