@@ -121,10 +121,10 @@ def test_resume_refuses_settings_it_cannot_change(tmp_path, capsys):
     run = tmp_path / 'runs' / 'r'
     (run / 'checkpoints').mkdir(parents=True)
     (run / 'checkpoints' / 'last.pth').write_bytes(b'x')
-    (run / 'config.json').write_text('{}')
-    assert ulmfit_cli.main(['pretrain', '--resume', str(run), '--lr', '0.1', '--bs', '8']) == 2
+    (run / 'config.json').write_text('{"lr": 0.01, "bs": 16, "corpus": "c.txt"}')
+    assert ulmfit_cli.main(['pretrain', '--resume', str(run), '--lr', '0.1', '--bs', '8', '--corpus', 'c.txt']) == 2
     assert '--lr, --bs can\'t change (only --max-minutes, --checkpoint-minutes, --n-workers can)' in \
-        capsys.readouterr().err
+        capsys.readouterr().err  # the same value as the run's (--corpus c.txt) is no change
 
 
 def test_pretrain_offers_errors_replace(tmp_path, monkeypatch, capsys):

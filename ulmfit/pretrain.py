@@ -65,7 +65,7 @@ SETTINGS = {
     'name': Setting('', 'run folder name under runs/ (default: lm-<preset>[-bwd])'),
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue from its last checkpoint (its settings are kept; only '
-                          'max_minutes, checkpoint_minutes and n_workers may be given again)'),
+                          'max_minutes, checkpoint_minutes and n_workers may change)'),
     'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check'),
 }
 
@@ -81,6 +81,9 @@ PRESETS = {
 
 
 SETTING_DEFAULTS = {k: s.default for k, s in SETTINGS.items()}  # for run folders saved before a setting existed
+# What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. A different value of
+# anything else would make the rest of the run disagree with its first part.
+RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
 
 
 class FirstDocs:
@@ -97,11 +100,6 @@ class FirstDocs:
 
     def fingerprint(self):
         return {**self.reader.fingerprint(), 'first_docs': self.n}
-
-
-# What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. Anything else would
-# make the rest of the run disagree with its first part.
-RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
 
 
 def corpus_reader(paths, split='train', errors='strict'):
@@ -203,16 +201,15 @@ def main(argv=None):
 def resume_config(cfg, given):
     "The saved config of the run `cfg['resume']`, with the settings in `given` that may change on a resume."
     run_dir = Path(cfg['resume'])
-    refused = [k for k in given if k not in (*RESUME_OVERRIDES, 'resume')]
+    if not (run_dir / 'config.json').exists():
+        raise FileNotFoundError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
+    saved = {**SETTING_DEFAULTS, **json.loads((run_dir / 'config.json').read_text())}
+    refused = [k for k in given if k not in (*RESUME_OVERRIDES, 'resume') and cfg.get(k) != saved.get(k)]
     if refused:
         raise ConfigError(f"--resume {run_dir}: the run keeps its own settings; --"
                           f"{', --'.join(k.replace('_', '-') for k in refused)} can't change (only --"
                           f"{', --'.join(k.replace('_', '-') for k in RESUME_OVERRIDES)} can)")
-    if not (run_dir / 'config.json').exists():
-        raise FileNotFoundError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
-    saved = json.loads((run_dir / 'config.json').read_text())
-    return {**SETTING_DEFAULTS, **saved, **{k: cfg[k] for k in given if k in RESUME_OVERRIDES},
-            'resume': cfg['resume']}
+    return {**saved, **{k: cfg[k] for k in given if k in RESUME_OVERRIDES}, 'resume': cfg['resume']}
 
 
 def pretrain(cfg, r=0, ws=1, given=()):
