@@ -468,19 +468,26 @@ class CheckpointCallback(Callback):
 
     def before_fit(self):
         self.last = time.time()
+        from .checkpoint import temp_files
+        from .distributed import rank
+        if rank() == 0:
+            for f in temp_files(self.path):  # left by a process killed while writing this checkpoint
+                f.unlink(missing_ok=True)
 
-    def save_now(self, at_epoch_end=False):
-        "Write the checkpoint (rank 0 only)."
+    def save_now(self, at_epoch_end=False, n_done=None):
+        "Write the checkpoint (rank 0 only): after the current batch, or after `n_done` batches of this epoch."
         from .checkpoint import get_rng_state
         from .distributed import rank
         if rank() != 0 or self.learn.lr_finding:
-            return
+            return None
         L = self.learn
-        ts = {'epoch': L.epoch + 1 if at_epoch_end else L.epoch, 'iter': 0 if at_epoch_end else L.iter + 1,
+        n_done = L.iter + 1 if n_done is None else n_done
+        ts = {'epoch': L.epoch + 1 if at_epoch_end else L.epoch, 'iter': 0 if at_epoch_end else n_done,
               'train_iter': L.train_iter, 'n_epoch': L.n_epoch,
               'epoch_rng': get_rng_state() if at_epoch_end else L.epoch_rng}
         L.save(self.path, config=self.config, extras=self.extras, train_state=ts)
         self.last = time.time()
+        return self.path
 
     def after_batch(self):
         if (self.every_minutes and self.learn.training

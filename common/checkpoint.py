@@ -5,6 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, neve
      'train_state': {'epoch', 'iter', ...} or None, 'rng': {...} or None, 'extras': {...}}
 so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
+import errno
 import os
 import pickle
 import random
@@ -22,20 +23,60 @@ class CheckpointError(RuntimeError):
     "A checkpoint that can't be read or doesn't fit the model; the message names the file."
 
 
+class DiskFullError(OSError):
+    "A write ran out of disk space; the message names the file."
+
+
+class _WriteGuard:
+    "A file that remembers an OSError from `write`: torch.save reports it only as 'unexpected pos ...'."
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_files(path):
+    "Temp files `atomic_write` leaves beside `path` when the process is killed mid-write."
+    path = Path(path)
+    return sorted(path.parent.glob(f'.{path.name}.*.tmp'))
+
+
 def atomic_write(path, write_fn):
     "Write to a temp file beside `path` with `write_fn(file)`, fsync, then rename over `path`."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    guard = None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should be readable like any other
         with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
+            guard = _WriteGuard(f)
+            write_fn(guard)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = e if isinstance(e, OSError) else getattr(guard, 'error', None)
+        if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{path}: no space left on device (the disk is full); nothing was written. Free "
+                                f"some space and run again") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)

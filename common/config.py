@@ -13,6 +13,10 @@ from typing import Any
 import torch
 
 
+class ConfigError(ValueError):
+    "A setting that can't be used; the message names it and says what to do."
+
+
 @dataclass
 class Setting:
     "A config key's default value and one line of help. `choices` limits the accepted values."
@@ -91,7 +95,7 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
     for k, s in settings.items():
         p.add_argument('--' + k.replace('_', '-'), dest=k, type=_caster(s.default), default=argparse.SUPPRESS,
                        metavar=type(s.default).__name__.upper() if s.default is not None else 'VALUE',
-                       help=f"{s.help} (default: {s.default})")
+                       help=f"{s.help} (default: {s.default})".replace('%', '%%'))  # argparse %-formats help
     args = vars(p.parse_args(argv))
     preset = args.pop('preset')
     pos = {n: args.pop(n) for n in (positional or {})}

@@ -121,15 +121,17 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
     "Path to dataset `name`'s archive in `root/archives`, copied from the mirror or downloaded if missing."
     entry = registry_entry(name)
     dest = get_data_root(root) / 'archives' / entry['archive']
+    mirror = mirror or os.environ.get('ULMFIT_MIRROR')
+    src = Path(mirror) / entry['archive'] if mirror else None
+    if dest.exists() and src is not None and src.exists() and src.stat().st_size != dest.stat().st_size:
+        dest.unlink()  # the mirror's copy changed (fixed?) since this one was cached: take it again
     if dest.exists():
         verify(dest, entry)
         return dest
-    mirror = mirror or os.environ.get('ULMFIT_MIRROR')
-    if mirror and entry['url'] and not (Path(mirror) / entry['archive']).exists():
+    if src is not None and entry['url'] and not src.exists():
         mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
     if mirror:
-        src = Path(mirror) / entry['archive']
         if not src.exists(): raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
         tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
         try:
@@ -214,7 +216,9 @@ def extract_archive(archive, dest) -> Path:
                                 f'nothing was extracted') from None
         tops = [p for p in tmp.iterdir()]
         src = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp
-        os.rename(src, dest)
+        try: os.rename(src, dest)
+        except OSError:  # another process extracted the same archive first: its folder is complete and identical
+            if not dest.is_dir(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
@@ -226,8 +230,13 @@ def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) ->
     dest = root / entry['folder']
     if dest.exists(): return dest
     archive = fetch_archive(name, root, mirror, progress)
+    if dest.exists(): return dest  # another process finished first
     if progress: print(f'extracting {archive} -> {dest}', file=sys.stderr)
-    return extract_archive(archive, dest)
+    try: return extract_archive(archive, dest)
+    except DownloadError as e:
+        if dest.is_dir(): return dest  # another process extracted it meanwhile (extract_archive never overwrites)
+        archive.unlink(missing_ok=True)  # an archive that fails verification is not kept: the next run fetches anew
+        raise DownloadError(f'{e}; the cached copy was removed, so the next run fetches it again') from None
 
 
 def write_registry(path) -> None:

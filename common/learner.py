@@ -42,7 +42,8 @@ class Learner:
         self.splitter, self.train_bn, self.wd = splitter, train_bn, wd
         self.path = Path(path) if path is not None else None
         self.opt, self.ddp_model, self.cbs, self._handlers = None, None, [], {}
-        self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = 0
+        self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = self._batch_start = 0
+        self.epoch_rng = None
         self.training, self.resume_state, self.lr_finding = False, None, False
         if default_cbs:
             self.add_cbs([C.DeviceCallback(device), C.Recorder(metrics), C.NanGuard()])
@@ -149,12 +150,32 @@ class Learner:
             if self.opt is None or reset_opt:
                 self.create_opt()
             set_hyper(self.opt, 'lr', lrs_for(self.lr, self.n_groups))
-            self.n_epoch, self.epoch, self.train_iter = n_epoch, 0, 0
+            self.n_epoch, self.epoch, self.train_iter, self.epoch_rng = n_epoch, 0, 0, None
             self.resume_state = self._load_resume(resume) if resume is not None else None
             self._stage('fit', self._do_fit, CancelFitException)
+        except KeyboardInterrupt as e:
+            raise self._interrupted(e)
         finally:
             self.remove_cbs(cbs)
             self.resume_state = None
+
+    def _interrupted(self, e):
+        "Ctrl-C: checkpoint where training stands (with a CheckpointCallback attached); the exception to raise."
+        from .cli import Interrupted
+        ck = getattr(self, 'checkpoint', None)
+        if isinstance(e, Interrupted) or ck is None or self.lr_finding or self.epoch_rng is None:
+            return e
+        if self._rng_epoch != self.epoch:  # between epochs: the last one ended with its own checkpoint
+            return Interrupted(f"the checkpoint of epoch {self.epoch} is kept: {ck.path}", checkpoint=ck.path) \
+                if ck.every_epoch and Path(ck.path).exists() else e
+        if self.training:  # a batch cut short before its end is trained again on resume
+            n_done = self.iter + 1 if self.train_iter > self._batch_start else self.iter
+        else:  # in validation: this epoch's training is done
+            n_done = len(self.dls.train)
+        path = ck.save_now(n_done=n_done)
+        if path is None:
+            return e
+        return Interrupted(f"checkpoint saved at epoch {self.epoch + 1}, batch {n_done}: {path}", checkpoint=path)
 
     def _do_fit(self):
         # `before_fit` may have moved the model (DeviceCallback): optimizer state loaded earlier (a resume, `load`) must
@@ -185,7 +206,7 @@ class Learner:
         here = rs is not None and rs['epoch'] == self.epoch
         if here and rs['iter'] > 0:
             set_rng_state(rs['epoch_rng'])  # replay this epoch's data order...
-        self.epoch_rng = get_rng_state()
+        self.epoch_rng, self._rng_epoch = get_rng_state(), self.epoch
         it, skip = iter(self.dl), 0
         if here and rs['iter'] > 0:
             for skip in range(rs['iter']):  # ...skip the batches already trained on...
@@ -205,6 +226,7 @@ class Learner:
 
     def _do_batch(self, b):
         self.xb, self.yb = b
+        self._batch_start = self.train_iter
         try:
             self.emit('before_batch')
             self._one_batch()

@@ -54,6 +54,26 @@ class RunLogger(Callback):
     def before_fit(self):
         if not self.learn.lr_finding:
             self.n_fits += 1
+            rs = self.learn.resume_state
+            if rs is not None and rank() == 0:
+                self._keep_rows_upto(rs['epoch'])
+
+    def _keep_rows_upto(self, n_epochs):
+        "On resume, drop this stage's rows past the checkpoint's epochs: a kill can fall between row and checkpoint."
+        f = self.run_dir / 'metrics.jsonl'
+        if not f.exists():
+            return
+        lines = f.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a row torn by the kill
+                continue
+            if row.get('stage') != self.tag or row.get('epoch', 0) <= n_epochs:
+                keep.append(line if line.endswith('\n') else line + '\n')
+        if keep != lines:
+            atomic_write(f, lambda fh: fh.write(''.join(keep).encode()))
 
     @property
     def tag(self):

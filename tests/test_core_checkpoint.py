@@ -1,16 +1,19 @@
 "Checkpoints: round trip, safe loading, clear errors; resume equivalence; run folders and configs."
+import errno
 import json
 import os
 import pickle
+import stat
 
 import pytest
 import torch
 
 from common.callback import Callback, CancelFitException
 from common.callbacks import CheckpointCallback
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, DiskFullError, load_checkpoint, save_checkpoint
+from common.cli import Interrupted
 from common.config import Setting, parse_run_config, resolve_config
-from common.runs import RunLogger, new_run_dir
+from common.runs import RunLogger, new_run_dir, write_json
 from core_utils import TwoLayer, synth_learner
 
 
@@ -135,3 +138,121 @@ def test_pickle_module_is_not_needed_to_load(tmp_path):
     with open(p, 'rb') as f:
         assert f.read(2) == b'PK'  # torch's zip format
     assert isinstance(pickle, object)
+
+
+class CtrlC(Callback):
+    "Raises KeyboardInterrupt at training batch `at` (counted over the fit), as Ctrl-C would."
+    order = 80
+
+    def __init__(self, at, event='after_batch'):
+        self.at = at
+        setattr(self, event, self._fire)
+
+    def _fire(self):
+        done = self.learn.train_iter if self.learn.training else -1
+        if done == self.at or (not self.learn.training and self.at == 'valid'):
+            raise KeyboardInterrupt()
+
+
+@pytest.mark.parametrize('stop_at', [5, 16 + 7])
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_uninterrupted(tmp_path, stop_at):
+    ref = synth_learner(n=256, bs=16, seed=3)
+    ref.fit_one_cycle(3, 1e-2)
+    ck = tmp_path / 'last.pth'
+    a = synth_learner(n=256, bs=16, seed=3)
+    with pytest.raises(KeyboardInterrupt, match=f'batch {stop_at % 16}: .*last.pth') as e:
+        a.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck, every_epoch=False), CtrlC(stop_at)])
+    assert isinstance(e.value, Interrupted) and e.value.checkpoint == ck and load_checkpoint(ck)['train_state']['iter'] == stop_at % 16
+    torch.manual_seed(1234)
+    b = synth_learner(n=256, bs=16, seed=99)
+    b.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
+    for (k, x), y in zip(ref.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), k
+    assert [r['epoch'] for r in b.recorder.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize('event,at', [('after_loss', 21), ('after_batch', 'valid')])
+def test_ctrl_c_mid_batch_or_in_validation_resumes_the_same_schedule(tmp_path, event, at):
+    ck = tmp_path / 'last.pth'
+    a = synth_learner(n=256, bs=16, seed=3)
+    with pytest.raises(KeyboardInterrupt) as e:
+        a.fit_one_cycle(2, 1e-2, cbs=[CheckpointCallback(ck, every_epoch=False), CtrlC(at, event)])
+    assert isinstance(e.value, Interrupted)
+    ts = load_checkpoint(ck)['train_state']
+    assert (ts['epoch'], ts['iter']) == ((1, 5) if at == 21 else (0, 16))  # a cut batch is trained again
+    b = synth_learner(n=256, bs=16, seed=99)
+    b.fit_one_cycle(2, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
+    assert b.train_iter == 32 and [r['epoch'] for r in b.recorder.history] == [1, 2]
+
+
+def test_ctrl_c_without_a_checkpoint_callback_is_a_plain_interrupt():
+    with pytest.raises(KeyboardInterrupt) as e:
+        synth_learner().fit(1, cbs=[CtrlC(2)])
+    assert not isinstance(e.value, Interrupted)
+
+
+def test_disk_full_names_the_file_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    p = save_checkpoint(tmp_path / 'last.pth', TwoLayer().state_dict())
+    before = p.read_bytes()
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
+    for write in (lambda: save_checkpoint(p, TwoLayer().state_dict()),  # torch.save: 'unexpected pos ...'
+                  lambda: write_json(tmp_path / 'metrics.json', {'a': 1})):
+        with pytest.raises(DiskFullError, match=r'(last\.pth|metrics\.json): no space left on device \(the disk is full\)'):
+            write()
+    monkeypatch.undo()
+    assert p.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ['last.pth']
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = save_checkpoint(tmp_path / 'm.pth', TwoLayer().state_dict())
+        plain = tmp_path / 'plain.txt'
+        plain.write_text('x')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+def test_stale_temp_files_are_cleaned_and_rows_agree_with_the_checkpoint(tmp_path):
+    class Killed(BaseException):
+        "SIGKILL stand-in: nothing runs after it."
+
+    class KillAfterRow(Callback):
+        order = 67  # after RunLogger (65) appended the epoch's row, before CheckpointCallback (70) saved it
+
+        def after_epoch(self):
+            if self.learn.epoch == 1:
+                raise Killed()
+
+    d = new_run_dir('r', tmp_path)
+    ck = d / 'checkpoints' / 'last.pth'
+    a = synth_learner(n=64, cbs=[RunLogger(d)])
+    with pytest.raises(Killed):
+        a.fit(3, cbs=[CheckpointCallback(ck), KillAfterRow()])
+    stale = ck.parent / '.last.pth.x1y2z3.tmp'  # a kill in the middle of a checkpoint write leaves this
+    stale.write_bytes(b'partial')
+    rows = lambda: [json.loads(line)['epoch'] for line in (d / 'metrics.jsonl').read_text().splitlines()]  # noqa: E731
+    assert rows() == [1, 2]  # epoch 2's row is written, its checkpoint is not
+    b = synth_learner(n=64, cbs=[RunLogger(d)])
+    b.fit(3, cbs=[CheckpointCallback(ck)], resume=ck)
+    assert not stale.exists()
+    assert rows() == [1, 2, 3]

@@ -92,3 +92,44 @@ def test_existing_target_not_overwritten(tmp_path):
     (tmp_path / 'out').mkdir(); (tmp_path / 'out' / 'mine.txt').write_text('keep')
     with pytest.raises(DownloadError, match='exists already'): extract_archive(arc, tmp_path / 'out')
     assert (tmp_path / 'out' / 'mine.txt').read_text() == 'keep'
+
+
+def test_a_second_extractor_losing_the_race_uses_the_winners_folder(tmp_path, monkeypatch):
+    arc = _tgz(tmp_path / 'a.tgz', [('toy/a.txt', b'same'), ('toy/b.txt', b'data')])
+    dest = tmp_path / 'out'
+    real_check, raced = download.check_members, []
+
+    def other_process_finishes_first(archive, d):
+        real_check(archive, d)
+        if not raced:  # the faster process renames its complete folder into place
+            raced.append(1)
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp_path / 'other', filter='data')
+            (tmp_path / 'other' / 'toy').rename(dest)
+            (tmp_path / 'other').rmdir()
+    monkeypatch.setattr(download, 'check_members', other_process_finishes_first)
+    assert extract_archive(arc, dest) == dest  # no 'Directory not empty'
+    assert (dest / 'a.txt').read_text() == 'same'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.tgz', 'out']  # no temp folder left
+
+
+def test_a_damaged_mirror_copy_is_not_kept(tmp_path, registry, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    good = _tgz(tmp_path / 'good.tgz', [(f'toy/f{i}.bin', bytes(range(256)) * 200) for i in range(5)])
+    (mirror / 'toy.tgz').write_bytes(good.read_bytes()[:good.stat().st_size // 2])  # a broken copy on the mirror
+    monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
+    with pytest.raises(DownloadError, match='damaged or partial archive.*removed'):
+        untar_data('toy', data_root=tmp_path / 'data', progress=False)
+    assert not (tmp_path / 'data' / 'archives' / 'toy.tgz').exists()
+    (mirror / 'toy.tgz').write_bytes(good.read_bytes())  # the mirror is fixed
+    path = untar_data('toy', data_root=tmp_path / 'data', progress=False)
+    assert (path / 'f4.bin').read_bytes() == bytes(range(256)) * 200
+
+
+def test_a_cached_archive_that_differs_from_the_mirror_is_fetched_again(tmp_path, registry, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    _tgz(mirror / 'toy.tgz', [('toy/a.txt', b'fixed')])
+    (tmp_path / 'data' / 'archives').mkdir(parents=True)
+    (tmp_path / 'data' / 'archives' / 'toy.tgz').write_bytes(b'damaged')  # cached before the mirror was fixed
+    monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
+    assert (untar_data('toy', data_root=tmp_path / 'data', progress=False) / 'a.txt').read_text() == 'fixed'

@@ -100,3 +100,20 @@ def test_vocab_size_mismatch(tmp_path):
         pickle.dump(itos()[:-1], f)
     with pytest.raises(ValueError, match='rows'):
         import_fastai(tmp_path / 'lm.pth', tmp_path / 'itos.pkl', tmp_path / 'out')
+
+
+def test_out_folder_is_not_overwritten_unless_asked(tmp_path, capsys):
+    import ulmfit.__main__ as ulmfit_cli
+    torch.save(fastai_state(), tmp_path / 'lm.pth')
+    with open(tmp_path / 'itos.pkl', 'wb') as f:
+        pickle.dump(itos(), f)
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'vocab.json').write_text('{"itos": ["mine"]}')
+    argv = ['import-fastai', '--weights', str(tmp_path / 'lm.pth'), '--vocab', str(tmp_path / 'itos.pkl'),
+            '--out', str(out)]
+    assert ulmfit_cli.main(argv) == 2
+    assert f'error: {out} exists' in capsys.readouterr().err
+    assert (out / 'vocab.json').read_text() == '{"itos": ["mine"]}'
+    assert ulmfit_cli.main(argv + ['--overwrite']) == 0
+    assert (out / 'lm.pth').exists()

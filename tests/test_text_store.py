@@ -56,3 +56,38 @@ def test_multi_label(tmp_path):
     s = build_store(TableReader(df, label_cols=['x', 'y'], valid_col=None), min_freq=1, n_workers=1,
                     root=tmp_path, progress=False)
     assert s.multi_label and s.label_names == ['x', 'y'] and s.labels.tolist() == [[1, 0], [0, 1], [1, 1]]
+
+
+def test_disk_full_while_building_names_the_cache_and_keeps_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from common.checkpoint import DiskFullError
+    from ulmfit.vocab import Vocab
+
+    def full(self, path):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(Vocab, 'save', full)
+    with pytest.raises(DiskFullError, match=r'cache: no space left on device .*the disk is full'):
+        build_store(TableReader(DF, label_cols='label'), min_freq=1, n_workers=1, root=tmp_path, progress=False)
+    assert list((tmp_path / 'cache').iterdir()) == []
+
+
+def test_empty_corpora_are_refused_naming_the_source(tmp_path):
+    import io
+    import tarfile
+
+    import pytest
+
+    from ulmfit.datasets import DataError, ImdbReader
+    (tmp_path / 'blank.txt').write_text('   \n\n  \t\n')
+    with pytest.raises(DataError, match=r'blank\.txt: no text'):
+        build_store(TextCorpusReader(tmp_path / 'blank.txt'), n_workers=1, root=tmp_path, progress=False)
+    with tarfile.open(tmp_path / 'other.tgz', 'w:gz') as tf:
+        info = tarfile.TarInfo('readme.md')
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b'hi'))
+    with pytest.raises(DataError, match=r'other\.tgz: no IMDB reviews'):
+        build_store(ImdbReader(tmp_path / 'other.tgz'), n_workers=1, root=tmp_path, progress=False)
+    assert not any((tmp_path / 'cache').iterdir())  # no 0-document store is cached

@@ -4,12 +4,14 @@ import os
 import random
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
+import ulmfit.__main__ as ulmfit_cli
 from ulmfit.generate import generate
 from ulmfit.model_io import load_model_folder
-from ulmfit.pretrain import PRESETS, SETTINGS, pretrain
+from ulmfit.pretrain import PRESETS, SETTINGS, pretrain, spm_key
 from common.config import resolve_config
 
 WORDS = 'the cat dog sat on a mat and ran to house tree sun moon big small red blue'.split()
@@ -74,3 +76,100 @@ def test_two_process_pretraining_matches_one(tmp_path, monkeypatch):
     # rank 0 reports the validation loss of the whole stream, not of its own half of the rows
     m1, m2 = (json.loads((d / 'metrics.json').read_text()) for d in (single, tmp_path / 'runs' / 'ddp'))
     assert abs(m1['valid_loss'] - m2['valid_loss']) < 1e-4
+
+
+def _main(argv):
+    "The command line; a Ctrl-C that escapes it is a failure here, not the end of the test session."
+    try:
+        return ulmfit_cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped the command')
+
+
+def _cli(tmp_path, *extra):
+    corpus = write_corpus(tmp_path / 'train.txt', 60, 0)
+    valid = write_corpus(tmp_path / 'valid.txt', 6, 1)
+    return ['pretrain', '--preset', 'tiny', '--corpus', str(corpus), '--valid', str(valid), '--max-docs', '0',
+            '--max-valid-docs', '0', '--min-freq', '1', '--bs', '4', '--bptt', '8', '--runs', str(tmp_path / 'runs'),
+            '--n-workers', '1', *extra]
+
+
+def test_ctrl_c_in_pretrain_checkpoints_prints_resume_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    import ulmfit.pretrain as pretrain_mod
+    from common.checkpoint import load_checkpoint
+    from common.runs import RunLogger
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+
+    class CtrlC(RunLogger):
+        def after_batch(self):
+            if self.learn.training and self.learn.train_iter == 3:
+                raise KeyboardInterrupt()
+
+    monkeypatch.setattr(pretrain_mod, 'RunLogger', CtrlC)
+    assert _main(_cli(tmp_path)) == 130
+    run = tmp_path / 'runs' / 'lm-tiny'
+    err = capsys.readouterr().err
+    assert f'resume with: python -m ulmfit pretrain --resume {run}' in err and 'Traceback' not in err
+    ts = load_checkpoint(run / 'checkpoints' / 'last.pth')['train_state']
+    assert (ts['epoch'], ts['iter'], ts['train_iter']) == (0, 3, 3)
+    monkeypatch.setattr(pretrain_mod, 'RunLogger', RunLogger)
+    assert ulmfit_cli.main(['pretrain', '--resume', str(run), '--max-minutes', '30']) == 0
+    assert 'resuming from' in capsys.readouterr().out
+    assert json.loads((run / 'metrics.json').read_text())['epochs_done'] == 1
+    assert len((run / 'metrics.jsonl').read_text().splitlines()) == 1
+    assert json.loads((run / 'config.json').read_text())['max_minutes'] == 0.0  # the saved config is not rewritten
+
+
+def test_resume_refuses_settings_it_cannot_change(tmp_path, capsys):
+    run = tmp_path / 'runs' / 'r'
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'checkpoints' / 'last.pth').write_bytes(b'x')
+    (run / 'config.json').write_text('{"lr": 0.01, "bs": 16, "corpus": "c.txt"}')
+    assert ulmfit_cli.main(['pretrain', '--resume', str(run), '--lr', '0.1', '--bs', '8', '--corpus', 'c.txt']) == 2
+    assert '--lr, --bs can\'t change (only --max-minutes, --checkpoint-minutes, --n-workers can)' in \
+        capsys.readouterr().err  # the same value as the run's (--corpus c.txt) is no change
+
+
+def test_pretrain_offers_errors_replace(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+    argv = _cli(tmp_path, '--dry-run', 'true')
+    with open(tmp_path / 'train.txt', 'ab') as f:
+        f.write(b'\n\nThe cat \xff sat.\n')
+    assert ulmfit_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'train.txt: undecodable bytes' in err and '--errors replace' in err
+    assert ulmfit_cli.main(argv + ['--errors', 'replace']) == 0
+
+
+def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
+    from ulmfit.prepare import prepare_dataset
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+    corpus = write_corpus(tmp_path / 'c.txt', 40, 3)
+    assert ulmfit_cli.main(['prepare', '--corpus', str(corpus), '--tokenizer', 'spm', '--spm-vocab-size', '60',
+                            '--n-workers', '1', '--min-freq', '1']) == 0
+    store = prepare_dataset(None, [str(corpus)], 'spm', min_freq=1, n_workers=1, spm_vocab_size=60, progress=False)
+    assert len(store) == 40 and store.meta['tokenizer']['kind'] == 'spm'
+    args = _cli(tmp_path, '--tokenizer', 'spm', '--max-vocab', '80', '--dry-run', 'true')
+    assert ulmfit_cli.main(args) == 0
+    assert ulmfit_cli.main(args) == 0  # a second run finds the same SentencePiece model
+    assert len(list((tmp_path / 'data' / 'cache' / 'spm').iterdir())) == 1
+    # the key does not depend on the process (a salted hash() would differ in the next run and on other ranks)
+    assert spm_key({'reader': 'text', 'files': [['/c.txt', 10, 0]]}, 80) == '07df66d9f31cb7ac8359'
+    model = tmp_path / 'runs' / 'lm-tiny' / 'model'
+    assert (model / 'spm.model').exists()
+    assert generate(model, 'the cat', words=3, seed=0).lower().startswith('the cat')
+
+
+def test_ctrl_c_in_imdb_names_the_resume_command(tmp_path, monkeypatch, capsys):
+    import ulmfit.imdb as imdb
+
+    class Store(list):
+        label_names, vocab, n_tokens, path = ['neg', 'pos'], [], 0, tmp_path
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(imdb, 'imdb_store', lambda cfg: (Store(), 'test'))
+    monkeypatch.setattr(imdb, 'one_direction', ctrl_c)
+    assert _main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs')]) == 130
+    run = tmp_path / 'runs' / 'imdb-tiny'
+    assert f'resume with: python -m ulmfit imdb --resume {run}' in capsys.readouterr().err

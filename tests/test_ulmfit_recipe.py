@@ -8,6 +8,8 @@ import torch
 
 from ulmfit import recipe
 from ulmfit.api import TextClassifier, load_classifier
+from ulmfit.datasets import DataError
+from ulmfit.model_io import load_encoder_folder, load_model_folder, save_model_folder
 from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
 from common.checkpoint import CheckpointError
 from ulmfit.awd_lstm import clas_config
@@ -124,7 +126,7 @@ def test_load_rejects_vocab_mismatch(trained, tmp_path):
 def test_fit_errors_name_the_problem(tmp_path):
     clf = TextClassifier(config=AWDLSTMConfig.preset('tiny'), data_root=tmp_path, verbose=False)
     df = pd.DataFrame({'text': ['a b', 'c d', 'e f'], 'label': ['x', 'y', 'z'], 'v': [False, False, True]})
-    with pytest.raises(KeyError, match="'labels'"):
+    with pytest.raises(DataError, match="'labels'"):
         clf.fit(df, label_col='labels', valid_col='v')
     with pytest.raises(ValueError, match=r"never seen in training: \['z'\]"):
         clf.fit(df, valid_col='v')
@@ -145,3 +147,48 @@ def test_classifier_prediction_ignores_padding():
     a = a[0] if isinstance(a, tuple) else a
     b = b[0] if isinstance(b, tuple) else b
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fit_refuses_fewer_than_two_classes(tmp_path):
+    clf = TextClassifier(config=AWDLSTMConfig.preset('tiny'), data_root=tmp_path, verbose=False)
+    df = pd.DataFrame({'text': ['a b', 'c d', 'e f'], 'stars': ['x', 'x', 'x']})
+    with pytest.raises(DataError, match=r"label column 'stars' has 1 class.*at least 2"):
+        clf.fit(df, label_col='stars')
+
+
+def test_table_errors_name_the_file(tmp_path):
+    clf = TextClassifier(config=AWDLSTMConfig.preset('tiny'), data_root=tmp_path, verbose=False)
+    csv = tmp_path / 'reviews.csv'
+    pd.DataFrame({'text': ['a b', 'c d'], 'label': ['x', 'y']}).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"reviews\.csv: no column 'sentiment'"):
+        clf.fit(csv, label_col='sentiment')
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv: file not found"):
+        clf.fit(tmp_path / 'missing.csv')
+    (tmp_path / 'bad.csv').write_bytes(b'text,label\nok \xff,x\n')
+    with pytest.raises(DataError, match=r"bad\.csv: undecodable bytes at byte offset 14.*--errors replace"):
+        clf.fit(tmp_path / 'bad.csv')
+
+
+def test_predict_refuses_a_bare_string_and_non_strings(trained):
+    clf, _ = trained
+    with pytest.raises(TypeError, match=r'not one string.*predict\(\[text\]\)'):
+        clf.predict('good film')
+    with pytest.raises(TypeError, match=r'position\(s\) \[1, 3\].*NoneType'):
+        clf.predict(['good film', None, 'bad film', 3])
+    assert len(clf.predict(['good film'])) == 1
+
+
+def test_save_refuses_to_overwrite_unless_asked(trained, tmp_path):
+    clf, _ = trained
+    lm_dir = tmp_path / 'lm'
+    config = AWDLSTMConfig.preset('tiny', vocab_sz=12)
+    save_model_folder(lm_dir, get_language_model(config), config, [f't{i}' for i in range(12)])
+    before = (lm_dir / 'vocab.json').read_bytes()
+    with pytest.raises(FileExistsError, match='overwrite=True'):
+        clf.save(lm_dir)
+    assert (lm_dir / 'vocab.json').read_bytes() == before
+    clf.save(lm_dir, overwrite=True)  # asked for: the LM folder's vocab is now the classifier's...
+    with pytest.raises(CheckpointError, match=r'vocab\.json: \d+ tokens, but the model.s embedding has 12 rows'):
+        load_model_folder(lm_dir)  # ...and loading the LM notices instead of failing later with an IndexError
+    with pytest.raises(CheckpointError, match='12 rows'):
+        load_encoder_folder(lm_dir)

@@ -17,7 +17,8 @@ COMMANDS = {
 def usage():
     lines = ['usage: python -m ulmfit <command> [options]', '', 'commands:']
     lines += [f'  {name:<14} {desc}' for name, (_, desc) in COMMANDS.items()]
-    lines += ['', "run 'python -m ulmfit <command> --help' for a command's options"]
+    lines += ['', "run 'python -m ulmfit <command> --help' for a command's options; add --debug to see the traceback "
+                  "behind an error"]
     return '\n'.join(lines)
 
 
@@ -30,12 +31,13 @@ def main(argv=None):
     if cmd not in COMMANDS:
         print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from common.cli import run_command
     from common.perf import tune_malloc
+    from .datasets import DataError
     tune_malloc()
     mod = importlib.import_module(COMMANDS[cmd][0])
     fn = getattr(mod, f'{cmd.replace("-", "_")}_main', None) or mod.main
-    rc = fn(rest)  # commands may return what they made (a run folder): that is success
-    return rc if isinstance(rc, int) else 0
+    return run_command(fn, rest, expected=(DataError,))
 
 
 if __name__ == '__main__':

@@ -8,12 +8,16 @@
     clf.save('my-clf'); TextClassifier.load('my-clf')
 
 Defined behaviours:
+- `predict` takes a list of strings: a bare string is refused (use `predict([text])`), and so is a list holding
+  anything but strings (None, numbers), naming the positions;
 - empty or whitespace-only texts are predicted as `Prediction(None, {})` (nothing to read), with a warning;
+- a table needs at least 2 classes in its label column; errors about a table name the file it came from;
 - texts are read whole; the classifier pools over the outputs of their last `max_len` tokens (as in training and
   in fastai), so the hidden state has seen the beginning of a long text;
-- validation labels never seen in training raise a ValueError naming them;
+- validation labels never seen in training raise a DataError naming them;
 - a saved classifier is one folder: `clas.pth` (weights, config, vocab, classes, settings), `vocab.json`,
-  `config.json`; loading checks that vocab, config and weights agree.
+  `config.json`; loading checks that vocab, config and weights agree. `save` refuses an existing non-empty folder
+  unless given `overwrite=True`.
 """
 import json
 import warnings
@@ -30,7 +34,7 @@ from common.learner import DataLoaders
 from . import recipe
 from .awd_lstm import AWDLSTMConfig, clas_config
 from .classifier import get_text_classifier
-from .datasets import TableReader, TextCorpusReader
+from .datasets import REPLACE_HINT, DataError, TableReader, TextCorpusReader, find_bad_utf8
 from .loaders import pad_collate
 from .model_io import load_model_folder, save_model_folder
 from .pretrained import pretrained_folder
@@ -41,18 +45,46 @@ from .vocab import Vocab
 Prediction = namedtuple('Prediction', 'label probs')
 
 
-def _as_frame(data, text_col):
-    "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings."
+def _as_frame(data, text_col, errors='strict'):
+    "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings (a file's name is kept in attrs)."
     if isinstance(data, pd.DataFrame):
         return data
-    if isinstance(data, (str, Path)) and Path(data).is_file():
+    if isinstance(data, (str, Path)):
         p = Path(data)
-        if p.suffix == '.parquet':
-            return pd.read_parquet(p)
-        return pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',')
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
+        try:
+            if p.suffix in ('.parquet', '.pq'):
+                df = pd.read_parquet(p)
+            else:
+                df = pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',', encoding_errors=errors)
+        except UnicodeDecodeError:
+            raise DataError(f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); "
+                            f"{REPLACE_HINT}") from None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+            raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
+        df.attrs['source'] = str(p)
+        return df
     if isinstance(data, (list, tuple, pd.Series, np.ndarray)):
         return pd.DataFrame({text_col: list(data)})
     raise TypeError(f"expected a DataFrame, a CSV/TSV/Parquet path or a list of texts, got {type(data).__name__}")
+
+
+def _source(df):
+    "The file a DataFrame was read from, for error messages."
+    return df.attrs.get('source', 'DataFrame')
+
+
+def check_labelled(df, text_col, label_cols, valid_col=None):
+    "Refuse a table that can't train a classifier: missing columns, or fewer than 2 classes in a label column."
+    for c in [text_col, *label_cols] + ([valid_col] if valid_col else []):
+        if c not in df.columns:
+            raise DataError(f"{_source(df)}: no column {c!r}; columns are {list(df.columns)}")
+    if len(label_cols) == 1:
+        classes = df[label_cols[0]].dropna().unique()
+        if len(classes) < 2:
+            raise DataError(f"{_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
+                            f"{sorted(map(str, classes))}; a classifier needs at least 2")
 
 
 def _text_reader(texts, text_col='text'):
@@ -129,9 +161,7 @@ class TextClassifier:
         Without `valid_col`, a random `valid_pct` of the rows is held out."""
         df = _as_frame(data, text_col).copy()
         label_cols = [label_col] if isinstance(label_col, str) else list(label_col)
-        for c in [text_col, *label_cols] + ([valid_col] if valid_col else []):
-            if c not in df.columns:
-                raise KeyError(f"column {c!r} not in the data; columns are {list(df.columns)}")
+        check_labelled(df, text_col, label_cols, valid_col)
         if valid_col is None:
             rng = np.random.default_rng(seed)
             df['is_valid'] = rng.random(len(df)) < valid_pct
@@ -141,7 +171,7 @@ class TextClassifier:
             train_labels = set(df.loc[~df[valid_col].astype(bool), label_cols[0]].dropna().unique())
             unseen = set(df.loc[df[valid_col].astype(bool), label_cols[0]].dropna().unique()) - train_labels
             if unseen:
-                raise ValueError(f"validation labels never seen in training: {sorted(map(str, unseen))}")
+                raise DataError(f"{_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}")
         reader = TableReader(df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0],
                              valid_col=valid_col)
         if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
@@ -177,10 +207,17 @@ class TextClassifier:
     @torch.no_grad()
     def predict(self, texts, bs=64):
         "Labels and probabilities for each text, in input order (internally sorted by length for speed)."
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts, not one string (it would classify each character): "
+                            "use predict([text])")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"predict() takes strings; not a string at position(s) {bad[:10]}"
+                            f"{' ...' if len(bad) > 10 else ''} (the first is {type(texts[bad[0]]).__name__})")
         if self.model is None:
             raise RuntimeError("the classifier isn't trained: call fit() or TextClassifier.load() first")
-        texts = list(texts)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
             warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
                           f"predicted as label None")
@@ -209,10 +246,13 @@ class TextClassifier:
         return out
 
     # ---- persistence --------------------------------------------------------------------------------
-    def save(self, path):
-        "Write the classifier as one self-contained folder."
+    def save(self, path, overwrite=False):
+        "Write the classifier as one self-contained folder; an existing non-empty folder only with `overwrite=True`."
         if self.model is None:
             raise RuntimeError("nothing to save: the classifier isn't trained")
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+            raise FileExistsError(f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it")
         return save_classifier(path, self.model, self.config, self.itos, self.classes,
                                {'multi_label': self.multi_label, 'thresholds': self.thresholds, 'bptt': self.bptt,
                                 'max_len': self.max_len, 'drop_mult': getattr(self, 'drop_mult', 0.5),

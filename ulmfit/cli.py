@@ -11,6 +11,8 @@ from pathlib import Path
 
 from common.runs import new_run_dir, write_config, write_json
 
+ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
+
 
 def classify_main(argv=None):
     p = argparse.ArgumentParser(prog='python -m ulmfit classify', description=__doc__,
@@ -29,18 +31,21 @@ def classify_main(argv=None):
     p.add_argument('--bs', type=int, default=32, help='classifier batch size')
     p.add_argument('--name', default='', help='run folder name (default: clf-<file stem>)')
     p.add_argument('--runs', default='runs', help='where run folders go')
+    p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = p.parse_args(argv)
-    from .api import TextClassifier, _as_frame
+    from .api import TextClassifier, _as_frame, check_labelled
     from .pretrained import resolve_pretrained
     t0 = time.time()
+    # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
+    df = _as_frame(a.csv, a.text_col, a.errors)
+    labels = a.label_col.split(',')
+    check_labelled(df, a.text_col, labels, a.valid_col)
     src = resolve_pretrained(a.pretrained, a.runs)
     clf = TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs) if src else \
         TextClassifier(precision=a.precision, bs=a.bs)
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
     print(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
-    df = _as_frame(a.csv, a.text_col)
-    labels = a.label_col.split(',')
     if a.lm_epochs and src:
         clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs)
     clf.fit(df, text_col=a.text_col, label_col=labels if len(labels) > 1 else labels[0], valid_col=a.valid_col,
@@ -60,16 +65,20 @@ def predict_main(argv=None):
     p.add_argument('--csv', required=True, help='texts to classify: .csv, .tsv or .parquet')
     p.add_argument('--text-col', default='text')
     p.add_argument('--out', required=True, help='output CSV: the input columns plus pred and one prob_<class> each')
+    p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = p.parse_args(argv)
     from .api import TextClassifier, _as_frame
+    from .datasets import DataError
     out = Path(a.out)
     if out.exists():
-        raise SystemExit(f"{out} exists: choose another --out (existing files are never overwritten)")
+        raise FileExistsError(f"{out} exists: choose another --out (existing files are never overwritten)")
+    if not out.parent.is_dir():  # found out now, not after every prediction is computed
+        raise FileNotFoundError(f"{out}: folder {out.parent} does not exist; create it or choose another --out")
     clf = TextClassifier.load(a.model)
-    df = _as_frame(a.csv, a.text_col)
+    df = _as_frame(a.csv, a.text_col, a.errors)
     if a.text_col not in df.columns:
-        raise SystemExit(f"{a.csv}: no column {a.text_col!r}; columns are {list(df.columns)}")
-    preds = clf.predict(df[a.text_col].tolist())
+        raise DataError(f"{a.csv}: no column {a.text_col!r}; columns are {list(df.columns)}")
+    preds = clf.predict(df[a.text_col].fillna('').astype(str).tolist())  # an empty cell is an empty text
     df['pred'] = [p.label if not isinstance(p.label, list) else '|'.join(p.label) for p in preds]
     for c in clf.classes:
         df[f'prob_{c}'] = [p.probs.get(str(c)) for p in preds]

@@ -31,12 +31,16 @@ def _fingerprint_path(p) -> list:
     return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in files]
 
 
+# Every command that reads text offers `--errors replace` (`errors='replace'` in Python).
+REPLACE_HINT = "rerun with --errors replace (errors='replace' in Python) to substitute them"
+
+
 def decode(raw: bytes, name: str, errors: str = 'strict', base: int = 0) -> str:
     "UTF-8 decode with an error naming the file and byte offset."
     try: return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
         raise DataError(f"{name}: undecodable bytes {raw[e.start:e.start + 4]!r} at byte offset {base + e.start} "
-                        f"(not UTF-8); pass errors='replace' to substitute them") from None
+                        f"(not UTF-8); {REPLACE_HINT}") from None
 
 
 def find_bad_utf8(path) -> int | None:
@@ -98,6 +102,13 @@ class ImdbReader:
         return Doc(decode(raw, name, self.errors), lbl, split, name)
 
     def __iter__(self) -> Iterator[Doc]:
+        n = 0
+        for n, d in enumerate(self._docs(), 1): yield d
+        if n == 0:
+            raise DataError(f"{self.path}: no IMDB reviews in splits {list(self.splits)} (expected "
+                            f"train|test/pos|neg|unsup/<id>_<rating>.txt files)")
+
+    def _docs(self) -> Iterator[Doc]:
         if self.path.is_file():  # stream straight out of the archive, in archive order
             with tarfile.open(self.path, 'r|*') as tf:
                 for mem in tf:
@@ -152,19 +163,24 @@ class WikiTextReader:
 
     def __iter__(self) -> Iterator[Doc]:
         for f in self.files:
-            split, buf, title, prev = _wiki_split(f), [], None, ''
-            lines = _lines(f, self.errors)
-            line = next(lines, None)
-            while line is not None:
-                nxt = next(lines, None)
-                # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
-                # inside a paragraph is not one)
-                if _re_title.match(line) and not prev.strip() and (nxt is None or not nxt.strip()):
-                    if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
-                    buf, title = [], line.strip(' =\n')
-                buf.append(line)
-                prev, line = line, nxt
-            if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
+            n = 0
+            for n, d in enumerate(self._file_docs(f), 1): yield d
+            if n == 0: raise DataError(f'{f}: no text (empty or whitespace only)')
+
+    def _file_docs(self, f) -> Iterator[Doc]:
+        split, buf, title, prev = _wiki_split(f), [], None, ''
+        lines = _lines(f, self.errors)
+        line = next(lines, None)
+        while line is not None:
+            nxt = next(lines, None)
+            # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
+            # inside a paragraph is not one)
+            if _re_title.match(line) and not prev.strip() and (nxt is None or not nxt.strip()):
+                if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
+                buf, title = [], line.strip(' =\n')
+            buf.append(line)
+            prev, line = line, nxt
+        if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
 
     def fingerprint(self) -> dict:
         return dict(reader='wikitext', errors=self.errors, files=[_fingerprint_path(f) for f in self.files])
@@ -206,13 +222,19 @@ class TextCorpusReader:
 
     def __iter__(self) -> Iterator[Doc]:
         for p in self.paths:
-            if p.is_dir():
-                for f in sorted(p.rglob('*')):
-                    if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
-                        raw = b''.join(_open_bin(f))
-                        if not raw: raise DataError(f'{f}: empty file')
-                        yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
-            else: yield from self._file_docs(p)
+            n = 0
+            for n, d in enumerate(self._path_docs(p), 1): yield d
+            if n == 0:
+                raise DataError(f'{p}: no text (no .txt files in the folder)' if p.is_dir() else
+                                f'{p}: no text (empty or whitespace only)')
+
+    def _path_docs(self, p) -> Iterator[Doc]:
+        if not p.is_dir(): yield from self._file_docs(p); return
+        for f in sorted(p.rglob('*')):
+            if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
+                raw = b''.join(_open_bin(f))
+                if not raw: raise DataError(f'{f}: empty file')
+                yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
     def fingerprint(self) -> dict:
         return dict(reader='text', mode=self.mode, split=self.split, errors=self.errors,
@@ -238,7 +260,8 @@ class TableReader:
         self.label_cols = [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
-        self.name = 'DataFrame' if not isinstance(src, (str, os.PathLike)) else str(src)
+        self.name = getattr(src, 'attrs', {}).get('source', 'DataFrame') if not isinstance(src, (str, os.PathLike)) \
+            else str(src)
         if isinstance(src, (str, os.PathLike)):
             if not Path(src).exists(): raise FileNotFoundError(f'table not found: {src}')
             _check_nonempty(src)
@@ -275,8 +298,7 @@ class TableReader:
                                    nrows=nrows, encoding='utf-8', encoding_errors=self.errors, keep_default_na=True)
         except UnicodeDecodeError:
             off = find_bad_utf8(self.src)
-            raise DataError(f"{self.src}: undecodable bytes at byte offset {off} (not UTF-8); "
-                            f"pass errors='replace' to substitute them") from None
+            raise DataError(f"{self.src}: undecodable bytes at byte offset {off} (not UTF-8); {REPLACE_HINT}") from None
         except pd.errors.EmptyDataError: raise DataError(f'{self.src}: empty file (no header)') from None
 
     def _label(self, row, rowno):
@@ -326,5 +348,5 @@ def read_text(path, errors: str = 'strict') -> str:
     return decode(raw, str(path), errors)
 
 
-__all__ = ['Doc', 'DataError', 'ImdbReader', 'WikiTextReader', 'TextCorpusReader', 'TableReader', 'join_fields',
+__all__ = ['Doc', 'DataError', 'REPLACE_HINT', 'ImdbReader', 'WikiTextReader', 'TextCorpusReader', 'TableReader', 'join_fields',
            'find_bad_utf8', 'read_text']

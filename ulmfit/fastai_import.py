@@ -91,8 +91,11 @@ def convert_fastai_state(sd, pad_id=1):
     return out, config
 
 
-def import_fastai(weights, vocab, out_dir):
-    "Convert a fastai .pth + itos pickle into our model folder; returns (model, config, itos)."
+def import_fastai(weights, vocab, out_dir, overwrite=False):
+    "Convert a fastai .pth + itos pickle into our model folder (an existing one only if `overwrite`)."
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists: choose a new --out folder, or pass --overwrite to replace its model")
     itos = read_itos(vocab)
     sd, config = convert_fastai_state(read_fastai_state(weights), pad_id=itos.index('xxpad') if 'xxpad' in itos else 1)
     if len(itos) != config.vocab_sz:
@@ -108,9 +111,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog='ulmfit import-fastai', description=__doc__.splitlines()[0])
     ap.add_argument('--weights', required=True, help="fastai LM .pth (bare state dict or {'model': ...})")
     ap.add_argument('--vocab', required=True, help='itos pickle (list of str)')
-    ap.add_argument('--out', required=True, help='model folder to write')
+    ap.add_argument('--out', required=True, help='model folder to write (a new one, unless --overwrite)')
+    ap.add_argument('--overwrite', action='store_true', help='replace the model in an existing --out folder')
     a = ap.parse_args(argv)
-    _, config, itos = import_fastai(a.weights, a.vocab, a.out)
+    _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
     print(f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
           f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
     return 0

@@ -12,11 +12,13 @@ metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matri
 skips the stages whose outputs are already in that folder.
 """
 import json
+import shlex
 import time
 from pathlib import Path
 
 import torch
 
+from common.cli import Interrupted
 from common.config import Setting, parse_run_config
 from common.learner import DataLoaders
 from common.plots import plot_confusion
@@ -70,6 +72,8 @@ SETTINGS = {
     'name': Setting('', 'run folder name under runs/ (default: imdb-<preset>)'),
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
+    'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
+                                "them", ('strict', 'replace')),
 }
 
 PRESETS = {
@@ -108,14 +112,15 @@ PRESETS = {
 def imdb_store(cfg):
     "The token store of the dataset: labels, splits and the vocab built from its text."
     from common.download import untar_data
-    tok = SpacyTokenizer()
+    tok, errors = SpacyTokenizer(), cfg.get('errors', 'strict')  # runs saved before the setting existed: strict
     if cfg['dataset'] == 'imdb':
         folder = untar_data('imdb')
-        reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup')), 'test'
+        reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup'), errors=errors), 'test'
     else:
         folder = untar_data('imdb_sample')
         csv = next(Path(folder).rglob('texts.csv'))
-        reader, test_split = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid'), 'valid'
+        reader = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
+        test_split = 'valid'
     store = build_store(reader, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], name=cfg['dataset'])
     return store, test_split
 
@@ -144,7 +149,11 @@ def run(cfg):
     directions = ['fwd', 'bwd'] if cfg['bidirectional'] else ['fwd']
     results, probs = {}, {}
     for d in directions:
-        p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'))
+        try:
+            p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'))
+        except KeyboardInterrupt:  # resuming skips the finished stages (model folders); the cut one starts over
+            raise Interrupted(f"the finished stages are kept in {run_dir}",
+                              resume=f"python -m ulmfit imdb --resume {shlex.quote(str(run_dir))}") from None
         probs[d], results[d] = p, res
         times.update({f'{d}_{k}': v for k, v in st.items()})
     if len(directions) == 2:

@@ -8,7 +8,7 @@
 import json
 from pathlib import Path
 
-from common.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
 
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .classifier import encoder_state
@@ -41,6 +41,16 @@ def load_vocab(path):
     return d['itos'] if isinstance(d, dict) else d
 
 
+def _checked_vocab(path, config):
+    "The folder's vocab, refused when its size doesn't fit the embedding (vocab.json replaced by another model's?)."
+    itos = load_vocab(path)
+    if len(itos) != config.vocab_sz:
+        raise CheckpointError(f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has "
+                              f"{config.vocab_sz} rows: the vocab belongs to another model (was the folder "
+                              f"overwritten?). Use an intact model folder")
+    return itos
+
+
 def load_model_folder(path, map_location='cpu', with_extras=False):
     "Rebuild the LM of a folder written by `save_model_folder`: (model, config, itos), plus extras if asked."
     path = Path(path)
@@ -48,7 +58,7 @@ def load_model_folder(path, map_location='cpu', with_extras=False):
     config = AWDLSTMConfig.from_dict(ck['config'])
     model = get_language_model(config)
     load_model_state(model, ck['model'], path / 'lm.pth')
-    res = model, config, load_vocab(path)
+    res = model, config, _checked_vocab(path, config)
     return res + (ck['extras'],) if with_extras else res
 
 
@@ -56,4 +66,5 @@ def load_encoder_folder(path, map_location='cpu'):
     "The encoder part of a model folder: returns (encoder state dict, config, itos)."
     path = Path(path)
     ck = load_checkpoint(path / 'encoder.pth', map_location)
-    return ck['model'], AWDLSTMConfig.from_dict(ck['config']), load_vocab(path)
+    config = AWDLSTMConfig.from_dict(ck['config'])
+    return ck['model'], config, _checked_vocab(path, config)

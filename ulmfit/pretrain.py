@@ -4,8 +4,12 @@ corpus (WikiText-103 by default, or any corpus the readers accept) → token sto
 training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, config) inside the run folder.
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
+import hashlib
 import json
 import os
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import torch
 
 from common.callback import Callback, CancelFitException
 from common.callbacks import CheckpointCallback, TimeBudget
-from common.config import Setting, parse_run_config
+from common.cli import Interrupted
+from common.config import ConfigError, Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
 from common.learner import DataLoaders
 from common.runs import RunLogger, new_run_dir, write_config, write_json
@@ -38,6 +43,8 @@ SETTINGS = {
     'max_vocab': Setting(60000, 'largest vocab size'),
     'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
     'tokenizer': Setting('spacy', 'spacy (fastai rules) or spm (SentencePiece)', ('spacy', 'spm')),
+    'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
+                                "them", ('strict', 'replace')),
     'n_workers': Setting(0, 'tokenizer processes (0 = one per core)'),
     'bs': Setting(64, 'global batch size (rows of the LM stream)'),
     'bptt': Setting(70, 'tokens per sequence (back-propagation through time)'),
@@ -58,7 +65,8 @@ SETTINGS = {
     'seed': Setting(42, 'random seed'),
     'name': Setting('', 'run folder name under runs/ (default: lm-<preset>[-bwd])'),
     'runs': Setting('runs', 'where run folders go'),
-    'resume': Setting('', 'a run folder to continue from its last checkpoint'),
+    'resume': Setting('', 'a run folder to continue from its last checkpoint (its settings are kept; only '
+                          'max_minutes, checkpoint_minutes and n_workers may change)'),
     'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check'),
 }
 
@@ -91,6 +99,12 @@ PRESETS = {
 }
 
 
+SETTING_DEFAULTS = {k: s.default for k, s in SETTINGS.items()}  # for run folders saved before a setting existed
+# What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. A different value of
+# anything else would make the rest of the run disagree with its first part.
+RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
+
+
 class FirstDocs:
     "The first `n` documents of a reader (all when n == 0), with a fingerprint that says so."
 
@@ -107,15 +121,15 @@ class FirstDocs:
         return {**self.reader.fingerprint(), 'first_docs': self.n}
 
 
-def corpus_reader(paths, split='train'):
+def corpus_reader(paths, split='train', errors='strict'):
     "A reader for corpus files: WikiText .tokens/.raw files by name, anything else as plain text."
     paths = [Path(p) for p in (paths.split(',') if isinstance(paths, str) else paths) if str(p)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"corpus not found: {', '.join(missing)}")
     if all(p.name.split('.')[-1] in ('tokens', 'raw') or p.name.endswith(('.tokens.gz', '.raw.gz')) for p in paths):
-        return WikiTextReader(paths)
-    return TextCorpusReader(paths, split=split)
+        return WikiTextReader(paths, errors=errors)
+    return TextCorpusReader(paths, split=split, errors=errors)
 
 
 def _wt103_file(folder, split):
@@ -128,7 +142,7 @@ def _wt103_file(folder, split):
 def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
     if cfg['corpus']:
-        train = corpus_reader(cfg['corpus'])
+        train = corpus_reader(cfg['corpus'], errors=cfg['errors'])
         src = cfg['corpus']
     else:
         from common.download import untar_data
@@ -136,10 +150,10 @@ def resolve_corpora(cfg):
         path = _wt103_file(folder, 'train')
         if path is None:
             raise FileNotFoundError(f"no wiki.train.tokens in {folder}")
-        train, src = corpus_reader([path]), str(path)
+        train, src = corpus_reader([path], errors=cfg['errors']), str(path)
     valid = None
     if cfg['valid']:
-        valid = corpus_reader(cfg['valid'], split='valid')
+        valid = corpus_reader(cfg['valid'], split='valid', errors=cfg['errors'])
     else:
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
         if os.environ.get('ULMFIT_MIRROR'):
@@ -147,9 +161,14 @@ def resolve_corpora(cfg):
         for c in candidates:
             p = _wt103_file(c, 'valid')
             if p is not None:
-                valid = WikiTextReader([p])
+                valid = WikiTextReader([p], errors=cfg['errors'])
                 break
     return FirstDocs(train, cfg['max_docs']), (FirstDocs(valid, cfg['max_valid_docs']) if valid else None), src
+
+
+def spm_key(fingerprint, max_vocab):
+    "SentencePiece cache key, the same in every process and DDP rank (Python's hash() is salted per process)."
+    return hashlib.sha256(json.dumps([fingerprint, max_vocab], sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def build_lm_data(cfg, r=0, ws=1):
@@ -160,7 +179,7 @@ def build_lm_data(cfg, r=0, ws=1):
     if tok is None:  # SentencePiece: trained on (a sample of) the corpus, cached by the store's key
         from .tokenize import SentencePieceTokenizer
         from .store import data_root
-        sp_dir = data_root() / 'cache' / 'spm' / str(abs(hash(json.dumps(train_r.fingerprint(), default=str))))
+        sp_dir = data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
         if not (sp_dir / 'spm.model').exists():
             texts = (d.text for i, d in enumerate(train_r) if i < 20000)
             SentencePieceTokenizer.train(texts, sp_dir, vocab_sz=min(cfg['max_vocab'], 15000))
@@ -183,21 +202,37 @@ def build_lm_data(cfg, r=0, ws=1):
     valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
     info = {'corpus': src, 'train_docs': len(store) if t_idx is None else len(t_idx), 'train_tokens': train.n_tokens,
             'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path),
-            'tokenizer': tok.config()}
+            'tokenizer': tok.config(), 'spm_model': getattr(tok, 'model_path', None)}
     return DataLoaders(train, valid), store.vocab, info
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
+    given = [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]
     r, ws = setup_distributed()
     try:
-        return pretrain(cfg, r, ws)
+        return pretrain(cfg, r, ws, given=given)
     finally:
         cleanup_distributed()
 
 
-def pretrain(cfg, r=0, ws=1):
-    "Run the whole pretraining; returns the run folder."
+def resume_config(cfg, given):
+    "The saved config of the run `cfg['resume']`, with the settings in `given` that may change on a resume."
+    run_dir = Path(cfg['resume'])
+    if not (run_dir / 'config.json').exists():
+        raise FileNotFoundError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
+    saved = {**SETTING_DEFAULTS, **json.loads((run_dir / 'config.json').read_text())}
+    refused = [k for k in given if k not in (*RESUME_OVERRIDES, 'resume') and cfg.get(k) != saved.get(k)]
+    if refused:
+        raise ConfigError(f"--resume {run_dir}: the run keeps its own settings; --"
+                          f"{', --'.join(k.replace('_', '-') for k in refused)} can't change (only --"
+                          f"{', --'.join(k.replace('_', '-') for k in RESUME_OVERRIDES)} can)")
+    return {**saved, **{k: cfg[k] for k in given if k in RESUME_OVERRIDES}, 'resume': cfg['resume']}
+
+
+def pretrain(cfg, r=0, ws=1, given=()):
+    "Run the whole pretraining; returns the run folder. `given`: the settings named on the command line."
     t0 = time.time()
     resume = None
     if cfg['resume']:
@@ -205,8 +240,7 @@ def pretrain(cfg, r=0, ws=1):
         resume = run_dir / 'checkpoints' / 'last.pth'
         if not resume.exists():
             raise FileNotFoundError(f"nothing to resume: {resume} does not exist")
-        saved = json.loads((run_dir / 'config.json').read_text())
-        cfg = {**saved, 'resume': cfg['resume']}
+        cfg = resume_config(cfg, given)
     torch.manual_seed(cfg['seed'])
     if ws > 1 and r != 0:
         torch.distributed.barrier()  # rank 0 builds the token stores first; the others then open them
@@ -237,8 +271,12 @@ def pretrain(cfg, r=0, ws=1):
         cbs.append(_StopAfter(2))
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
-    learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], div=cfg.get('div', 25.),
-                        moms=tuple(cfg['moms']), resume=resume)
+    try:
+        learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], div=cfg.get('div', 25.),
+                            moms=tuple(cfg['moms']), resume=resume)
+    except Interrupted as e:
+        e.resume = f"python -m ulmfit pretrain --resume {shlex.quote(str(run_dir))}"
+        raise
     # The last epoch's validation is the final one unless the time budget cut training short. Every rank validates:
     # the metrics are summed over ranks (DistributedCallback.after_validate).
     done = len(learn.recorder.history) == cfg['epochs'] and not getattr(learn, 'budget_reached', False)
@@ -247,6 +285,8 @@ def pretrain(cfg, r=0, ws=1):
         return run_dir
     model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
                                   extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
+    if info['tokenizer'].get('kind') == 'spm':  # the folder must tokenize text the way the model was trained
+        shutil.copyfile(info['spm_model'], model_dir / 'spm.model')
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
              'epochs_done': len(learn.recorder.history), 'train_tokens': info['train_tokens'],
              'budget_reached': bool(getattr(learn, 'budget_reached', False)),

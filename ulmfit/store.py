@@ -11,6 +11,7 @@
 `key` hashes the sources (paths + sizes + mtimes) and the tokenizer/vocab settings, so a second run with the same
 inputs finds the folder and just opens it. The folder is built under a temp name and renamed when complete.
 """
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ from array import array
 from pathlib import Path
 
 import numpy as np
+
+from common.checkpoint import DiskFullError
 
 from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts
 from ulmfit.vocab import Vocab
@@ -109,6 +112,10 @@ def build_store(reader, tok=None, vocab: Vocab | None = None, max_vocab: int = 6
         try: os.rename(tmp, final)
         except OSError:  # somebody else finished the same store first: theirs is identical
             if not (final / 'meta.json').exists(): raise
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        raise DiskFullError(f'{cache}: no space left on device while building the token store of {name or key} '
+                            f'(the disk is full); nothing was kept. Free some space and run again') from None
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return TokenStore(final)
 

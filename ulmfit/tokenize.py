@@ -467,6 +467,12 @@ class SentencePieceTokenizer:
             res.append(i)
         return res
 
+    # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
+    def batch(self, texts: list[str]) -> list[list[str]]: return [self(t) for t in texts]
+
+    def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
+        return [self.encode(t, stoi, itos) for t in texts]
+
 
 # ---------------------------------------------------------------- parallel runner
 

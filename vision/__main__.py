@@ -16,12 +16,13 @@ def main(argv=None):
     if not argv or argv[0] in ('-h', '--help') or argv[0] not in COMMANDS:
         print(__doc__ + '\n' + '\n'.join(f'  {k:10s}{v}' for k, v in COMMANDS.items()))
         return 0 if argv and argv[0] in ('-h', '--help') else 2
+    from common.cli import run_command
+    from .data import BadImageError
     if argv[0] == 'train':
         from .train import main as run
     else:
         from .transfer import main as run
-    run(argv[1:])
-    return 0
+    return run_command(run, argv[1:], expected=(BadImageError,))
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.config import Setting, config_to_json, parse_run_config
+from common.config import ConfigError, Setting, config_to_json, parse_run_config
 from common.runs import new_run_dir, write_config, write_json
 
 from .data import image_dls, pets_items, subsample
@@ -59,7 +59,7 @@ def find_checkpoint(runs_dir, preset):
     "The newest runs_dir/imagewoof-<preset>*/checkpoints/model.pth."
     found = sorted(Path(runs_dir).glob(f'imagewoof-{preset}*/checkpoints/model.pth'), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise SystemExit(f"no Imagewoof checkpoint under {runs_dir}/imagewoof-{preset}*; run "
+        raise FileNotFoundError(f"no Imagewoof checkpoint under {runs_dir}/imagewoof-{preset}*; run "
                          f"`python -m vision train --preset {preset}` first or pass --checkpoint")
     return found[-1]
 
@@ -115,7 +115,7 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
 def main(argv=None):
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
-    if unknown: raise SystemExit(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    if unknown: raise ConfigError(f"experiments: unknown {unknown}; choose from {', '.join(EXPERIMENTS)}")
     setup(cfg)
     ck_path = Path(cfg['checkpoint'] or find_checkpoint(cfg['runs_dir'], cfg['preset']))
     pretrained, ck = load_model(ck_path)

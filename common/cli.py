@@ -1,0 +1,53 @@
+"""The one place where a command's expected errors become one line, `error: <what>`, and exit code 2.
+
+    sys.exit(run_command(main, sys.argv[1:], expected=(DataError,)))
+
+Expected: config errors, checkpoint/download errors, missing or existing user files, a full disk, and whatever
+the caller adds. Anything else is a bug and keeps its traceback; `--debug` shows the traceback for every error.
+Ctrl-C prints what was saved and how to resume (see `Interrupted`) and exits with 130, as shells expect.
+"""
+import errno
+import sys
+
+from .checkpoint import CheckpointError, DiskFullError
+from .config import ConfigError
+from .download import DownloadError
+
+EXPECTED = (ConfigError, CheckpointError, DownloadError, DiskFullError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError)
+
+
+class Interrupted(KeyboardInterrupt):
+    "Ctrl-C, after training saved a checkpoint; `resume` is the command that continues (set by the entry point)."
+
+    def __init__(self, msg, checkpoint=None, resume=None):
+        super().__init__(msg)
+        self.checkpoint, self.resume = checkpoint, resume
+
+
+def run_command(fn, argv, expected=()):
+    "Call `fn(argv)`; returns its exit code, 2 after an expected error, 130 after Ctrl-C."
+    argv = list(argv)
+    debug = '--debug' in argv
+    argv = [a for a in argv if a != '--debug']
+    try:
+        rc = fn(argv)
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        msg = str(e) or 'nothing was saved'
+        resume = getattr(e, 'resume', None)
+        print(f"\ninterrupted: {msg}" + (f"\nresume with: {resume}" if resume else ''), file=sys.stderr)
+        return 130
+    except (*EXPECTED, *expected) as e:
+        if debug:
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug or e.errno != errno.ENOSPC:
+            raise
+        print(f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
+              f"run again", file=sys.stderr)
+        return 2
+    return rc if isinstance(rc, int) else 0  # commands may return what they made (a run folder): that is success

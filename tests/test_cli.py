@@ -1,0 +1,92 @@
+"The command lines: every --help works, expected errors are one `error:` line with exit code 2, Ctrl-C exits 130."
+import pytest
+
+import ulmfit.__main__ as ulmfit_cli
+import vision.__main__ as vision_cli
+from common.cli import run_command
+
+
+@pytest.mark.parametrize('argv', [['--help'], *[[c, '--help'] for c in ulmfit_cli.COMMANDS]])
+def test_every_ulmfit_help_exits_0(argv, capsys):
+    try:
+        rc = ulmfit_cli.main(argv)
+    except SystemExit as e:  # argparse's --help
+        rc = e.code
+    assert rc == 0, capsys.readouterr().err
+    assert 'usage' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['train', '--help'], ['transfer', '--help']])
+def test_every_vision_help_exits_0(argv, capsys):
+    try:
+        rc = vision_cli.main(argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 0, capsys.readouterr().err
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.replace('\r', '\n').splitlines() if ln.startswith('error: ') or 'error: ' in ln]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    return lines[0]
+
+
+def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    # a missing model folder (CheckpointError)
+    assert ulmfit_cli.main(['generate', '--model', str(tmp_path / 'nope'), 'the']) == 2
+    assert str(tmp_path / 'nope') in _one_error_line(capsys)
+    # an empty corpus (DataError)
+    (tmp_path / 'empty.txt').write_text('  \n\n')
+    assert ulmfit_cli.main(['prepare', '--corpus', str(tmp_path / 'empty.txt'), '--data', str(tmp_path)]) == 2
+    assert 'empty.txt' in _one_error_line(capsys)
+    # a missing file given as a setting
+    assert ulmfit_cli.main(['pretrain', '--corpus', str(tmp_path / 'missing.txt')]) == 2
+    assert 'missing.txt' in _one_error_line(capsys)
+    # a missing CSV
+    assert ulmfit_cli.main(['classify', '--csv', str(tmp_path / 'gone.csv'), '--pretrained', 'none',
+                            '--runs', str(tmp_path / 'runs')]) == 2
+    assert 'gone.csv' in _one_error_line(capsys)
+    # a vision setting
+    assert vision_cli.main(['transfer', '--experiments', 'bogus']) == 2
+    assert 'bogus' in _one_error_line(capsys)
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path):
+    with pytest.raises(Exception, match='nope'):
+        ulmfit_cli.main(['generate', '--debug', '--model', str(tmp_path / 'nope'), 'the'])
+
+    def buggy(argv):
+        return 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        run_command(buggy, [])
+
+
+def test_ctrl_c_exits_130_with_a_message(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt()
+    assert run_command(interrupted, []) == 130
+    assert 'interrupted' in capsys.readouterr().err
+
+
+def test_classify_checks_the_table_before_making_a_run_folder(tmp_path, capsys):
+    runs = tmp_path / 'runs'
+    csv = tmp_path / 'one.csv'
+    csv.write_text('text,label\na good film,pos\nanother good one,pos\n')
+    for _ in range(2):
+        assert ulmfit_cli.main(['classify', '--csv', str(csv), '--pretrained', 'none', '--runs', str(runs)]) == 2
+        assert "one.csv: label column 'label' has 1 class" in _one_error_line(capsys)
+    assert ulmfit_cli.main(['classify', '--csv', str(csv), '--label-col', 'stars', '--pretrained', 'none',
+                            '--runs', str(runs)]) == 2
+    assert "one.csv: no column 'stars'" in _one_error_line(capsys)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_predict_checks_the_output_folder_first(tmp_path, capsys, monkeypatch):
+    import ulmfit.api
+    monkeypatch.setattr(ulmfit.api.TextClassifier, 'load', lambda *a, **k: pytest.fail('loaded the model first'))
+    (tmp_path / 'new.csv').write_text('text\nhello\n')
+    out = tmp_path / 'no' / 'such' / 'preds.csv'
+    assert ulmfit_cli.main(['predict', '--model', str(tmp_path), '--csv', str(tmp_path / 'new.csv'),
+                            '--out', str(out)]) == 2
+    assert f"{out.parent} does not exist" in _one_error_line(capsys)
