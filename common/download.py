@@ -10,7 +10,6 @@
 A folder that exists is complete (it only appears through that final rename), so later calls return at once.
 """
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -238,9 +237,3 @@ def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) ->
         archive.unlink(missing_ok=True)  # an archive that fails verification is not kept: the next run fetches anew
         raise DownloadError(f'{e}; the cached copy was removed, so the next run fetches it again') from None
 
-
-def write_registry(path) -> None:
-    "Write REGISTRY as JSON (for data/registry.json)."
-    reg = {k: dict(v, known={str(s): dict(sha256=h, note=n) for s, (h, n) in v['known'].items()})
-           for k, v in REGISTRY.items()}
-    Path(path).write_text(json.dumps(reg, indent=1) + '\n')

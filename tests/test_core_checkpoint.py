@@ -8,12 +8,12 @@ import stat
 import pytest
 import torch
 
-from common.callback import Callback, CancelFitException
-from common.callbacks import CheckpointCallback
 from common.checkpoint import CheckpointError, DiskFullError, load_checkpoint, save_checkpoint
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config, resolve_config
+from common.events import Callback, CancelFitException
 from common.runs import RunLogger, new_run_dir, write_json
+from common.stopping import CheckpointCallback
 from core_utils import TwoLayer, synth_learner
 
 

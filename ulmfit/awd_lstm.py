@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.callback import Callback
+from common.events import Callback
 
 
 # ---- config -----------------------------------------------------------------------------------------------
@@ -314,16 +314,15 @@ class RNNCallback(Callback):
             self.raw_out = self.out = self.mask = None
 
 
-RNNResetCallback = RNNCallback
-
-
 class ARTARCallback(Callback):
     """Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`.
 
     Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
     beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
     adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
-    order = 5  # after RNNCallback, before MixedPrecision (10) scales loss_grad
+    # After MixUp-like callbacks (8), which compute the loss afresh, and before MixedPrecision (10), which scales it.
+    order = 9
+    loss_role = 'add'
 
     def __init__(self, alpha=2., beta=1.):
         self.alpha, self.beta = alpha, beta
