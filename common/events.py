@@ -109,8 +109,8 @@ def check_loss_roles(cbs):
         if cb.loss_role not in LOSS_ROLES:
             raise ValueError(f"{type(cb).__name__}.loss_role is {cb.loss_role!r}; use one of {LOSS_ROLES} or None")
         if last is not None and LOSS_ROLES.index(cb.loss_role) < LOSS_ROLES.index(last.loss_role):
-            raise ValueError(f"{type(cb).__name__} (order {cb.order}, loss_role {cb.loss_role!r}) would change loss_grad "
-                             f"after {type(last).__name__} (order {last.order}, loss_role {last.loss_role!r}): "
+            raise ValueError(f"{type(cb).__name__} ({cb.loss_role!r}, order {cb.order}) would change loss_grad after "
+                             f"{type(last).__name__} ({last.loss_role!r}, order {last.order}); "
                              f"{' before '.join(LOSS_ROLES)} must hold, so give it a lower order")
         if last is None or LOSS_ROLES.index(cb.loss_role) > LOSS_ROLES.index(last.loss_role):
             last = cb

@@ -334,7 +334,7 @@ class AddTerm(Callback):
 
 def test_loss_grad_roles_must_run_replace_add_scale():
     learn = synth_learner(n=32, bs=16, precision='fp16')  # MixedPrecision (order 10) scales loss_grad
-    with pytest.raises(ValueError, match=r"AddTerm \(order 20.*after MixedPrecision"):
+    with pytest.raises(ValueError, match=r"AddTerm \('add', order 20\).*after MixedPrecision"):
         learn.fit(1, cbs=[AddTerm(20)])  # an unscaled term after the scaling
     assert not any(isinstance(cb, AddTerm) for cb in learn.cbs)  # nothing was attached
 
