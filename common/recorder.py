@@ -6,8 +6,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import rank
 from .events import Callback
+from .log import show_progress
 from .metrics import AvgLoss, as_metric
 from .optim import get_hyper
 from .plots import plot_losses, plot_sched
@@ -93,7 +93,7 @@ class ProgressCallback(Callback):
 
     def before_fit(self):
         self.header_done, self.bar = False, None
-        self.enabled = rank() == 0 and not lr_finding(self.learn)
+        self.enabled = show_progress() and not lr_finding(self.learn)  # rank 0, not quiet
 
     def _open(self, desc):
         tty = (self.file or sys.stderr).isatty()
