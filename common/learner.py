@@ -7,7 +7,7 @@
 
 Every stage fires `before_<stage>` and `after_<stage>`; a `Cancel<Stage>Exception` raised inside it
 skips to `after_cancel_<stage>` and then `after_<stage>`. Tricks (mixed precision, clipping, schedules,
-metrics, progress, checkpoints) are callbacks; the loop itself knows none of them.
+metrics, progress, checkpoints, resuming, the LR finder) are callbacks; the loop itself knows none of them.
 """
 import math
 from pathlib import Path

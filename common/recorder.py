@@ -97,9 +97,8 @@ class ProgressCallback(Callback):
 
     def _open(self, desc):
         tty = (self.file or sys.stderr).isatty()
-        self.bar = tqdm(total=len(self.learn.dl) if hasattr(self.learn.dl, '__len__') else None, desc=desc,
-                        leave=False, file=self.file, dynamic_ncols=True, mininterval=0.2 if tty else 30.,
-                        )
+        self.bar = tqdm(total=self.learn.n_iter or None, desc=desc, leave=False, file=self.file, dynamic_ncols=True,
+                        mininterval=0.2 if tty else 30.)
 
     def before_train(self):
         if self.enabled:

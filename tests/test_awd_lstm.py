@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from common.events import Callback, check_loss_roles
+from common.precision import MixedPrecision
 from ulmfit.awd_lstm import (PRESETS, ARTARCallback, AWDLSTMConfig, EmbeddingDropout, RNNCallback, RNNDropout,
                              WeightDropout, ar_tar, clas_config, get_language_model, lm_accuracy, lm_loss,
                              lm_splitter, lstm_with_weights)
@@ -293,3 +295,10 @@ def test_lm_trains_through_the_learner_with_rnn_callbacks():
     assert learn.validate()['valid_loss'] < before['valid_loss']
     with pytest.raises(ValueError, match='RNNCallback'):
         Learner(m, DataLoaders(batches), lm_loss, cbs=[ARTARCallback()], progress=False, device='cpu').fit(1)
+
+
+def test_ar_tar_adds_to_the_loss_between_mixup_and_fp16_scaling():
+    class Replace(Callback):
+        order, loss_role = 8, 'replace'  # where MixUp/CutMix compute the loss afresh
+    check_loss_roles(sorted([MixedPrecision('fp16'), ARTARCallback(), Replace()], key=lambda c: c.order))
+    assert ARTARCallback.loss_role == 'add' and Replace.order < ARTARCallback.order < MixedPrecision.order
