@@ -7,18 +7,21 @@ only through the cancel exceptions below; each has a matching `after_cancel_*` e
 
 The standard callbacks, by `order`:
 
-order  callback                                   module
- -30   Resume              replays a checkpoint's training position      common.stopping
- -20   DeviceCallback      moves model and batches to the device         common.device
- -15   DistributedCallback DDP wrapping and batch sharding               common.distributed
-   0   ParamScheduler      sets per-group hyper-parameters from schedules common.schedule
-   5   LRFinder            exponential LR sweep                          common.schedule
-  10   MixedPrecision      autocast, fp16 loss scaling, skipped steps    common.precision
-  20   GradientClip        clip by total norm (after unscaling)          common.precision
-  30   NanGuard            stops on a non-finite loss                    common.precision
-  50   Recorder            losses, hyper-parameters, metrics             common.recorder
-  60   ProgressCallback    progress bars and the per-epoch table         common.recorder
-  70   EarlyStopping, SaveBest, CheckpointCallback, TimeBudget (75)      common.stopping
+    order  callback             does                                            module
+     -30   Resume               replays a checkpoint's training position        stopping
+     -20   DeviceCallback       moves model and batches to the device           device
+     -15   DistributedCallback  DDP wrapping and batch sharding                 distributed
+       0   ParamScheduler       sets per-group hyper-parameters from schedules  schedule
+       5   LRFinder             exponential LR sweep                            schedule
+      10   MixedPrecision       autocast, fp16 loss scaling, skipped steps      precision
+      20   GradientClip         clip by total norm (after unscaling)            precision
+      30   NanGuard             stops on a non-finite loss                      precision
+      50   Recorder             losses, hyper-parameters, metrics               recorder
+      55   GatherPreds          predictions and targets for `get_preds`         recorder
+      60   ProgressCallback     progress bars and the per-epoch table           recorder
+      65   RunLogger            metrics.jsonl and plots in the run folder       runs
+      70   EarlyStopping, SaveBest, CheckpointCallback; 75 TimeBudget           stopping
+     100   DebugCallback        calls a function (or pdb) at one event          events
 """
 import pdb
 import re
