@@ -77,7 +77,7 @@ class CheckpointCallback(Callback):
         self.epoch_rng = None
 
     def before_fit(self):
-        self.last, self.epoch_rng, self.batch_start = time.time(), None, self.learn.train_iter
+        self.last, self.epoch_rng = time.time(), None
         if rank() == 0:
             for f in temp_files(self.path):  # left by a process killed while writing this checkpoint
                 f.unlink(missing_ok=True)
@@ -85,9 +85,7 @@ class CheckpointCallback(Callback):
     def before_train(self):
         # The RNG state this epoch's data order is drawn from: a mid-epoch checkpoint replays the order from it.
         self.epoch_rng, self.rng_epoch = get_rng_state(), self.learn.epoch
-
-    def before_batch(self):
-        self.batch_start = self.learn.train_iter
+        self.train_iter0 = self.learn.train_iter - self.learn.iter  # `train_iter` at this epoch's first batch
 
     def save_now(self, at_epoch_end=False, n_done=None):
         "Write the checkpoint (rank 0 only): after the current batch, or after `n_done` batches of this epoch."
@@ -122,8 +120,8 @@ class CheckpointCallback(Callback):
         if self.rng_epoch != L.epoch:  # between epochs: the last one ended with its own checkpoint
             return Interrupted(f"the checkpoint of epoch {L.epoch} is kept: {self.path}", checkpoint=self.path) \
                 if self.every_epoch and Path(self.path).exists() else e
-        if L.training:  # a batch cut short before its end is trained again on resume
-            n_done = L.iter + 1 if L.train_iter > self.batch_start else L.iter
+        if L.training:  # a batch cut short before its end (before `train_iter` counted it) is trained again on resume
+            n_done = L.train_iter - self.train_iter0
         else:  # in validation: this epoch's training is done
             n_done = len(L.dls.train)
         path = self.save_now(n_done=n_done)
@@ -183,6 +181,8 @@ class _Replay:
         return len(self.dl)
 
     def __getattr__(self, name):  # the loader's own attributes (`distributed_aware`, ...)
+        if name == 'dl':  # not set yet (an unpickled copy): no endless recursion
+            raise AttributeError(name)
         return getattr(self.dl, name)
 
 

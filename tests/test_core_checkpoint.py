@@ -185,6 +185,18 @@ def test_ctrl_c_mid_batch_or_in_validation_resumes_the_same_schedule(tmp_path, e
     assert b.train_iter == 32 and [r['epoch'] for r in b.recorder.history] == [1, 2]
 
 
+def test_ctrl_c_before_a_batch_is_under_way_trains_that_batch_again(tmp_path):
+    class EarlyCtrlC(CtrlC):
+        order = -25  # in `before_batch`, before any other callback has seen the batch
+
+    ck = tmp_path / 'last.pth'
+    cbs = [CheckpointCallback(ck, every_epoch=False), EarlyCtrlC(21, 'before_batch')]
+    with pytest.raises(Interrupted):
+        synth_learner(n=256, bs=16).fit(2, cbs=cbs)
+    ts = load_checkpoint(ck)['train_state']
+    assert (ts['epoch'], ts['iter'], ts['train_iter']) == (1, 5, 21)
+
+
 def test_ctrl_c_without_a_checkpoint_callback_is_a_plain_interrupt():
     with pytest.raises(KeyboardInterrupt) as e:
         synth_learner().fit(1, cbs=[CtrlC(2)])
