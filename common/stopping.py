@@ -159,9 +159,11 @@ class Resume(Callback):
     def before_train(self):
         if self.learn.epoch != self.epoch:
             return
+        # Replay this epoch's data order. (At an epoch end the saved epoch RNG state is the state at the save, which
+        # the next epoch's order is drawn from, so restoring it is all that an epoch-end checkpoint needs.)
+        set_rng_state(self.epoch_rng)
         if self.iter > 0:
-            set_rng_state(self.epoch_rng)  # replay this epoch's data order...
-        self.learn.dl, self.learn.iter = _Replay(self.learn.dl, self.iter, self.rng), self.iter
+            self.learn.dl, self.learn.iter = _Replay(self.learn.dl, self.iter, self.rng), self.iter
 
 
 class _Replay:
@@ -172,7 +174,7 @@ class _Replay:
 
     def __iter__(self):
         it = iter(self.dl)
-        for _ in range(self.n):  # ...skip the batches already trained on...
+        for _ in range(self.n):  # skip the batches already trained on...
             next(it)
         set_rng_state(self.rng)  # ...and go on with the RNG exactly where it was
         yield from it

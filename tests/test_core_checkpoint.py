@@ -92,6 +92,27 @@ def test_resume_matches_uninterrupted(tmp_path, stop_at):
     assert [r['epoch'] for r in b.recorder.history] == [1, 2, 3]
 
 
+class StopAtEpochEnd(Callback):
+    "Simulates a crash right after the checkpoint of the first epoch's end."
+    order = 80  # after CheckpointCallback (70) saved it
+
+    def after_epoch(self):
+        raise CancelFitException()
+
+
+def test_resume_from_an_epoch_end_checkpoint_matches_uninterrupted(tmp_path):
+    ref = synth_learner(n=256, bs=16, seed=3)
+    ref.fit_one_cycle(3, 1e-2)
+    ck = tmp_path / 'last.pth'
+    synth_learner(n=256, bs=16, seed=3).fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck), StopAtEpochEnd()])
+    assert load_checkpoint(ck)['train_state']['iter'] == 0
+    torch.manual_seed(1234)
+    b = synth_learner(n=256, bs=16, seed=99)
+    b.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
+    for (k, x), y in zip(ref.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), k  # before the fix: the next epoch's data order came out different
+
+
 def test_resume_needs_training_position(tmp_path):
     p = save_checkpoint(tmp_path / 'plain.pth', TwoLayer().state_dict())
     with pytest.raises(ValueError, match='no training position'):
