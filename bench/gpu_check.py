@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common.callback import Callback  # noqa: E402
+from common.events import Callback  # noqa: E402
 
 CUDNN_CHUNK_WARNING = 'RNN module weights are not part of single contiguous chunk'
 CHECKS = ('lm', 'parity', 'pretrain', 'clas', 'xresnet', 'ddp')

@@ -16,11 +16,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from common.callbacks import ProgressCallback  # noqa: E402
 from common.learner import DataLoaders, Learner  # noqa: E402
 from common.metrics import accuracy  # noqa: E402
 from common.optim import adamw, make_param_groups  # noqa: E402
 from common.perf import tune_malloc  # noqa: E402
+from common.recorder import ProgressCallback  # noqa: E402
 
 
 def make(width, n_in=64, n_out=10, seed=0):

@@ -23,7 +23,7 @@ if 'OMP_WAIT_POLICY' not in os.environ:
     os.execv(sys.executable, [sys.executable] + sys.argv)
 import torch  # noqa: E402
 
-from common.callback import Callback  # noqa: E402
+from common.events import Callback  # noqa: E402
 from common.learner import DataLoaders, Learner  # noqa: E402
 from common.perf import tune_malloc  # noqa: E402
 from ulmfit.awd_lstm import ARTARCallback, AWDLSTMConfig, RNNCallback, get_language_model, lm_loss, \

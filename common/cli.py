@@ -4,14 +4,14 @@
 
 Expected: config errors, checkpoint/download errors, missing or existing user files, a full disk, and whatever
 the caller adds. Anything else is a bug and keeps its traceback; `--debug` shows the traceback for every error.
-Ctrl-C prints what was saved and how to resume (see `Interrupted`) and exits with 130, as shells expect.
+Ctrl-C reports what was saved and how to resume (see `Interrupted`) and exits with 130, as shells expect.
 """
 import errno
-import sys
 
 from .checkpoint import CheckpointError, DiskFullError
 from .config import ConfigError
 from .download import DownloadError
+from .log import log
 
 EXPECTED = (ConfigError, CheckpointError, DownloadError, DiskFullError, FileNotFoundError, FileExistsError,
             NotADirectoryError, IsADirectoryError)
@@ -37,17 +37,17 @@ def run_command(fn, argv, expected=()):
             raise
         msg = str(e) or 'nothing was saved'
         resume = getattr(e, 'resume', None)
-        print(f"\ninterrupted: {msg}" + (f"\nresume with: {resume}" if resume else ''), file=sys.stderr)
+        log.error(f"\ninterrupted: {msg}" + (f"\nresume with: {resume}" if resume else ''))
         return 130
     except (*EXPECTED, *expected) as e:
         if debug:
             raise
-        print(f'error: {e}', file=sys.stderr)
+        log.error(f'error: {e}')
         return 2
     except OSError as e:
         if debug or e.errno != errno.ENOSPC:
             raise
-        print(f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
-              f"run again", file=sys.stderr)
+        log.error(f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
+                  f"run again")
         return 2
     return rc if isinstance(rc, int) else 0  # commands may return what they made (a run folder): that is success

@@ -8,8 +8,9 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .callback import Callback
+from .events import Callback
 
 
 def is_distributed():
@@ -81,7 +82,6 @@ class DistributedCallback(Callback):
     order = -15
 
     def before_fit(self):
-        from torch.nn.parallel import DistributedDataParallel as DDP
         dev = next(self.learn.model.parameters()).device
         self.learn.ddp_model = DDP(self.learn.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
 

@@ -10,15 +10,17 @@
 A folder that exists is complete (it only appears through that final rename), so later calls return at once.
 """
 import hashlib
-import json
 import os
 import shutil
 import stat
-import sys
 import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from tqdm import tqdm
+
+from .log import log, show_progress
 
 # name -> url, archive file name, folder it extracts to, and known copies (size -> sha256). The real upstream
 # archives' hashes are not recorded here; the known copies are this project's mirror files, keyed by size, so a
@@ -90,7 +92,6 @@ def verify(path, entry: dict, expected_size: int | None = None) -> bool:
 
 def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> Path:
     "Download `url` to `dest` with a progress bar; resumes a `dest.part` left by an earlier attempt."
-    from tqdm import tqdm
     dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
     have = part.stat().st_size if part.exists() else 0
@@ -107,8 +108,9 @@ def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> 
         if have and resp.status != 206: have = 0  # server ignored the Range: start over
         length = resp.headers.get('Content-Length')
         total = have + int(length) if length is not None else None
-        with open(part, 'ab' if have else 'wb') as f, tqdm(total=total, initial=have, unit='B', unit_scale=True,
-                                                           desc=dest.name, disable=not progress) as bar:
+        with (open(part, 'ab' if have else 'wb') as f,
+              tqdm(total=total, initial=have, unit='B', unit_scale=True, desc=dest.name,
+                   disable=not (progress and show_progress())) as bar):
             while b := resp.read(1 << 20):
                 f.write(b); bar.update(len(b))
     if total is not None and part.stat().st_size != total:
@@ -149,7 +151,7 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
             dest.unlink(); raise
     checked = verify(dest, entry)
     if not checked and progress:
-        print(f'note: no known sha256 for {dest} ({dest.stat().st_size} bytes); size checked only', file=sys.stderr)
+        log.warning(f'note: no known sha256 for {dest} ({dest.stat().st_size} bytes); size checked only')
     return dest
 
 
@@ -231,16 +233,10 @@ def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) ->
     if dest.exists(): return dest
     archive = fetch_archive(name, root, mirror, progress)
     if dest.exists(): return dest  # another process finished first
-    if progress: print(f'extracting {archive} -> {dest}', file=sys.stderr)
+    if progress: log.info(f'extracting {archive} -> {dest}')
     try: return extract_archive(archive, dest)
     except DownloadError as e:
         if dest.is_dir(): return dest  # another process extracted it meanwhile (extract_archive never overwrites)
         archive.unlink(missing_ok=True)  # an archive that fails verification is not kept: the next run fetches anew
         raise DownloadError(f'{e}; the cached copy was removed, so the next run fetches it again') from None
 
-
-def write_registry(path) -> None:
-    "Write REGISTRY as JSON (for data/registry.json)."
-    reg = {k: dict(v, known={str(s): dict(sha256=h, note=n) for s, (h, n) in v['known'].items()})
-           for k, v in REGISTRY.items()}
-    Path(path).write_text(json.dumps(reg, indent=1) + '\n')

@@ -7,17 +7,24 @@
 
 Every stage fires `before_<stage>` and `after_<stage>`; a `Cancel<Stage>Exception` raised inside it
 skips to `after_cancel_<stage>` and then `after_<stage>`. Tricks (mixed precision, clipping, schedules,
-metrics, progress, checkpoints) are callbacks; the loop itself knows none of them.
+metrics, progress, checkpoints, resuming, the LR finder) are callbacks; the loop itself knows none of them.
 """
 import math
 from pathlib import Path
 
 import torch
 
-from .callback import (EVENTS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                       CancelStepException, CancelTrainException, CancelValidateException)
+from .checkpoint import CheckpointError, get_rng_state, load_checkpoint, load_model_state, save_checkpoint
+from .device import DeviceCallback
+from .distributed import DistributedCallback, world_size
+from .events import (EVENTS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                     CancelStepException, CancelTrainException, CancelValidateException, check_loss_roles)
 from .optim import adamw, as_param_lists, bn_params, check_split, lrs_for, make_param_groups, opt_state_to_params, \
     set_hyper, trainable_params
+from .precision import GradientClip, MixedPrecision, NanGuard
+from .recorder import GatherPreds, ProgressCallback, Recorder
+from .schedule import LRFinder, ParamScheduler, one_cycle, one_cycle_mom
+from .stopping import Resume
 
 
 class DataLoaders:
@@ -37,23 +44,20 @@ class Learner:
     def __init__(self, model, dls, loss_fn, opt_fn=adamw, lr=1e-3, splitter=trainable_params, cbs=(), metrics=(),
                  path=None, precision='fp32', clip=None, device=None, train_bn=True, wd=None, progress=True,
                  default_cbs=True):
-        from . import callbacks as C  # the standard callbacks live beside the loop
         self.model, self.dls, self.loss_fn, self.opt_fn, self.lr = model, dls, loss_fn, opt_fn, lr
         self.splitter, self.train_bn, self.wd = splitter, train_bn, wd
         self.path = Path(path) if path is not None else None
-        self.opt, self.ddp_model, self.cbs, self._handlers = None, None, [], {}
-        self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = self._batch_start = 0
-        self.epoch_rng = None
-        self.training, self.resume_state, self.lr_finding = False, None, False
+        self.opt, self.ddp_model, self.cbs, self._handlers, self._groups = None, None, [], {}, None
+        self.epoch = self.n_epoch = self.iter = self.n_iter = self.train_iter = 0
+        self.training = False
         if default_cbs:
-            self.add_cbs([C.DeviceCallback(device), C.Recorder(metrics), C.NanGuard()])
+            self.add_cbs([DeviceCallback(device), Recorder(metrics), NanGuard()])
             if progress:
-                self.add_cbs(C.ProgressCallback())
+                self.add_cbs(ProgressCallback())
             if precision != 'fp32':
-                self.add_cbs(C.MixedPrecision(precision))
+                self.add_cbs(MixedPrecision(precision))
             if clip:
-                self.add_cbs(C.GradientClip(clip))
-            from .distributed import DistributedCallback, world_size
+                self.add_cbs(GradientClip(clip))
             if world_size() > 1:
                 self.add_cbs(DistributedCallback())
         self.add_cbs(list(cbs))
@@ -61,9 +65,12 @@ class Learner:
     # ---- callbacks -------------------------------------------------------------------------------
     def add_cbs(self, cbs):
         "Attach callbacks (one or a list); each can then be reached as `learn.<cb.name>`."
-        for cb in (cbs if isinstance(cbs, (list, tuple)) else [cbs]):
+        cbs = cbs if isinstance(cbs, (list, tuple)) else [cbs]
+        for cb in cbs:
             if not isinstance(cb, Callback):
                 raise TypeError(f"{cb!r} is not a Callback")
+        check_loss_roles(sorted([*self.cbs, *cbs], key=lambda c: c.order))
+        for cb in cbs:
             cb.learn = self
             self.cbs.append(cb)
             setattr(self, cb.name, cb)
@@ -100,20 +107,27 @@ class Learner:
             self.emit(f'after_cancel_{name}')
         self.emit(f'after_{name}')
 
-    # ---- param groups, freezing, optimizer -------------------------------------------------------
-    def param_groups(self):
-        "The splitter's layer groups (input to output) as lists of parameters."
+    # ---- layer groups, freezing, optimizer -------------------------------------------------------
+    def layer_groups(self):
+        "The splitter's layer groups (input to output) as lists of parameters, as of the last `freeze_to` or optimizer."
+        if self._groups is None:
+            self._split()
+        return self._groups
+
+    def _split(self):
+        "Ask the splitter again (the model may have changed) and check that it covers every parameter once."
         groups = as_param_lists(self.splitter(self.model))
         check_split(self.model, groups)
+        self._groups = groups
         return groups
 
     @property
     def n_groups(self):
-        return len(self.param_groups())
+        return len(self.layer_groups())
 
     def freeze_to(self, n):
         "Train only layer groups `n:` (python indexing); BatchNorm stays trainable if `train_bn`."
-        groups = self.param_groups()
+        groups = self._split()
         keep = bn_params(self.model) if self.train_bn else set()
         start = range(len(groups))[n] if n < 0 else min(n, len(groups))
         for i, g in enumerate(groups):
@@ -132,7 +146,7 @@ class Learner:
 
     def create_opt(self):
         "Build the optimizer from `opt_fn` and the splitter's groups (each with its own LR)."
-        groups = self.param_groups()
+        groups = self._split()
         self.opt = self.opt_fn(make_param_groups(self.model, groups))
         wd = self.wd if self.wd is not None else self.opt.defaults.get('weight_decay', 0.)
         set_hyper(self.opt, 'weight_decay', [wd] * len(groups))
@@ -140,50 +154,30 @@ class Learner:
         return self.opt
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def fit(self, n_epoch, lr=None, cbs=None, resume=None, reset_opt=False):
-        "Train for `n_epoch` epochs; `cbs` are attached for this call only; `resume` is a checkpoint path."
-        cbs = list(cbs or [])
+    def fit(self, n_epoch, lr=None, cbs=None, resume=None):
+        "Train for `n_epoch` epochs; `cbs` are attached for this call only; `resume` is a checkpoint path (`Resume`)."
+        cbs = list(cbs or []) + ([Resume(resume)] if resume is not None else [])
         self.add_cbs(cbs)
         try:
             if lr is not None:
                 self.lr = lr
-            if self.opt is None or reset_opt:
+            if self.opt is None:
                 self.create_opt()
             set_hyper(self.opt, 'lr', lrs_for(self.lr, self.n_groups))
-            self.n_epoch, self.epoch, self.train_iter, self.epoch_rng = n_epoch, 0, 0, None
-            self.resume_state = self._load_resume(resume) if resume is not None else None
+            self.n_epoch, self.epoch, self.train_iter = n_epoch, 0, 0
             self._stage('fit', self._do_fit, CancelFitException)
         except KeyboardInterrupt as e:
-            raise self._interrupted(e)
+            ck = getattr(self, 'checkpoint', None)  # a CheckpointCallback saves where training stands
+            raise e if ck is None else ck.interrupted(e)
         finally:
             self.remove_cbs(cbs)
-            self.resume_state = None
-
-    def _interrupted(self, e):
-        "Ctrl-C: checkpoint where training stands (with a CheckpointCallback attached); the exception to raise."
-        from .cli import Interrupted
-        ck = getattr(self, 'checkpoint', None)
-        if isinstance(e, Interrupted) or ck is None or self.lr_finding or self.epoch_rng is None:
-            return e
-        if self._rng_epoch != self.epoch:  # between epochs: the last one ended with its own checkpoint
-            return Interrupted(f"the checkpoint of epoch {self.epoch} is kept: {ck.path}", checkpoint=ck.path) \
-                if ck.every_epoch and Path(ck.path).exists() else e
-        if self.training:  # a batch cut short before its end is trained again on resume
-            n_done = self.iter + 1 if self.train_iter > self._batch_start else self.iter
-        else:  # in validation: this epoch's training is done
-            n_done = len(self.dls.train)
-        path = ck.save_now(n_done=n_done)
-        if path is None:
-            return e
-        return Interrupted(f"checkpoint saved at epoch {self.epoch + 1}, batch {n_done}: {path}", checkpoint=path)
 
     def _do_fit(self):
         # `before_fit` may have moved the model (DeviceCallback): optimizer state loaded earlier (a resume, `load`) must
         # follow it, or the first step on a GPU meets CPU state.
         if self.opt is not None:
             opt_state_to_params(self.opt)
-        start = self.resume_state['epoch'] if self.resume_state else 0
-        for epoch in range(start, self.n_epoch):
+        for epoch in range(self.epoch, self.n_epoch):  # from 0, or from where `Resume` says training stopped
             self.epoch = epoch
             self._stage('epoch', self._do_epoch, CancelEpochException)
 
@@ -201,20 +195,7 @@ class Learner:
         self.model.train(training)
 
     def _do_train(self):
-        from .checkpoint import get_rng_state, set_rng_state
-        rs = self.resume_state
-        here = rs is not None and rs['epoch'] == self.epoch
-        if here and rs['iter'] > 0:
-            set_rng_state(rs['epoch_rng'])  # replay this epoch's data order...
-        self.epoch_rng, self._rng_epoch = get_rng_state(), self.epoch
-        it, skip = iter(self.dl), 0
-        if here and rs['iter'] > 0:
-            for skip in range(rs['iter']):  # ...skip the batches already trained on...
-                next(it)
-            skip = rs['iter']
-        if here:
-            set_rng_state(rs['rng'])  # ...and go on with the RNG exactly where it was
-        for i, b in enumerate(it, start=skip):
+        for i, b in enumerate(self.dl, start=self.iter):  # `iter` is 0, or the first batch of a resumed epoch
             self.iter = i
             self._do_batch(b)
 
@@ -226,7 +207,6 @@ class Learner:
 
     def _do_batch(self, b):
         self.xb, self.yb = b
-        self._batch_start = self.train_iter
         try:
             self.emit('before_batch')
             self._one_batch()
@@ -257,8 +237,6 @@ class Learner:
     def fit_one_cycle(self, n_epoch, lr_max=None, pct_start=0.25, div=25., div_final=1e5, moms=(0.95, 0.85, 0.95),
                       wd=None, cbs=None, resume=None):
         "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
-        from .callbacks import ParamScheduler
-        from .schedule import one_cycle, one_cycle_mom
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
         scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
         if moms is not None:
@@ -268,29 +246,11 @@ class Learner:
             self.opt = None
         self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
 
-    def fit_sgdr_stlr(self, n_epoch, lr_max=None, cut_frac=0.1, ratio=32, moms=(0.8, 0.7), cbs=None, resume=None):
-        "Fit with the slanted triangular LR of ULMFiT (momentum mirrors it: high→low→high)."
-        from .callbacks import ParamScheduler
-        from .schedule import combine_scheds, sched_lin, slanted_triangular
-        lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
-        scheds = {'lr': [slanted_triangular(lr, cut_frac, ratio) for lr in lrs]}
-        if moms is not None:
-            mom = combine_scheds([cut_frac, 1 - cut_frac], [sched_lin(moms[0], moms[1]), sched_lin(moms[1], moms[0])])
-            scheds['mom'] = [mom] * len(lrs)
-        self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
-
-    fit_stlr = fit_sgdr_stlr
-
     def lr_find(self, start_lr=1e-7, end_lr=10., num_it=100, stop_div=True, plot_path=None):
         "LR range test; restores model and optimizer; returns {'steep': lr, 'minimum': lr/10, ...}."
-        from .callbacks import LRFinder
         n_epoch = max(1, math.ceil(num_it / max(len(self.dls.train), 1)))
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-        self.lr_finding = True
-        try:
-            self.fit(n_epoch, cbs=[finder])
-        finally:
-            self.lr_finding = False
+        self.fit(n_epoch, cbs=[finder])
         if plot_path is None and self.path is not None:
             plot_path = self.path / 'plots' / 'lr_find.png'
         if plot_path is not None:
@@ -311,7 +271,6 @@ class Learner:
 
     def get_preds(self, dl=None, act=None):
         "Predictions and targets over `dl` (default: validation loader), concatenated on the CPU."
-        from .callbacks import GatherPreds
         g = GatherPreds(act)
         self.validate(dl, cbs=[g])
         return g.preds(), g.targets()
@@ -319,7 +278,6 @@ class Learner:
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, path, config=None, extras=None, with_opt=True, train_state=None):
         "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
-        from .checkpoint import get_rng_state, save_checkpoint
         ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}
         ts = dict(ts, cbs={cb.name: cb.state_dict() for cb in self.cbs if cb.state_dict()})
         return save_checkpoint(path, self.model.state_dict(), config=config,
@@ -328,7 +286,6 @@ class Learner:
 
     def load(self, path, with_opt=True, strict=True):
         "Load a checkpoint's model (and optimizer) state; returns the checkpoint dict."
-        from .checkpoint import CheckpointError, load_checkpoint, load_model_state
         ck = load_checkpoint(path)
         load_model_state(self.model, ck['model'], path, strict=strict)
         if with_opt and ck.get('opt') is not None:
@@ -340,21 +297,8 @@ class Learner:
                 raise CheckpointError(f"optimizer state in {path} doesn't fit this optimizer: {e}") from None
         return ck
 
-    def _load_resume(self, path):
-        ck = self.load(path, with_opt=True)
-        ts = ck.get('train_state')
-        if not ts or 'epoch_rng' not in ts:
-            raise ValueError(f"{path} has no training position to resume from (was it saved by a CheckpointCallback?)")
-        self.train_iter = ts['train_iter']
-        for cb in self.cbs:
-            if cb.name in ts.get('cbs', {}):
-                cb.load_state_dict(ts['cbs'][cb.name])
-        print(f"resuming from {path}: epoch {ts['epoch'] + 1}, batch {ts['iter']}")
-        return {'epoch': ts['epoch'], 'iter': ts['iter'], 'epoch_rng': ts['epoch_rng'], 'rng': ck['rng']}
-
     def __repr__(self):
         return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
-
 
 
 def _handler(cb, event):

@@ -10,10 +10,12 @@ import json
 import time
 from pathlib import Path
 
-from .callback import Callback
 from .checkpoint import atomic_write
 from .config import config_to_json
 from .distributed import rank
+from .events import Callback
+from .plots import plot_metrics
+from .schedule import lr_finding
 
 
 def new_run_dir(name, root='runs'):
@@ -52,11 +54,11 @@ class RunLogger(Callback):
         self.run_dir, self.stage, self.n_fits = Path(run_dir), stage, 0
 
     def before_fit(self):
-        if not self.learn.lr_finding:
+        if not lr_finding(self.learn):
             self.n_fits += 1
-            rs = self.learn.resume_state
-            if rs is not None and rank() == 0:
-                self._keep_rows_upto(rs['epoch'])
+            resume = getattr(self.learn, 'resume', None)  # a Resume callback, which has loaded the checkpoint
+            if resume is not None and rank() == 0:
+                self._keep_rows_upto(resume.epoch)
 
     def _keep_rows_upto(self, n_epochs):
         "On resume, drop this stage's rows past the checkpoint's epochs: a kill can fall between row and checkpoint."
@@ -81,14 +83,14 @@ class RunLogger(Callback):
         return self.stage if self.n_fits <= 1 else f'{self.stage}-{self.n_fits}'
 
     def after_epoch(self):
-        if rank() != 0 or self.learn.lr_finding or not self.learn.recorder.history:
+        if rank() != 0 or lr_finding(self.learn) or not self.learn.recorder.history:
             return
         row = {'stage': self.tag, **self.learn.recorder.history[-1], 'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
         with open(self.run_dir / 'metrics.jsonl', 'a') as f:
             f.write(json.dumps(row) + '\n')
 
     def after_fit(self):
-        if rank() != 0 or self.learn.lr_finding:
+        if rank() != 0 or lr_finding(self.learn):
             return
         r = self.learn.recorder
         plots = self.run_dir / 'plots'
@@ -96,5 +98,4 @@ class RunLogger(Callback):
             r.plot_loss(plots / f'{self.tag}_loss.png')
             r.plot_sched(plots / f'{self.tag}_sched.png')
         if r.history:
-            from .plots import plot_metrics
             plot_metrics(r.history, plots / f'{self.tag}_metrics.png')

@@ -1,9 +1,15 @@
-"""Hyper-parameter schedules as functions of training progress `pct` in [0, 1].
+"""Hyper-parameter schedules as functions of training progress `pct` in [0, 1], and the callbacks that apply them.
 
 A schedule is a plain function `f(pct) -> value`. One-cycle is a composition of two cosine halves,
-slanted triangular is a composition of two linear halves; each works without a Learner.
+slanted triangular is a composition of two linear halves; each works without a Learner. `ParamScheduler`
+sets them on the optimizer each batch; `LRFinder` is the LR range test's exponential sweep.
 """
+import copy
 import math
+
+from .events import Callback, CancelFitException, CancelValidateException
+from .optim import get_hyper, set_hyper
+from .plots import plot_lr_find
 
 
 def sched_lin(start, end):
@@ -74,3 +80,89 @@ def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
 def per_group(make_sched, values):
     "One schedule per param group: `make_sched(v)` for each value `v` in `values`."
     return [make_sched(v) for v in values]
+
+
+# ---- callbacks -------------------------------------------------------------------------------------------------
+class ParamScheduler(Callback):
+    "Sets hyper-parameters each training batch: {'lr': sched or [sched per layer group], 'mom': ...}."
+    order = 0
+
+    def __init__(self, scheds):
+        self.scheds = scheds
+
+    def before_batch(self):
+        if not self.learn.training:
+            return
+        n, pct = self.n_groups, self.learn.pct_train
+        for name, s in self.scheds.items():
+            fns = s if isinstance(s, (list, tuple)) else [s] * n
+            if len(fns) != n:
+                raise ValueError(f"{len(fns)} schedules for '{name}' but the splitter gives {n} param groups")
+            set_hyper(self.learn.opt, name, [f(pct) for f in fns])
+
+    def before_fit(self):
+        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
+
+
+class LRFinder(Callback):
+    "Exponential LR sweep from `start_lr` to `end_lr`; stops when the loss exceeds 4x its best."
+    order = 5
+
+    def __init__(self, start_lr=1e-7, end_lr=10., num_it=100, stop_div=True, beta=0.98):
+        self.start_lr, self.end_lr, self.num_it, self.stop_div, self.beta = start_lr, end_lr, num_it, stop_div, beta
+
+    def before_fit(self):
+        self.saved_model = copy.deepcopy(self.learn.model.state_dict())
+        self.saved_opt = copy.deepcopy(self.learn.opt.state_dict())
+        self.lrs, self.losses, self.best, self.avg = [], [], float('inf'), 0.
+
+    def before_batch(self):
+        if self.learn.training:
+            lr = self.start_lr * (self.end_lr / self.start_lr) ** (self.learn.train_iter / self.num_it)
+            set_hyper(self.learn.opt, 'lr', [lr] * len(get_hyper(self.learn.opt, 'lr')))
+
+    def after_batch(self):
+        if not self.learn.training:
+            return
+        loss = float(self.learn.loss.detach())
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
+        self.lrs.append(get_hyper(self.learn.opt, 'lr')[-1])
+        self.losses.append(smooth)
+        # The first few smoothed values are a handful of noisy batches: they neither set the best loss
+        # nor count as divergence.
+        warm = len(self.losses) > max(5, self.num_it // 20)
+        if warm:
+            self.best = min(self.best, smooth)
+        if (self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))) \
+                or self.learn.train_iter >= self.num_it:
+            raise CancelFitException()
+
+    def before_validate(self):
+        raise CancelValidateException()
+
+    def after_fit(self):
+        self.learn.model.load_state_dict(self.saved_model)
+        self.learn.opt.load_state_dict(self.saved_opt)
+
+    def suggestions(self):
+        "'minimum': (LR at the lowest loss)/10; 'steep': LR where the loss falls fastest."
+        lrs, losses = self.lrs, self.losses
+        skip = min(max(5, self.num_it // 20), len(losses) - 3)  # the noisy warm-up, as in after_batch
+        if skip < 0:
+            return {'minimum': None, 'steep': None}
+        i_min = min(range(skip, len(losses)), key=losses.__getitem__)
+        # Slope of the loss against log(lr), up to the minimum (beyond it the loss is diverging).
+        hi = max(i_min, skip + 1)
+        slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(skip, hi)]
+        i_steep = skip + min(range(len(slopes)), key=slopes.__getitem__)
+        return {'minimum': lrs[i_min] / 10, 'steep': lrs[i_steep], 'lr_at_min_loss': lrs[i_min]}
+
+    def plot(self, path):
+        "Loss against LR (log scale), with the suggestions marked, as a PNG."
+        return plot_lr_find(self.lrs, self.losses, self.suggestions(), path)
+
+
+def lr_finding(learn):
+    "Whether an LR sweep is running (the weights are restored after it: nothing it trains is saved or logged)."
+    return isinstance(getattr(learn, 'lr_finder', None), LRFinder)

@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from common.events import Callback, check_loss_roles
+from common.precision import MixedPrecision
 from ulmfit.awd_lstm import (PRESETS, ARTARCallback, AWDLSTMConfig, EmbeddingDropout, RNNCallback, RNNDropout,
                              WeightDropout, ar_tar, clas_config, get_language_model, lm_accuracy, lm_loss,
-                             lm_splitter)
+                             lm_splitter, lstm_with_weights)
 from ulmfit.classifier import (SentenceEncoder, clas_splitter, fit_thresholds, get_text_classifier, load_encoder,
                                masked_concat_pool)
 
@@ -103,6 +105,36 @@ def test_weight_dropout_resamples_in_train_not_in_eval_and_raw_gets_grad():
     with torch.no_grad():
         ref_lstm.weight_hh_l0.copy_(torch.nn.functional.dropout(wd.module.weight_hh_l0, 0.5, True))
     assert torch.allclose(got, ref_lstm(x, h)[0], atol=1e-6)
+
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('batch_first', [True, False])
+def test_lstm_with_weights_is_nn_lstm_with_those_weights(device, batch_first):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 6, batch_first=batch_first).to(device)
+    x = torch.randn(2, 4, 5, device=device)  # (bs, sl, ni) or (sl, bs, ni)
+    h = (torch.randn(1, x.size(0 if batch_first else 1), 6, device=device),) * 2
+    own = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    (out, (hn, cn)), (rout, (rh, rc)) = lstm_with_weights(lstm, x, h, own), lstm(x, h)
+    for a, b in [(out, rout), (hn, rh), (cn, rc)]:
+        assert torch.allclose(a, b, atol=1e-6)
+    # Other weights: the same as an nn.LSTM holding them, forward and backward.
+    new = [(torch.randn_like(w) / 3).requires_grad_() for w in own]
+    ref = nn.LSTM(5, 6, batch_first=batch_first).to(device)
+    with torch.no_grad():
+        for p, w in zip([ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0], new):
+            p.copy_(w)
+    (out, (hn, cn)), (rout, (rh, rc)) = lstm_with_weights(lstm, x, h, new), ref(x, h)
+    for a, b in [(out, rout), (hn, rh), (cn, rc)]:
+        assert torch.allclose(a, b, atol=1e-6)
+    (out.sum() + cn.sum()).backward()
+    (rout.sum() + rc.sum()).backward()
+    for w, p in zip(new, [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]):
+        assert torch.allclose(w.grad, p.grad, atol=1e-5)
+    assert all(p.grad is None for p in lstm.parameters())  # the module's own weights were not used
 
 
 def test_hidden_state_carries_across_calls_and_reset_clears_it():
@@ -263,3 +295,10 @@ def test_lm_trains_through_the_learner_with_rnn_callbacks():
     assert learn.validate()['valid_loss'] < before['valid_loss']
     with pytest.raises(ValueError, match='RNNCallback'):
         Learner(m, DataLoaders(batches), lm_loss, cbs=[ARTARCallback()], progress=False, device='cpu').fit(1)
+
+
+def test_ar_tar_adds_to_the_loss_between_mixup_and_fp16_scaling():
+    class Replace(Callback):
+        order, loss_role = 8, 'replace'  # where MixUp/CutMix compute the loss afresh
+    check_loss_roles(sorted([MixedPrecision('fp16'), ARTARCallback(), Replace()], key=lambda c: c.order))
+    assert ARTARCallback.loss_role == 'add' and Replace.order < ARTARCallback.order < MixedPrecision.order

@@ -8,12 +8,12 @@ import stat
 import pytest
 import torch
 
-from common.callback import Callback, CancelFitException
-from common.callbacks import CheckpointCallback
 from common.checkpoint import CheckpointError, DiskFullError, load_checkpoint, save_checkpoint
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config, resolve_config
+from common.events import Callback, CancelFitException
 from common.runs import RunLogger, new_run_dir, write_json
+from common.stopping import CheckpointCallback
 from core_utils import TwoLayer, synth_learner
 
 
@@ -90,6 +90,27 @@ def test_resume_matches_uninterrupted(tmp_path, stop_at):
     for (k, x), y in zip(ref.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6), k
     assert [r['epoch'] for r in b.recorder.history] == [1, 2, 3]
+
+
+class StopAtEpochEnd(Callback):
+    "Simulates a crash right after the checkpoint of the first epoch's end."
+    order = 80  # after CheckpointCallback (70) saved it
+
+    def after_epoch(self):
+        raise CancelFitException()
+
+
+def test_resume_from_an_epoch_end_checkpoint_matches_uninterrupted(tmp_path):
+    ref = synth_learner(n=256, bs=16, seed=3)
+    ref.fit_one_cycle(3, 1e-2)
+    ck = tmp_path / 'last.pth'
+    synth_learner(n=256, bs=16, seed=3).fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck), StopAtEpochEnd()])
+    assert load_checkpoint(ck)['train_state']['iter'] == 0
+    torch.manual_seed(1234)
+    b = synth_learner(n=256, bs=16, seed=99)
+    b.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
+    for (k, x), y in zip(ref.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), k  # before the fix: the next epoch's data order came out different
 
 
 def test_resume_needs_training_position(tmp_path):
@@ -183,6 +204,18 @@ def test_ctrl_c_mid_batch_or_in_validation_resumes_the_same_schedule(tmp_path, e
     b = synth_learner(n=256, bs=16, seed=99)
     b.fit_one_cycle(2, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
     assert b.train_iter == 32 and [r['epoch'] for r in b.recorder.history] == [1, 2]
+
+
+def test_ctrl_c_before_a_batch_is_under_way_trains_that_batch_again(tmp_path):
+    class EarlyCtrlC(CtrlC):
+        order = -25  # in `before_batch`, before any other callback has seen the batch
+
+    ck = tmp_path / 'last.pth'
+    cbs = [CheckpointCallback(ck, every_epoch=False), EarlyCtrlC(21, 'before_batch')]
+    with pytest.raises(Interrupted):
+        synth_learner(n=256, bs=16).fit(2, cbs=cbs)
+    ts = load_checkpoint(ck)['train_state']
+    assert (ts['epoch'], ts['iter'], ts['train_iter']) == (1, 5, 21)
 
 
 def test_ctrl_c_without_a_checkpoint_callback_is_a_plain_interrupt():

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                             CancelStepException, CancelTrainException, CancelValidateException)
-from common.callbacks import DebugCallback, MixedPrecision
+from common.events import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                           CancelStepException, CancelTrainException, CancelValidateException, DebugCallback)
+from common.precision import MixedPrecision
 from core_utils import synth_learner
 
 
@@ -287,8 +287,8 @@ def test_metrics_and_get_preds():
 
 
 def test_early_stopping_and_save_best(tmp_path):
-    from common.callback import Callback
-    from common.callbacks import EarlyStopping, SaveBest
+    from common.events import Callback
+    from common.stopping import EarlyStopping, SaveBest
 
     class FakeValid(Callback):  # valid losses 3, 2, 2.5, 2.6, 1 ...: best at epoch 2, no gain for 2 epochs after
         order = 51
@@ -311,8 +311,52 @@ def test_early_stopping_and_save_best(tmp_path):
 
 
 def test_time_budget_stops_with_checkpoint(tmp_path):
-    from common.callbacks import CheckpointCallback, TimeBudget
+    from common.stopping import CheckpointCallback, TimeBudget
     learn = synth_learner(n=256, bs=8)
     ck = tmp_path / 'last.pth'
-    learn.fit(3, cbs=[CheckpointCallback(ck), TimeBudget(max_minutes=0.)])
-    assert learn.budget_reached and learn.train_iter == 1 and ck.exists()
+    budget = TimeBudget(max_minutes=0.)
+    learn.fit(3, cbs=[CheckpointCallback(ck), budget])
+    assert budget.reached and learn.train_iter == 1 and ck.exists()
+
+
+class AddTerm(Callback):
+    "Adds zero to the loss backward sees, as AR/TAR adds its term."
+    loss_role = 'add'
+
+    def __init__(self, order):
+        self.order, self.seen = order, []
+
+    def after_loss(self):
+        if self.learn.training:
+            self.seen.append(self.learn.loss_grad)
+            self.learn.loss_grad = self.learn.loss_grad + 0.
+
+
+def test_loss_grad_roles_must_run_replace_add_scale():
+    learn = synth_learner(n=32, bs=16, precision='fp16')  # MixedPrecision (order 10) scales loss_grad
+    with pytest.raises(ValueError, match=r"AddTerm \('add', order 20\).*after MixedPrecision"):
+        learn.fit(1, cbs=[AddTerm(20)])  # an unscaled term after the scaling
+    assert not any(isinstance(cb, AddTerm) for cb in learn.cbs)  # nothing was attached
+
+    class Replace(Callback):
+        order, loss_role = 15, 'replace'
+    with pytest.raises(ValueError, match='Replace'):
+        synth_learner(cbs=[AddTerm(5), Replace()])  # a replacement would drop the added term
+    add = AddTerm(5)
+    learn.fit(1, cbs=[add])  # add, then scale: fine
+    assert add.seen and all(t is not None for t in add.seen)
+
+
+def test_layer_groups_are_split_once_per_freeze_and_optimizer():
+    from core_utils import two_group_splitter
+    calls = []
+
+    def splitter(m):
+        calls.append(1)
+        return two_group_splitter(m)
+    learn = synth_learner(n=32, bs=16)
+    learn.splitter = splitter
+    learn.freeze_to(-1)
+    assert len(calls) == 1 and [len(g) for g in learn.layer_groups()] == [4, 2] and len(calls) == 1
+    learn.fit_one_cycle(1, 1e-2)  # builds the optimizer: one more split
+    assert learn.n_groups == 2 and len(calls) == 2

@@ -1,6 +1,11 @@
+import io
+
 import pytest
 
 from common.log import log, set_verbosity, show_progress
+from common.recorder import ProgressCallback
+from common.stopping import TimeBudget
+from core_utils import synth_learner
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +41,14 @@ def test_other_ranks_keep_quiet_but_warn(capsys, monkeypatch):
 def test_unknown_verbosity_is_refused():
     with pytest.raises(ValueError, match='verbosity must be one of'):
         set_verbosity('loud')
+
+
+def test_training_output_follows_the_verbosity(capsys):
+    for level, shown in (('quiet', False), ('normal', True)):
+        set_verbosity(level)
+        table = io.StringIO()
+        learn = synth_learner(n=32, bs=16, cbs=[ProgressCallback(file=table)])
+        learn.fit(1)
+        learn.fit(1, cbs=[TimeBudget(0.)])
+        assert ('train_loss' in table.getvalue()) == shown  # the per-epoch table
+        assert ('time budget of 0.0 min reached' in capsys.readouterr().out) == shown

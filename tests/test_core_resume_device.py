@@ -1,10 +1,11 @@
 "Resuming after the model moves: optimizer state follows the parameters, and the fp16 loss scale is restored."
 import torch
 
-from common.callback import Callback
-from common.callbacks import CheckpointCallback, MixedPrecision
 from common.checkpoint import load_checkpoint
+from common.events import Callback
 from common.optim import opt_state_to_params
+from common.precision import MixedPrecision
+from common.stopping import CheckpointCallback
 from core_utils import synth_learner
 
 

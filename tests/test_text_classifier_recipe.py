@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.callbacks import DebugCallback
+from common.events import DebugCallback
 from common.learner import DataLoaders
 from ulmfit import recipe
 from ulmfit.awd_lstm import AWDLSTMConfig, ar_tar, clas_config

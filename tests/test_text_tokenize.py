@@ -2,8 +2,8 @@
 import pytest
 
 from ulmfit.tokenize import (SPECIALS, SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts, fix_html,
-                             lowercase, replace_all_caps, replace_maj, replace_rep, replace_wrep, rm_useless_spaces,
-                             spec_add_spaces, tokenize_texts)
+                             lowercase, reference, replace_all_caps, replace_maj, replace_rep, replace_wrep,
+                             rm_useless_spaces, spec_add_spaces, tokenize_texts)
 
 
 @pytest.fixture(scope='module')
@@ -64,6 +64,7 @@ def test_full_rules(tok):
                                                '4', '!']
     assert tok("I don't know.") == ['xxbos', 'i', 'do', "n't", 'know', '.']
     assert SpacyTokenizer(include_bos=False, include_eos=True)('Hi') == ['xxmaj', 'hi', 'xxeos']
+    assert reference('Hi', include_bos=False, include_eos=True) == ['xxmaj', 'hi', 'xxeos']  # the plain path
 
 
 TRICKY = ['Hello  world', 'a\tb\t\tc', 'New\n\nline \n end', 'WOW!!!!! so  GOOD', 'http://example.com/a#b?c=d',

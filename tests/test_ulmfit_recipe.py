@@ -40,7 +40,7 @@ def test_gradual_unfreezing_schedule(monkeypatch):
     calls = []
 
     def fake_fit(n_epoch, lrs, moms=None):
-        trainable = [any(p.requires_grad for p in g) for g in learn.param_groups()]
+        trainable = [any(p.requires_grad for p in g) for g in learn.layer_groups()]
         calls.append((n_epoch, lrs, trainable))
     monkeypatch.setattr(learn, 'fit_one_cycle', fake_fit)
     recipe.train_classifier(learn, None, log=lambda *a: None)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.callback import Callback
+from common.events import Callback
 
 
 # ---- config -----------------------------------------------------------------------------------------------
@@ -116,12 +116,29 @@ class EmbeddingDropout(nn.Module):
         return out
 
 
+def lstm_with_weights(lstm, x, hidden, weights):
+    """Run the one-layer, unidirectional `lstm` over `x` from `hidden` with `weights` = [w_ih, w_hh, b_ih, b_hh] in
+    place of its own parameters; returns `(out, (h, c))` as `lstm(x, hidden)` does.
+
+    It calls the fused kernel `nn.LSTM` itself uses (the private `torch._VF.lstm`), so nothing is reassigned on the
+    module and autograd reaches `weights`. On CUDA, cuDNN wants the four weights in one contiguous buffer (in this
+    order) or it copies them and warns; under fp16 autocast the buffer is cast once rather than weight by weight.
+    """
+    if x.is_cuda:
+        flat = torch.cat([w.reshape(-1) for w in weights])
+        if torch.is_autocast_enabled('cuda'):  # fp16 (bf16 runs in fp32, see `lstm_in_fp32`)
+            flat = flat.to(torch.get_autocast_dtype('cuda'))
+        weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
+    # has_biases, num_layers, dropout, train, bidirectional, batch_first
+    out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, lstm.batch_first)
+    return out, (h, c)
+
+
 class WeightDropout(nn.Module):
     """DropConnect on an `nn.LSTM`'s hidden-to-hidden weight, a fresh mask at every training forward.
 
-    The LSTM keeps its own parameters (`module.weight_hh_l0` is the undropped weight). In training we pass
-    the dropped weight to the same fused kernel `nn.LSTM` uses (`torch._VF.lstm`), so nothing is ever
-    reassigned on the module and no flatten/contiguity warnings appear; in eval we just call the module.
+    The LSTM keeps its own parameters (`module.weight_hh_l0` is the undropped weight). In training the dropped
+    weight goes to the LSTM's own kernel through `lstm_with_weights`; in eval we just call the module.
     """
 
     def __init__(self, module, weight_p):
@@ -139,14 +156,7 @@ class WeightDropout(nn.Module):
             if not self.training or self.weight_p == 0.:
                 return m(x, hidden)
             w_hh = F.dropout(m.weight_hh_l0, self.weight_p, training=True)
-            weights = [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0]
-            if x.is_cuda:  # cuDNN wants the four weights in one buffer, in this order, or it copies and warns
-                flat = torch.cat([w.reshape(-1) for w in weights])
-                if torch.is_autocast_enabled('cuda'):  # fp16 (bf16 runs in fp32): cast the buffer once, not each weight
-                    flat = flat.to(torch.get_autocast_dtype('cuda'))
-                weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
-            out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, m.batch_first)
-            return out, (h, c)
+            return lstm_with_weights(m, x, hidden, [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0])
 
 
 def lstm_in_fp32(device_type, autocast_dtype, onednn_has_dtype=True):
@@ -314,16 +324,15 @@ class RNNCallback(Callback):
             self.raw_out = self.out = self.mask = None
 
 
-RNNResetCallback = RNNCallback
-
-
 class ARTARCallback(Callback):
     """Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`.
 
     Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
     beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
     adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
-    order = 5  # after RNNCallback, before MixedPrecision (10) scales loss_grad
+    # After MixUp-like callbacks (8), which compute the loss afresh, and before MixedPrecision (10), which scales it.
+    order = 9
+    loss_role = 'add'
 
     def __init__(self, alpha=2., beta=1.):
         self.alpha, self.beta = alpha, beta

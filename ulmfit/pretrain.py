@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from common.callback import Callback, CancelFitException
-from common.callbacks import CheckpointCallback, TimeBudget
 from common.cli import Interrupted
 from common.config import ConfigError, Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
+from common.events import Callback, CancelFitException
 from common.learner import DataLoaders
 from common.runs import RunLogger, new_run_dir, write_config, write_json
+from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
 from .datasets import TextCorpusReader, WikiTextReader
@@ -279,7 +279,8 @@ def pretrain(cfg, r=0, ws=1, given=()):
         raise
     # The last epoch's validation is the final one unless the time budget cut training short. Every rank validates:
     # the metrics are summed over ranks (DistributedCallback.after_validate).
-    done = len(learn.recorder.history) == cfg['epochs'] and not getattr(learn, 'budget_reached', False)
+    budget_reached = hasattr(learn, 'time_budget') and learn.time_budget.reached
+    done = len(learn.recorder.history) == cfg['epochs'] and not budget_reached
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
@@ -289,7 +290,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
         shutil.copyfile(info['spm_model'], model_dir / 'spm.model')
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
              'epochs_done': len(learn.recorder.history), 'train_tokens': info['train_tokens'],
-             'budget_reached': bool(getattr(learn, 'budget_reached', False)),
+             'budget_reached': budget_reached,
              'wall_s': round(time.time() - t0, 1), 'model_dir': str(model_dir)}
     write_json(run_dir / 'metrics.json', final)
     print(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "

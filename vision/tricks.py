@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Beta
 
-from common.callback import Callback
+from common.events import Callback
 
 __all__ = ['reduce_loss', 'no_reduce', 'label_smoothing_ce', 'LabelSmoothingCrossEntropy', 'mixup', 'draw_lam',
            'mix_loss', 'cutmix_box', 'cutmix', 'MixUp', 'CutMix']

@@ -1,119 +1,16 @@
-"Text -> tokens: fastai-style rules around spaCy's English tokenizer, a SentencePiece alternative, and a parallel runner."
-import gc
-import html
-import os
+"""The memoised spaCy path: the same tokens as `rules.reference`, several times faster on real text.
+
+`SpacyTokenizer` is what the rest of the project uses: `tok(text)`, `tok.batch(texts)`, and `encode`/`encode_batch`
+for token ids in a growing table. The tests check every output against `reference` on hand-picked hard cases.
+"""
 import re
-from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from itertools import chain, repeat
-from multiprocessing import get_context
 
 import numpy as np
+import spacy
 from spacy.attrs import IDX, LENGTH, ORTH
 
-# Special tokens and their ids are fixed: every vocab starts with them in this order.
-UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = 'xxunk xxpad xxbos xxeos xxfld xxrep xxwrep xxup xxmaj'.split()
-SPECIALS = [UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ]
-
-
-# ---------------------------------------------------------------- pre-rules (text -> text)
-
-_HTML_FIXES = [('#39;', "'"), ('amp;', '&'), ('#146;', "'"), ('nbsp;', ' '), ('#36;', '$'), ('\\n', '\n'),
-               ('quot;', "'"), ('<br />', '\n'), ('\\"', '"'), ('<unk>', UNK), (' @.@ ', '.'), (' @-@ ', '-'),
-               (' @,@ ', ','), ('\\', ' \\ ')]
-_re_spaces = re.compile(r'  +')
-
-
-def fix_html(t: str) -> str:
-    "Undo HTML/WikiText escapes: `'a<br />b &lt;i&gt;'` -> `'a\\nb <i>'`, `'x @-@ y'` -> `'x-y'`, `'&amp;'` -> `'&&'`."
-    for old, new in _HTML_FIXES:
-        if old in t: t = t.replace(old, new)
-    if '&' in t: t = html.unescape(t)
-    return _re_spaces.sub(' ', t) if '  ' in t else t
-
-
-_re_rep = re.compile(r'(\S)(\1{3,})')
-
-
-def _has_run4(t: str) -> bool:
-    "Does any character occur 4 times in a row? (A vectorised pre-check: the regex alone costs ~50 us per review.)"
-    a = np.frombuffer(t.encode('utf-32-le', 'surrogatepass'), np.uint32)
-    e = a[1:] == a[:-1]
-    return bool((e[:-2] & e[1:-1] & e[2:]).any())
-
-
-def replace_rep(t: str) -> str:
-    "A character repeated 4+ times: `'wow!!!!!'` -> `'wow xxrep 5 ! '`."
-    if len(t) < 4 or not _has_run4(t): return t
-    return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
-
-
-# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
-# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
-_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
-
-
-def replace_wrep(t: str) -> str:
-    "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no  way'`."
-    return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
-
-
-_re_spec = re.compile(r'([/#])')
-
-
-def spec_add_spaces(t: str) -> str:
-    "Put spaces around `/` and `#`: `'and/or #1'` -> `'and / or  # 1'`."
-    return _re_spec.sub(r' \1 ', t) if '/' in t or '#' in t else t
-
-
-def rm_useless_spaces(t: str) -> str:
-    "Collapse runs of spaces (not other whitespace): `'a   b\\n\\nc'` -> `'a b\\n\\nc'`."
-    return _re_spaces.sub(' ', t) if '  ' in t else t
-
-
-# ---------------------------------------------------------------- post-rules (tokens -> tokens)
-
-def replace_all_caps(toks: list[str]) -> list[str]:
-    "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
-    res = []
-    for t in toks:
-        if len(t) > 1 and t.isupper(): res += [UP, t.lower()]
-        else: res.append(t)
-    return res
-
-
-def replace_maj(toks: list[str]) -> list[str]:
-    "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
-    res = []
-    for t in toks:
-        if len(t) > 1 and t[0].isupper() and t[1:].islower(): res += [MAJ, t.lower()]
-        else: res.append(t)
-    return res
-
-
-def lowercase(toks: list[str]) -> list[str]:
-    "Lowercase every token: `['xxmaj', 'the', 'iPhone']` -> `['xxmaj', 'the', 'iphone']`."
-    return [t.lower() for t in toks]
-
-
-PRE_RULES = [fix_html, replace_rep, replace_wrep, spec_add_spaces, rm_useless_spaces]
-POST_RULES = [replace_all_caps, replace_maj, lowercase]
-
-
-def apply_pre_rules(t: str, rules=PRE_RULES) -> str:
-    "Run the text-level rules in order."
-    for r in rules: t = r(t)
-    return t
-
-
-def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
-    "Run the token-level rules in order (fastai v1 order: caps, then maj, then lowercase)."
-    for r in rules: toks = r(toks)
-    return toks
-
-
-# ---------------------------------------------------------------- spaCy tokenizer with a chunk memo
+from .rules import apply_post_rules, blank_tokenizer, prepare, reference
 
 # spaCy walks the text alternating between runs of whitespace and runs of non-whitespace ("chunks"). Each chunk is
 # tokenized on its own (prefixes/suffixes/infixes/special cases never look past it); a whitespace run gives nothing
@@ -132,23 +29,7 @@ def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
 _re_ws_sp_ws = re.compile(r'\s \s')
 _re_ws = re.compile(r'\s')
 _re_split_ws = re.compile(r'\S+|\s+')
-
-
-_PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by the SpacyTokenizers of a process
 _OPEN1, _CLOSE1 = frozenset('("\''), frozenset(',!?;:)"\'')  # one-character prefixes/suffixes spaCy always splits
-
-
-def _blank_tokenizer(lang: str, fast: bool, rules: bool = True):
-    "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
-    if (lang, fast, rules) not in _PIPES:
-        import spacy
-        nlp = spacy.blank(lang)
-        # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
-        # time spent on unseen words, and it never changes where tokens are split.
-        if fast: nlp.vocab.lex_attr_getters = {}
-        if not rules: nlp.tokenizer.rules = {}
-        _PIPES[lang, fast, rules] = nlp.tokenizer
-    return _PIPES[lang, fast, rules]
 
 
 class SpacyTokenizer:
@@ -158,12 +39,10 @@ class SpacyTokenizer:
     def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
                  memo_size: int = 2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._ref, self._fast, self._memos, self._specials, self._risks, self._ends = None, None, {}, None, None, None
-        self._lens = None
+        self._fast, self._memos, self._specials, self._risks, self._ends, self._lens = None, {}, None, None, None, None
 
     def config(self) -> dict:
         "Everything that changes the output (goes into the store's cache key)."
-        import spacy
         return dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
                     spacy=spacy.__version__, rules_version=2)
 
@@ -175,14 +54,8 @@ class SpacyTokenizer:
         self.__init__(**d)
 
     @property
-    def spacy_tok(self):
-        "Plain `spacy.blank(lang).tokenizer`."
-        if self._ref is None: self._ref = _blank_tokenizer(self.lang, fast=False)
-        return self._ref
-
-    @property
     def _fast_tok(self):
-        if self._fast is None: self._fast = _blank_tokenizer(self.lang, fast=True)
+        if self._fast is None: self._fast = blank_tokenizer(self.lang, fast=True)
         return self._fast
 
     @property
@@ -195,7 +68,7 @@ class SpacyTokenizer:
         some t_i and the right piece starts with t_(i+1). `bit[t_i] & mask[t_(i+1)]` is nonzero exactly for such pairs;
         `left`/`right` are the tokens that have a bit/mask."""
         if self._risks is None:
-            tok, bare = self._fast_tok, _blank_tokenizer(self.lang, fast=True, rules=False)
+            tok, bare = self._fast_tok, blank_tokenizer(self.lang, fast=True, rules=False)
             pairs = set()
             for k in tok.rules:
                 if tok.find_prefix(k) or tok.find_suffix(k) or tok.find_infix(k) or ' ' in k:
@@ -222,13 +95,11 @@ class SpacyTokenizer:
 
     def prepare(self, text: str) -> str:
         "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-        if self.include_bos: text = f'{BOS} {text}'
-        if self.include_eos: text = f'{text} {EOS}'
-        return apply_pre_rules(text)
+        return prepare(text, self.include_bos, self.include_eos)
 
     def reference(self, text: str) -> list[str]:
-        "The slow, obviously-correct path: pre-rules, plain spaCy on the whole text, post-rules."
-        return apply_post_rules([t.text for t in self.spacy_tok(self.prepare(text))])
+        "The slow, obviously-correct path (`rules.reference`) with this tokenizer's settings."
+        return reference(text, self.lang, self.include_bos, self.include_eos)
 
     @property
     def _special_ends(self) -> tuple[frozenset, frozenset]:
@@ -274,7 +145,7 @@ class SpacyTokenizer:
                 cand = [i for i, (p, tk) in enumerate(zip(rest, toks))
                         if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
                         or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))]
-                bare = dict(zip(cand, self._split(_blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
+                bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
                 for i, (p, tk) in enumerate(zip(rest, toks)):
                     memo[p] = conv(tk)
                     if p.startswith(right) or p.endswith(left): self._flag(p, risk, tk, bare.get(i, tk))
@@ -404,179 +275,3 @@ class SpacyTokenizer:
     def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
         "Token ids of one document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
         return self.encode_batch([text], stoi, itos)[0]
-
-
-# ---------------------------------------------------------------- SentencePiece
-
-class SentencePieceTokenizer:
-    "Pre-rules + a SentencePiece model (unigram or BPE), same specials; `tok(text) -> list[str]`."
-    kind = 'spm'
-
-    def __init__(self, model_path, include_bos: bool = True, include_eos: bool = False):
-        self.model_path, self.include_bos, self.include_eos = str(model_path), include_bos, include_eos
-        self._sp = None
-
-    @classmethod
-    def train(cls, texts: Iterable[str], out_dir, vocab_sz: int = 15000, model_type: str = 'unigram',
-              max_sentences: int = 1_000_000, char_coverage: float = 0.99999, **kwargs):
-        "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
-        import sentencepiece as spm
-        out_dir = os.fspath(out_dir); os.makedirs(out_dir, exist_ok=True)
-        raw = os.path.join(out_dir, 'spm_train.txt')
-        with open(raw, 'w', encoding='utf-8') as f:
-            for n, t in enumerate(texts):
-                if n >= max_sentences: break
-                f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
-        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/bos/eos/pad map
-        # onto ours.
-        spm.SentencePieceTrainer.train(
-            input=raw, model_prefix=os.path.join(out_dir, 'spm'), vocab_size=vocab_sz, model_type=model_type,
-            character_coverage=char_coverage, unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS,
-            unk_id=0, pad_id=1, bos_id=2, eos_id=3, user_defined_symbols=SPECIALS[4:], hard_vocab_limit=False,
-            input_sentence_size=max_sentences, shuffle_input_sentence=True, minloglevel=2, **kwargs)
-        os.remove(raw)
-        return cls(os.path.join(out_dir, 'spm.model'))
-
-    def config(self) -> dict:
-        import hashlib
-        with open(self.model_path, 'rb') as f: h = hashlib.sha256(f.read()).hexdigest()
-        return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
-
-    def __getstate__(self):
-        return dict(model_path=self.model_path, include_bos=self.include_bos, include_eos=self.include_eos)
-
-    def __setstate__(self, d):
-        self.__init__(**d)
-
-    @property
-    def sp(self):
-        if self._sp is None:
-            import sentencepiece as spm
-            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
-        return self._sp
-
-    def __call__(self, text: str) -> list[str]:
-        toks = self.sp.encode(apply_pre_rules(text), out_type=str)
-        return ([BOS] if self.include_bos else []) + toks + ([EOS] if self.include_eos else [])
-
-    def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
-        res = []
-        for t in self(text):
-            i = stoi.get(t)
-            if i is None: i = stoi[t] = len(itos); itos.append(t)
-            res.append(i)
-        return res
-
-    # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
-    def batch(self, texts: list[str]) -> list[list[str]]: return [self(t) for t in texts]
-
-    def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
-        return [self.encode(t, stoi, itos) for t in texts]
-
-
-# ---------------------------------------------------------------- parallel runner
-
-_W = {}  # per-process worker state
-
-# Tokenizing allocates millions of small objects that live on in the memo, so the cyclic garbage collector's young
-# generations fill and get scanned very often, walking that memo each time: ~15-25% of a worker's time on IMDB.
-# Nothing here builds reference cycles, so workers (and the in-process path, for its duration) collect rarely.
-_GC_THRESHOLD = (100_000, 50, 100)
-
-
-@contextmanager
-def _relaxed_gc():
-    old = gc.get_threshold()
-    gc.set_threshold(*_GC_THRESHOLD)
-    try: yield
-    finally: gc.set_threshold(*old)
-
-
-def _init_worker(tok):
-    gc.set_threshold(*_GC_THRESHOLD)
-    # `pid` names this worker's id table; random so two runs in one process never share a mapping
-    _W.clear(); _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=(os.getpid(), os.urandom(8).hex()))
-
-
-def _tok_batch(texts):
-    return _W['tok'].batch(texts)
-
-
-def _enc_batch(texts):
-    "Encode a batch with worker-local ids; ship the ids as one array plus the tokens this worker saw first."
-    tok, stoi, itos = _W['tok'], _W['stoi'], _W['itos']
-    docs = tok.encode_batch(texts, stoi, itos)
-    lens = np.fromiter(map(len, docs), np.int64, len(docs))
-    ids = np.fromiter(chain.from_iterable(docs), np.int32, int(lens.sum()))
-    new = itos[_W['sent']:]; _W['sent'] = len(itos)
-    return _W['pid'], ids, lens, new
-
-
-def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
-    b = []
-    for t in texts:
-        b.append(t)
-        if len(b) == chunk: yield b; b = []
-    if b: yield b
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-
-
-def _run(fn, tok, texts, n_workers, chunk):
-    "Map `fn` over batches of `texts` in worker processes; results in order, at most a few batches in flight."
-    n_workers = default_workers() if n_workers is None else n_workers
-    if n_workers <= 1:
-        with _relaxed_gc():
-            _init_worker(tok)
-            for b in _batches(texts, chunk): yield fn(b)
-        return
-    # Pool.imap would read the whole input ahead; a small window of async tasks keeps memory bounded.
-    with _relaxed_gc(), get_context('fork').Pool(n_workers, initializer=_init_worker, initargs=(tok,)) as pool:
-        pending = deque()
-        for b in _batches(texts, chunk):
-            pending.append(pool.apply_async(fn, (b,)))
-            if len(pending) >= 3 * n_workers: yield pending.popleft().get()
-        while pending: yield pending.popleft().get()
-
-
-def tokenize_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256
-                   ) -> Iterator[list[str]]:
-    "Tokenize `texts` in `n_workers` processes, yielding one token list per text, in order."
-    tok = tok or SpacyTokenizer()
-    for res in _run(_tok_batch, tok, texts, n_workers, chunk): yield from res
-
-
-class TokenTable:
-    "Maps each worker's local ids to one growing table of token strings, and counts them."
-    def __init__(self):
-        self.stoi, self.itos, self._maps, self.counts = {}, [], {}, np.zeros(1024, np.int64)
-
-    def add(self, pid, local_ids, new_toks):
-        "Translate a worker batch (local ids + the tokens it saw first) to table ids and count them."
-        m = self._maps.setdefault(pid, np.zeros(0, np.int32))
-        ext = np.empty(len(new_toks), np.int32)
-        for j, t in enumerate(new_toks):
-            i = self.stoi.get(t)
-            if i is None: i = self.stoi[t] = len(self.itos); self.itos.append(t)
-            ext[j] = i
-        if len(ext): m = self._maps[pid] = np.concatenate([m, ext])
-        ids = m[local_ids]
-        if len(self.itos) > len(self.counts):
-            self.counts = np.concatenate([self.counts, np.zeros(max(len(self.itos), 2 * len(self.counts)) -
-                                                                len(self.counts), np.int64)])
-        self.counts += np.bincount(ids, minlength=len(self.counts)) if len(ids) else 0
-        return ids
-
-    def counter(self) -> dict:
-        return {t: int(c) for t, c in zip(self.itos, self.counts[:len(self.itos)])}
-
-
-def encode_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256,
-                 table: TokenTable | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    "Tokenize in parallel, yielding (ids int32, doc_lens) per batch with ids into `table` (which also counts)."
-    tok = tok or SpacyTokenizer()
-    table = TokenTable() if table is None else table
-    for pid, ids, lens, new in _run(_enc_batch, tok, texts, n_workers, chunk):
-        yield table.add(pid, ids, new), lens
