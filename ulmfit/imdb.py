@@ -28,6 +28,7 @@ from . import recipe
 from .api import load_classifier, save_classifier
 from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, TableReader
+from .dry_run import dry_run_folder, write_table
 from .model_io import load_model_folder, save_model_folder
 from .pretrained import find_pretrained, resolve_pretrained  # noqa: F401  (find_pretrained: for callers of imdb)
 from .store import build_store
@@ -74,6 +75,8 @@ SETTINGS = {
     'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
     'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
                                 "them", ('strict', 'replace')),
+    'dry_run': Setting(False, 'every stage on a synthetic labelled table with the tiny model, a few batches each, in '
+                              'a temporary folder: a quick check'),
 }
 
 PRESETS = {
@@ -117,7 +120,7 @@ def imdb_store(cfg):
         folder = untar_data('imdb')
         reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup'), errors=errors), 'test'
     else:
-        folder = untar_data('imdb_sample')
+        folder = cfg.get('sample_folder') or untar_data('imdb_sample')  # a dry run brings its own texts.csv
         csv = next(Path(folder).rglob('texts.csv'))
         reader = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
         test_split = 'valid'
@@ -125,9 +128,22 @@ def imdb_store(cfg):
     return store, test_split
 
 
-def main(argv=None):
+# --dry-run: synthetic reviews, no pretrained LM, the tiny model, every stage for one epoch of a few batches.
+DRY_RUN = dict(dataset='imdb_sample', pretrained='none', pretrained_bwd='none', model='tiny', max_vocab=1000,
+               min_freq=1, lm_docs=0, lm_bs=8, lm_bptt=16, lm_frozen_epochs=1, lm_epochs=1, clas_bs=8,
+               clas_epochs=[1, 1, 1, 1], train_docs=0, clas_valid_docs=0, bptt=16, max_len=32, truncate=0,
+               precision='fp32', name='imdb-dry-run', resume='')
+
+
+def main(argv=None) -> int:
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit imdb', description=__doc__)
-    return run(cfg)
+    if cfg['dry_run']:
+        with dry_run_folder() as tmp:
+            write_table(tmp / 'texts.csv', 48)
+            run({**cfg, **DRY_RUN, 'sample_folder': str(tmp), 'runs': str(tmp / 'runs')})
+        return 0
+    run(cfg)
+    return 0
 
 
 def run(cfg):

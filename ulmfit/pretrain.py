@@ -25,6 +25,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from .awd_lstm import AWDLSTMConfig
 from .datasets import TextCorpusReader, WikiTextReader
+from .dry_run import dry_run_folder, write_corpus
 from .loaders import LMLoader
 from .model_io import save_model_folder
 from .recipe import lm_learner
@@ -67,7 +68,8 @@ SETTINGS = {
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue from its last checkpoint (its settings are kept; only '
                           'max_minutes, checkpoint_minutes and n_workers may change)'),
-    'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check'),
+    'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check; without --corpus '
+                              'on a synthetic corpus with the tiny model, in a temporary folder'),
 }
 
 PRESETS = {
@@ -206,15 +208,26 @@ def build_lm_data(cfg, r=0, ws=1):
     return DataLoaders(train, valid), store.vocab, info
 
 
-def main(argv=None):
+# --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
+DRY_RUN = dict(model='tiny', max_docs=0, max_valid_docs=0, max_vocab=1000, min_freq=1, tokenizer='spacy',
+               n_workers=1, bs=8, bptt=16, epochs=1, max_minutes=0., checkpoint_minutes=0., name='lm-dry-run')
+
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
     given = [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]
+    if cfg['dry_run'] and not cfg['corpus'] and not cfg['resume']:
+        with dry_run_folder() as tmp:
+            corpus, valid = write_corpus(tmp / 'train.txt', 40), write_corpus(tmp / 'valid.txt', 8, seed=1)
+            pretrain({**cfg, **DRY_RUN, 'corpus': str(corpus), 'valid': str(valid), 'runs': str(tmp / 'runs')})
+        return 0
     r, ws = setup_distributed()
     try:
-        return pretrain(cfg, r, ws, given=given)
+        pretrain(cfg, r, ws, given=given)
     finally:
         cleanup_distributed()
+    return 0
 
 
 def resume_config(cfg, given):
