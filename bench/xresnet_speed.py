@@ -1,6 +1,6 @@
 """Training throughput of xresnet18 (bs 32, 10 classes, random images): one JSON line with images_per_s.
 
-    python bench/xresnet_speed.py --size 64 --precision fp32 --channels-last
+    python -m bench.xresnet_speed --size 64 --precision fp32 --channels-last
 
 A full step is forward, loss, backward and an optimizer step, run through the `Learner` when it is importable
 (else a bare loop, which says so in the output as "loop": "bare").
@@ -20,9 +20,7 @@ _ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
         'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
 if __name__ == '__main__' and any(os.environ.get(k) != v for k, v in _ENV.items()) \
         and not os.environ.get('XRESNET_BENCH_NO_REEXEC'):
-    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **_ENV})
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **_ENV})
 
 import torch                                    # noqa: E402
 import torch.nn.functional as F                 # noqa: E402
