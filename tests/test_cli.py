@@ -102,6 +102,16 @@ DRY_RUNS = [(ulmfit_cli, ['pretrain', '--dry-run', 'true']), (ulmfit_cli, ['imdb
 def test_every_training_command_has_a_dry_run(cli, argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a dry run writes nothing into the working folder (./runs, ./data)
     monkeypatch.delenv('ULMFIT_MIRROR', raising=False)  # nor reads the mirror
-    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert cli.main([*argv, '--quiet']) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == ''  # --quiet: warnings only
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_quiet_and_verbose_are_global_flags_and_the_level_is_restored(capsys):
+    from common.log import log
+    level = log.level
+    assert ulmfit_cli.main(['models', '--quiet']) == 0
+    assert capsys.readouterr().out == '' and log.level == level
+    assert ulmfit_cli.main(['models']) == 0 and 'fastai-wt103' in capsys.readouterr().out
+    assert ulmfit_cli.main(['--help']) == 0 and '--quiet' in capsys.readouterr().out

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from common.log import log
 from common.runs import new_run_dir, write_config, write_json
 
 from .awd_lstm import AWDLSTMConfig
@@ -65,7 +66,7 @@ def classify(a, config=None, lm=None):
         TextClassifier(config=config, precision=a.precision, bs=a.bs)
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
-    print(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
+    log.info(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
     if a.lm_epochs and (src or a.dry_run):
         clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
     clf.fit(df, text_col=a.text_col, label_col=labels if len(labels) > 1 else labels[0], valid_col=a.valid_col,
@@ -73,7 +74,7 @@ def classify(a, config=None, lm=None):
     out = clf.save(run_dir / 'classifier')
     res = {k: v for k, v in clf.results.items() if k != 'confusion'}
     write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})
-    print(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
+    log.info(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
           f"classifier folder: {out}")
 
 
@@ -102,6 +103,6 @@ def predict_main(argv=None) -> int:
     for c in clf.classes:
         df[f'prob_{c}'] = [p.probs.get(str(c)) for p in preds]
     df.to_csv(out, index=False)
-    print(f'wrote {len(df):,} predictions to {out}')
+    log.info(f'wrote {len(df):,} predictions to {out}')
     return 0
 

@@ -21,6 +21,7 @@ import torch
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config
 from common.learner import DataLoaders
+from common.log import log
 from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
@@ -158,7 +159,7 @@ def run(cfg):
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
-    print(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab {len(store.vocab):,}; "
+    log.info(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab {len(store.vocab):,}; "
           f"run folder {run_dir}")
     write_config(run_dir, {**cfg, 'store': str(store.path)})
     classes = list(store.label_names)
@@ -182,7 +183,7 @@ def run(cfg):
              'wall_s': times, 'test_docs': int(len(targs)), 'vocab_size': len(store.vocab)}
     write_json(run_dir / 'metrics.json', final)
     write_report(run_dir, cfg, final, classes)
-    print('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
+    log.info('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
           + f"; report: {run_dir / 'report.md'}")
     return run_dir
 
@@ -195,7 +196,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     g = torch.Generator().manual_seed(cfg['seed'])
     # ---- LM fine-tuning (skipped when resuming past it) ----
     if (lm_dir / 'lm.pth').exists():
-        print(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
+        log.info(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
         lm_model, config, _ = load_model_folder(lm_dir)
         lm_state = lm_model.state_dict()
     else:
@@ -203,7 +204,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         key = 'pretrained_bwd' if backwards else 'pretrained'
         src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
         if src is None:
-            print('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
+            log.warning('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
                   f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{key.replace('_', '-')} "
                   f"DIR or --{key.replace('_', '-')} fastai-wt103{'-bwd' if backwards else ''} (fastai's published "
                   "WikiText-103 weights).\n" + '!' * 80)
@@ -212,7 +213,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         else:
             m, pconfig, itos = load_model_folder(src)
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
-            print(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
+            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
             config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
@@ -235,7 +236,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
     dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False))
     if (clas_dir / 'clas.pth').exists():
-        print(f'[{d}] reusing the trained classifier in {clas_dir}')
+        log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
         learn = recipe.clas_learner(config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'],
                                     precision=cfg['precision'])
@@ -258,7 +259,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     p, targs = recipe.predict_probs(learn, dls.valid if valid_idx is test_idx else mk(test_idx, False))
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
-    print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
+    log.info(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
     return p, targs, res, times
 
 

@@ -21,6 +21,7 @@ from common.cli import Interrupted
 from common.config import ConfigError, Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
 from common.learner import DataLoaders
+from common.log import log
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from .awd_lstm import AWDLSTMConfig
@@ -271,7 +272,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'])
     if r == 0:
-        print(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
+        log.info(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
               f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
               f"{ws} process(es); run folder {run_dir}")
     ck = run_dir / 'checkpoints' / 'last.pth'
@@ -305,7 +306,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
              'budget_reached': bool(getattr(learn, 'budget_reached', False)),
              'wall_s': round(time.time() - t0, 1), 'model_dir': str(model_dir)}
     write_json(run_dir / 'metrics.json', final)
-    print(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
+    log.info(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
           f"{final['accuracy']:.4f}; model folder: {model_dir}")
     return run_dir
 
@@ -321,6 +322,3 @@ class _StopAfter(Callback):
         if self.learn.training and self.learn.train_iter >= self.n:
             raise CancelFitException()
 
-
-if __name__ == '__main__':
-    main()

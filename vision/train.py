@@ -13,7 +13,7 @@ from common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from common.config import Setting, config_to_json, parse_run_config
 from common.download import untar_data
 from common.learner import Learner
-from common.log import log
+from common.log import log, show_progress
 from common.metrics import accuracy
 from common.optim import OPTIMIZERS
 from common.runs import RunLogger, new_run_dir, write_config, write_json
@@ -103,7 +103,7 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
     if cfg.get('cutmix'): cbs.append(CutMix(cfg['cutmix']))
     if cfg['channels_last']: model = model.to(memory_format=torch.channels_last)
     return Learner(model, dls, loss_for(cfg), opt_fn=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], cbs=cbs,
-                   metrics=[accuracy], precision=cfg['precision'], progress=cfg['progress'], **kw)
+                   metrics=[accuracy], precision=cfg['precision'], progress=cfg['progress'] and show_progress(), **kw)
 
 
 def save_model(path, model, cfg, classes, extras=None):
