@@ -31,7 +31,7 @@ from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, TableReader
 from .dry_run import dry_run_folder, write_table
 from .model_io import load_model_folder, save_model_folder
-from .pretrained import find_pretrained, resolve_pretrained  # noqa: F401  (find_pretrained: for callers of imdb)
+from .pretrained import resolve_pretrained
 from .store import build_store
 from .tokenize import SpacyTokenizer
 

@@ -22,8 +22,7 @@ from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, g
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
 
-# The fastai ULMFiT IMDB example's schedule (configurable through the run config / API arguments).
-LM_STAGES = dict(frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8))
+# The fastai ULMFiT IMDB example's classifier schedule (configurable through the run config / API arguments).
 CLAS_STAGES = [  # (freeze_to, epochs, top lr); lower groups get lr / 2.6**k
     (-1, 1, 2e-2), (-2, 1, 1e-2), (-3, 1, 5e-3), (0, 2, 1e-3)]
 

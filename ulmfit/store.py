@@ -192,9 +192,3 @@ def _encode_labels(labels: list, reader):
     uniq = sorted(set(present), key=lambda v: (str(type(v)), v))
     pos = {v: i for i, v in enumerate(uniq)}
     return np.array([-1 if lb is None else pos[lb] for lb in labels], np.int64), [str(v) for v in uniq], False
-
-
-def find_stores(root=None) -> list[TokenStore]:
-    "Every complete store under `root/cache`."
-    cache = data_root(root) / 'cache'
-    return [TokenStore(p) for p in sorted(cache.glob('*')) if (p / 'meta.json').exists()] if cache.exists() else []
