@@ -115,3 +115,11 @@ def test_quiet_and_verbose_are_global_flags_and_the_level_is_restored(capsys):
     assert capsys.readouterr().out == '' and log.level == level
     assert ulmfit_cli.main(['models']) == 0 and 'fastai-wt103' in capsys.readouterr().out
     assert ulmfit_cli.main(['--help']) == 0 and '--quiet' in capsys.readouterr().out
+
+
+def test_process_setup_comes_before_torch_loads():
+    "OMP_WAIT_POLICY only takes effect if set before torch loads libgomp: the front doors must not import torch."
+    import subprocess
+    import sys
+    code = "import sys, ulmfit.__main__, vision.__main__; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'
