@@ -75,7 +75,7 @@ def classify(a, config=None, lm=None):
     res = {k: v for k, v in clf.results.items() if k != 'confusion'}
     write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})
     log.info(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
-          f"classifier folder: {out}")
+             f"classifier folder: {out}")
 
 
 def predict_main(argv=None) -> int:

@@ -117,5 +117,5 @@ def main(argv=None):
     a = ap.parse_args(argv)
     _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
     log.info(f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
-          f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
+             f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
     return 0

@@ -159,8 +159,8 @@ def run(cfg):
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
-    log.info(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab {len(store.vocab):,}; "
-          f"run folder {run_dir}")
+    log.info(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
+             f"{len(store.vocab):,}; run folder {run_dir}")
     write_config(run_dir, {**cfg, 'store': str(store.path)})
     classes = list(store.label_names)
     directions = ['fwd', 'bwd'] if cfg['bidirectional'] else ['fwd']
@@ -184,7 +184,7 @@ def run(cfg):
     write_json(run_dir / 'metrics.json', final)
     write_report(run_dir, cfg, final, classes)
     log.info('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
-          + f"; report: {run_dir / 'report.md'}")
+             + f"; report: {run_dir / 'report.md'}")
     return run_dir
 
 
@@ -204,16 +204,18 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         key = 'pretrained_bwd' if backwards else 'pretrained'
         src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
         if src is None:
+            opt = key.replace('_', '-')
             log.warning('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-                  f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{key.replace('_', '-')} "
-                  f"DIR or --{key.replace('_', '-')} fastai-wt103{'-bwd' if backwards else ''} (fastai's published "
-                  "WikiText-103 weights).\n" + '!' * 80)
+                        f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
+                        f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
+                        "weights).\n" + '!' * 80)
             config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
             state = None
         else:
             m, pconfig, itos = load_model_folder(src)
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
-            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
+            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained '
+                     'vocab')
             config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):

@@ -116,7 +116,7 @@ def main(argv=None):
                             a.vocab_from, a.spm_vocab_size, a.spm_model_type, a.errors)
     m = store.meta
     log.info(f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
-          f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
+             f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
     log.info(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
     log.info(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
     return 0

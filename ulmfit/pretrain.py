@@ -273,8 +273,8 @@ def pretrain(cfg, r=0, ws=1, given=()):
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'])
     if r == 0:
         log.info(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
-              f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
-              f"{ws} process(es); run folder {run_dir}")
+                 f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
+                 f"{ws} process(es); run folder {run_dir}")
     ck = run_dir / 'checkpoints' / 'last.pth'
     cbs = [CheckpointCallback(ck, every_minutes=cfg['checkpoint_minutes'] or None, config=config.to_dict(),
                               extras={'itos': list(vocab.itos)}),

@@ -166,5 +166,5 @@ def models_main(argv=None):
     for bwd in (False, True):
         local = find_pretrained(a.runs, bwd)
         log.info(f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
-              f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}")
+                 f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}")
     return 0

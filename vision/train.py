@@ -169,7 +169,8 @@ def train(cfg):
 
     dls, classes = imagenet_folder_dls(path, cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'],
                                        cfg['n_train'], cfg['n_valid'], seed=cfg['seed'])
-    log.info(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {len(classes)} classes")
+    log.info(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, "
+             f"{len(classes)} classes")
     model = create_model(cfg['arch'], n_out=len(classes), width=cfg['width'])
     learn = make_learner(model, dls, cfg, run_dir)
 
