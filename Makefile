@@ -50,14 +50,14 @@ smoke: ## real-data end-to-end runs with PRESET=tiny on the mirror
 	$(MAKE) pets-transfer PRESET=tiny
 
 bench: ## run the benchmarks (each prints one JSON line)
-	$(PYTHON) bench/learner_overhead.py
-	$(PYTHON) bench/lm_speed.py --small
-	$(PYTHON) bench/clas_speed.py --small
-	$(PYTHON) bench/xresnet_speed.py --size 64
-	$(if $(wildcard $(ULMFIT_MIRROR)/imdb.tgz),$(PYTHON) bench/tokenize_speed.py --corpus $(ULMFIT_MIRROR)/imdb.tgz --workers 2,@echo "tokenize_speed skipped: no imdb.tgz in MIRROR")
+	$(PYTHON) -m bench.learner_overhead
+	$(PYTHON) -m bench.lm_speed --small
+	$(PYTHON) -m bench.clas_speed --small
+	$(PYTHON) -m bench.xresnet_speed --size 64
+	$(if $(wildcard $(ULMFIT_MIRROR)/imdb.tgz),$(PYTHON) -m bench.tokenize_speed --corpus $(ULMFIT_MIRROR)/imdb.tgz --workers 2,@echo "tokenize_speed skipped: no imdb.tgz in MIRROR")
 
 gpu-check: ## GPU checks as a pass/fail table (ARGS='--device cpu' runs them on the CPU)
-	$(PYTHON) bench/gpu_check.py $(ARGS)
+	$(PYTHON) -m bench.gpu_check $(ARGS)
 
 lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus)
 	$(PYTHON) -m ulmfit pretrain $(PRESET_ARG) $(if $(CORPUS),--corpus $(CORPUS),) $(ARGS)

@@ -1,7 +1,7 @@
 """Classifier training throughput: the ULMFiT classifier on random documents, the full training step through the
 Learner (SentenceEncoder over BPTT chunks, pooling head, backward, AdamW). Prints one JSON line.
 
-    python bench/clas_speed.py [--small] [--precision fp32|bf16|fp32,bf16] [--sampler sortish|random]
+    python -m bench.clas_speed [--small] [--precision fp32|bf16|fp32,bf16] [--sampler sortish|random]
                                [--docs 256 --bs 32 --bptt 72 --max-len 1440 --vocab 30000]
 
 Document lengths are log-normal (median 230, sigma 0.75) clipped to [10, 2048], seeded; batches are padded at
@@ -15,18 +15,17 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if 'OMP_WAIT_POLICY' not in os.environ:
     # OpenMP threads that spin while waiting make a busy 2-core machine several times slower (the LSTM's
     # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+    os.execv(sys.executable, sys.orig_argv)  # the same command line (python -m bench.x ...)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common.learner import DataLoaders, Learner  # noqa: E402
 from common.perf import tune_malloc  # noqa: E402
-from lm_speed import BatchTimer, lm_flops_per_token, matmul_gflops  # noqa: E402
+from bench.lm_speed import BatchTimer, lm_flops_per_token, matmul_gflops  # noqa: E402
 from ulmfit.awd_lstm import AWDLSTMConfig, RNNCallback, clas_config  # noqa: E402
 from ulmfit.classifier import clas_splitter, get_text_classifier  # noqa: E402
 

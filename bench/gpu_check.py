@@ -1,9 +1,9 @@
 """GPU check: what would break or drift on a GPU, in about three minutes. Prints a pass/fail table, then one JSON line
 per throughput (tokens/s, docs/s, img/s). Exit status 0 when every check passes (or is n/a), 1 otherwise.
 
-    python bench/gpu_check.py                  # on CUDA; without a CUDA device it prints "no CUDA device: skipped"
-    python bench/gpu_check.py --device cpu     # the same checks on the CPU, to exercise their logic anywhere
-    python bench/gpu_check.py --device cpu --small --only lm,parity   # the reduced run the test suite uses
+    python -m bench.gpu_check                  # on CUDA; without a CUDA device it prints "no CUDA device: skipped"
+    python -m bench.gpu_check --device cpu     # the same checks on the CPU, to exercise their logic anywhere
+    python -m bench.gpu_check --device cpu --small --only lm,parity   # the reduced run the test suite uses
 
 Checks (all through documented APIs: torch.autocast, torch.amp.GradScaler, channels_last, a warnings filter):
   lm_fp32/lm_fp16/lm_bf16  a `paper`-size AWD-LSTM LM (vocab 60k) trains 3 steps through the Learner: every loss is
@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

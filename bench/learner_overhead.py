@@ -1,17 +1,14 @@
 """Learner overhead: the same model and data trained by a bare PyTorch loop and by the Learner with the
 standard callbacks (recorder, progress bar, metrics, gradient clipping). Prints one JSON line.
 
-    python bench/learner_overhead.py [--batches 200] [--repeats 5] [--width 256]
+    python -m bench.learner_overhead [--batches 200] [--repeats 5] [--width 256]
 """
 import argparse
 import io
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402

@@ -1,7 +1,7 @@
 """Language-model training throughput: AWD-LSTM on random token ids, the full training step through the Learner
 (forward, AR/TAR, backward, gradient clipping 0.1, AdamW). Prints one JSON line.
 
-    python bench/lm_speed.py [--small] [--precision fp32|bf16|fp32,bf16] [--vocab 30000 --bs 32 --bptt 70
+    python -m bench.lm_speed [--small] [--precision fp32|bf16|fp32,bf16] [--vocab 30000 --bs 32 --bptt 70
                              --batches 20 --warmup 2] [--emb-sz N --n-hid N --n-layers N]
 
 Default sizes are the `paper` preset (emb 400, n_hid 1152, 3 layers); --small is emb 200, n_hid 512, 3 layers.
@@ -15,12 +15,11 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if 'OMP_WAIT_POLICY' not in os.environ:
     # OpenMP threads that spin while waiting make a busy 2-core machine several times slower (the LSTM's
     # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+    os.execv(sys.executable, sys.orig_argv)  # the same command line (python -m bench.x ...)
 import torch  # noqa: E402
 
 from common.events import Callback  # noqa: E402

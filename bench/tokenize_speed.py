@@ -3,11 +3,8 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts  # noqa: E402
 

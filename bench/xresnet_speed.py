@@ -1,9 +1,9 @@
 """Training throughput of xresnet18 (bs 32, 10 classes, random images): one JSON line with images_per_s.
 
-    python bench/xresnet_speed.py --size 64 --precision fp32 --channels-last
+    python -m bench.xresnet_speed --size 64 --precision fp32 --channels-last
 
-A full step is forward, loss, backward and an optimizer step, run through the `Learner` when it is importable
-(else a bare loop, which says so in the output as "loop": "bare").
+A full step is forward, loss, backward and an optimizer step, run through the `Learner` (with --bare, a bare loop,
+which says so in the output as "loop": "bare").
 """
 import argparse
 import json
@@ -20,9 +20,7 @@ _ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
         'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
 if __name__ == '__main__' and any(os.environ.get(k) != v for k, v in _ENV.items()) \
         and not os.environ.get('XRESNET_BENCH_NO_REEXEC'):
-    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **_ENV})
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **_ENV})
 
 import torch                                    # noqa: E402
 import torch.nn.functional as F                 # noqa: E402
@@ -38,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--steps', type=int, default=20, help='timed steps (after warm-up)')
     p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--bare', action='store_true', help='time a bare loop even when the Learner is available')
+    p.add_argument('--bare', action='store_true', help='time a bare loop instead of the Learner')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = torch default)')
     return p.parse_args(argv)
 
@@ -82,13 +80,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = xresnet18(n_out=10)
     if args.channels_last: model = model.to(memory_format=torch.channels_last)
-    run = bare_steps
-    if not args.bare:
-        try:
-            from common.learner import Learner  # noqa: F401
-            run = learner_steps
-        except ImportError:
-            pass
+    run = bare_steps if args.bare else learner_steps
     run(model, RandomImages(args.warmup, args.bs, args.size, args.channels_last), args.precision)
     t0, c0 = time.perf_counter(), time.process_time()
     run(model, RandomImages(args.steps, args.bs, args.size, args.channels_last), args.precision)

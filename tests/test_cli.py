@@ -90,3 +90,36 @@ def test_predict_checks_the_output_folder_first(tmp_path, capsys, monkeypatch):
     assert ulmfit_cli.main(['predict', '--model', str(tmp_path), '--csv', str(tmp_path / 'new.csv'),
                             '--out', str(out)]) == 2
     assert f"{out.parent} does not exist" in _one_error_line(capsys)
+
+
+# Every training entry point's --dry-run: synthetic data, a tiny model, a few batches, nothing left behind.
+DRY_RUNS = [(ulmfit_cli, ['pretrain', '--dry-run', 'true']), (ulmfit_cli, ['imdb', '--dry-run', 'true']),
+            (ulmfit_cli, ['classify', '--dry-run']), (vision_cli, ['train', '--dry-run', 'true']),
+            (vision_cli, ['transfer', '--dry-run', 'true'])]
+
+
+@pytest.mark.parametrize('cli,argv', DRY_RUNS, ids=[' '.join(a[:1]) for _, a in DRY_RUNS])
+def test_every_training_command_has_a_dry_run(cli, argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a dry run writes nothing into the working folder (./runs, ./data)
+    monkeypatch.delenv('ULMFIT_MIRROR', raising=False)  # nor reads the mirror
+    assert cli.main([*argv, '--quiet']) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == ''  # --quiet: warnings only
+    assert list(tmp_path.iterdir()) == []
+
+
+
+def test_quiet_and_verbose_are_global_flags_and_the_level_is_restored(capsys):
+    from common.log import log
+    level = log.level
+    assert ulmfit_cli.main(['models', '--quiet']) == 0
+    assert capsys.readouterr().out == '' and log.level == level
+    assert ulmfit_cli.main(['models']) == 0 and 'fastai-wt103' in capsys.readouterr().out
+    assert ulmfit_cli.main(['--help']) == 0 and '--quiet' in capsys.readouterr().out
+
+
+def test_process_setup_comes_before_torch_loads():
+    "OMP_WAIT_POLICY only takes effect if set before torch loads libgomp: the front doors must not import torch."
+    import subprocess
+    import sys
+    code = "import sys, ulmfit.__main__, vision.__main__; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'

@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -65,6 +66,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two spawned processes
 def test_uneven_batches_and_validation_over_all_ranks(tmp_path):
     out = str(tmp_path / 'ddp.pth')
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)

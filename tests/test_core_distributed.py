@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -40,6 +41,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_processes_match_one(tmp_path):
     out = str(tmp_path / 'ddp.pth')
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)

@@ -20,7 +20,8 @@ def _module():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is present: the check would run')
 def test_skips_without_cuda():
-    p = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, '-m', 'bench.gpu_check'], cwd=SCRIPT.parents[1], capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == 'no CUDA device: skipped'
 
 

@@ -48,3 +48,13 @@ def test_ci_builds_its_own_virtual_environment():
     assert 'torch==' in ci and '.venv-ci/bin/python' in ci
     assert re.search(r'make .*PYTHON=', ci), 'make must run with the CI virtual environment\'s python'
     assert '/.venv-ci/' in (ROOT / '.gitignore').read_text().split()
+
+
+def test_console_scripts_name_the_main_functions():
+    import importlib
+    block = re.search(r'^\[project\.scripts\]\n(.*?)^\[', (ROOT / 'pyproject.toml').read_text(), re.S | re.M).group(1)
+    scripts = dict(re.findall(r'^([\w-]+) = "([^"]+)"', block, re.M))
+    assert set(scripts) == {'ulmfit', 'ulmfit-vision'}
+    for target in scripts.values():
+        module, fn = target.split(':')
+        assert getattr(importlib.import_module(module), fn)(['--help']) == 0

@@ -59,6 +59,7 @@ def _ddp_worker(rank, world, port, cfg, data_root):
     cleanup_distributed()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_pretraining_matches_one(tmp_path, monkeypatch):
     data_root = str(tmp_path / 'data')
     monkeypatch.setenv('ULMFIT_DATA', data_root)

@@ -43,7 +43,7 @@ def test_gradual_unfreezing_schedule(monkeypatch):
         trainable = [any(p.requires_grad for p in g) for g in learn.layer_groups()]
         calls.append((n_epoch, lrs, trainable))
     monkeypatch.setattr(learn, 'fit_one_cycle', fake_fit)
-    recipe.train_classifier(learn, None, log=lambda *a: None)
+    recipe.train_classifier(learn, None, verbose=False)
     # groups: embedding, LSTM 0, LSTM 1, head (tiny has 2 layers)
     assert [c[2] for c in calls] == [[False, False, False, True], [False, False, True, True],
                                      [False, True, True, True], [True, True, True, True]]

@@ -124,3 +124,14 @@ def test_cutmix_pastes_the_partner_and_corrects_lam():
     for i in range(3):
         assert xm[i, 0, 0, 0] == perm[i] and (xm[i].flatten()[1:] == i).all()
     assert yb.tolist() == [1, 2, 0] and torch.equal(x[0], torch.zeros(1, 4, 4))   # input left untouched
+
+
+def test_mixup_and_cutmix_must_replace_the_loss_before_fp16_scales_it():
+    from common.events import check_loss_roles
+    from common.precision import MixedPrecision
+    for cls in (MixUp, CutMix):
+        check_loss_roles(sorted([MixedPrecision('fp16'), cls()], key=lambda c: c.order))
+        late = cls()
+        late.order = 11  # after MixedPrecision (10): the scaled loss would be thrown away
+        with pytest.raises(ValueError, match='loss_grad'):
+            check_loss_roles(sorted([MixedPrecision('fp16'), late], key=lambda c: c.order))

@@ -30,6 +30,7 @@ import torch
 
 from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
 from common.learner import DataLoaders
+from common.log import log, show_progress
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig, clas_config
@@ -109,9 +110,9 @@ class TextClassifier:
         self.vocab, self.enc_state, self.model, self.classes, self.multi_label = None, None, None, None, False
         self.thresholds = None
 
-    def _log(self, *a):
+    def _log(self, msg):
         if self.verbose:
-            print(*a)
+            log.info(msg)
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
@@ -121,7 +122,8 @@ class TextClassifier:
 
     # ---- stage 2: the language model ----------------------------------------------------------------
     def _vocab_for(self, reader):
-        store = build_store(reader, self.tok, root=self.data_root, progress=self.verbose, name='texts')
+        store = build_store(reader, self.tok, root=self.data_root, progress=self.verbose and show_progress(),
+                            name='texts')
         return store
 
     def fine_tune_lm(self, texts, text_col='text', frozen_epochs=1, epochs=2, lr=2e-3, frozen_lr=2e-2, bs=32,
@@ -133,7 +135,8 @@ class TextClassifier:
         config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
         learn = recipe.finetune_lm(state, config, dls, frozen_epochs=frozen_epochs, frozen_lr=frozen_lr, epochs=epochs,
-                                   lr=lr, precision=self.precision, drop_mult=drop_mult, log=self._log)
+                                   lr=lr, precision=self.precision, drop_mult=drop_mult,
+                                   verbose=self.verbose)
         self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
         self.enc_state = {k[2:]: v for k, v in self.lm_state.items() if k.startswith('0.')}
         self.lm_results = learn.validate()
@@ -181,7 +184,8 @@ class TextClassifier:
             self.config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
             self.enc_state = {k[2:]: v for k, v in state.items() if k.startswith('0.')} if state else None
             self.itos = list(self.vocab.itos)
-        store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root, progress=self.verbose,
+        store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root,
+                            progress=self.verbose and show_progress(),
                             name='labelled')
         self.classes = list(store.label_names)
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
@@ -191,7 +195,8 @@ class TextClassifier:
         learn = recipe.clas_learner(self.config, len(self.classes), dls, multi_label=self.multi_label,
                                     label_smoothing=label_smoothing, drop_mult=drop_mult, bptt=self.bptt,
                                     max_len=self.max_len, precision=self.precision)
-        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages or recipe.CLAS_STAGES, log=self._log)
+        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages or recipe.CLAS_STAGES,
+                                                     verbose=self.verbose)
         self.model, self.drop_mult = learn.model.eval(), drop_mult
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:

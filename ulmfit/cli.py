@@ -9,15 +9,19 @@ import json
 import time
 from pathlib import Path
 
+from common.log import log
 from common.runs import new_run_dir, write_config, write_json
+
+from .awd_lstm import AWDLSTMConfig
+from .dry_run import dry_run_folder, write_table
 
 ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
 
-def classify_main(argv=None):
+def classify_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='python -m ulmfit classify', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--csv', required=True, help='labelled data: .csv, .tsv or .parquet')
+    p.add_argument('--csv', help='labelled data: .csv, .tsv or .parquet (required)')
     p.add_argument('--text-col', default='text', help='text column (default: text)')
     p.add_argument('--label-col', default='label',
                    help='label column; several comma-separated 0/1 columns make a multi-label task (default: label)')
@@ -32,7 +36,24 @@ def classify_main(argv=None):
     p.add_argument('--name', default='', help='run folder name (default: clf-<file stem>)')
     p.add_argument('--runs', default='runs', help='where run folders go')
     p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
+    p.add_argument('--dry-run', action='store_true', help='fine-tune and train on a synthetic table with the tiny '
+                                                           'model, in a temporary folder: a quick check')
     a = p.parse_args(argv)
+    if a.dry_run:
+        with dry_run_folder() as tmp:
+            csv = write_table(tmp / 'texts.csv', 48)
+            classify(argparse.Namespace(**{**vars(a), 'csv': str(csv), 'valid_col': 'is_valid', 'pretrained': 'none',
+                                           'bs': 8, 'name': 'clf-dry-run', 'runs': str(tmp / 'runs')}),
+                     config=AWDLSTMConfig.preset('tiny'), lm=dict(bs=8, bptt=16))
+        return 0
+    if not a.csv:
+        p.error('the following arguments are required: --csv')
+    classify(a)
+    return 0
+
+
+def classify(a, config=None, lm=None):
+    "The classify command with parsed arguments `a`; `config` (no pretrained LM) and `lm` (fine-tuning) for dry runs."
     from .api import TextClassifier, _as_frame, check_labelled
     from .pretrained import resolve_pretrained
     t0 = time.time()
@@ -42,23 +63,22 @@ def classify_main(argv=None):
     check_labelled(df, a.text_col, labels, a.valid_col)
     src = resolve_pretrained(a.pretrained, a.runs)
     clf = TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs) if src else \
-        TextClassifier(precision=a.precision, bs=a.bs)
+        TextClassifier(config=config, precision=a.precision, bs=a.bs)
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
-    print(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
-    if a.lm_epochs and src:
-        clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs)
+    log.info(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
+    if a.lm_epochs and (src or a.dry_run):
+        clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
     clf.fit(df, text_col=a.text_col, label_col=labels if len(labels) > 1 else labels[0], valid_col=a.valid_col,
             valid_pct=a.valid_pct)
     out = clf.save(run_dir / 'classifier')
     res = {k: v for k, v in clf.results.items() if k != 'confusion'}
     write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})
-    print(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
-          f"classifier folder: {out}")
-    return 0
+    log.info(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
+             f"classifier folder: {out}")
 
 
-def predict_main(argv=None):
+def predict_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='python -m ulmfit predict', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='classifier folder (from classify, imdb or TextClassifier.save)')
@@ -83,8 +103,6 @@ def predict_main(argv=None):
     for c in clf.classes:
         df[f'prob_{c}'] = [p.probs.get(str(c)) for p in preds]
     df.to_csv(out, index=False)
-    print(f'wrote {len(df):,} predictions to {out}')
+    log.info(f'wrote {len(df):,} predictions to {out}')
     return 0
 
-
-main = classify_main

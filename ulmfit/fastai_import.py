@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_file
+from common.log import log
 
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .model_io import save_model_folder
@@ -115,6 +116,6 @@ def main(argv=None):
     ap.add_argument('--overwrite', action='store_true', help='replace the model in an existing --out folder')
     a = ap.parse_args(argv)
     _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
-    print(f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
-          f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
+    log.info(f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
+             f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
     return 0

@@ -97,5 +97,5 @@ def main(argv=None):
     ap.add_argument('--min-p', type=float, default=None)
     ap.add_argument('--seed', type=int, default=None)
     a = ap.parse_args(argv)
-    print(generate(a.model, a.prompt, a.words, a.temperature, a.top_k, a.min_p, a.seed))
+    print(generate(a.model, a.prompt, a.words, a.temperature, a.top_k, a.min_p, a.seed))  # the result, not a log line
     return 0

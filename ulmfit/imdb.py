@@ -21,6 +21,7 @@ import torch
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config
 from common.learner import DataLoaders
+from common.log import log
 from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
@@ -28,8 +29,9 @@ from . import recipe
 from .api import load_classifier, save_classifier
 from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, TableReader
+from .dry_run import dry_run_folder, write_table
 from .model_io import load_model_folder, save_model_folder
-from .pretrained import find_pretrained, resolve_pretrained  # noqa: F401  (find_pretrained: for callers of imdb)
+from .pretrained import resolve_pretrained
 from .store import build_store
 from .tokenize import SpacyTokenizer
 
@@ -74,6 +76,8 @@ SETTINGS = {
     'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
     'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
                                 "them", ('strict', 'replace')),
+    'dry_run': Setting(False, 'every stage on a synthetic labelled table with the tiny model, a few batches each, in '
+                              'a temporary folder: a quick check'),
 }
 
 PRESETS = {
@@ -117,7 +121,7 @@ def imdb_store(cfg):
         folder = untar_data('imdb')
         reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup'), errors=errors), 'test'
     else:
-        folder = untar_data('imdb_sample')
+        folder = cfg.get('sample_folder') or untar_data('imdb_sample')  # a dry run brings its own texts.csv
         csv = next(Path(folder).rglob('texts.csv'))
         reader = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
         test_split = 'valid'
@@ -125,9 +129,22 @@ def imdb_store(cfg):
     return store, test_split
 
 
-def main(argv=None):
+# --dry-run: synthetic reviews, no pretrained LM, the tiny model, every stage for one epoch of a few batches.
+DRY_RUN = dict(dataset='imdb_sample', pretrained='none', pretrained_bwd='none', model='tiny', max_vocab=1000,
+               min_freq=1, lm_docs=0, lm_bs=8, lm_bptt=16, lm_frozen_epochs=1, lm_epochs=1, clas_bs=8,
+               clas_epochs=[1, 1, 1, 1], train_docs=0, clas_valid_docs=0, bptt=16, max_len=32, truncate=0,
+               precision='fp32', name='imdb-dry-run', resume='')
+
+
+def main(argv=None) -> int:
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit imdb', description=__doc__)
-    return run(cfg)
+    if cfg['dry_run']:
+        with dry_run_folder() as tmp:
+            write_table(tmp / 'texts.csv', 48)
+            run({**cfg, **DRY_RUN, 'sample_folder': str(tmp), 'runs': str(tmp / 'runs')})
+        return 0
+    run(cfg)
+    return 0
 
 
 def run(cfg):
@@ -142,8 +159,8 @@ def run(cfg):
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
-    print(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab {len(store.vocab):,}; "
-          f"run folder {run_dir}")
+    log.info(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
+             f"{len(store.vocab):,}; run folder {run_dir}")
     write_config(run_dir, {**cfg, 'store': str(store.path)})
     classes = list(store.label_names)
     directions = ['fwd', 'bwd'] if cfg['bidirectional'] else ['fwd']
@@ -166,8 +183,8 @@ def run(cfg):
              'wall_s': times, 'test_docs': int(len(targs)), 'vocab_size': len(store.vocab)}
     write_json(run_dir / 'metrics.json', final)
     write_report(run_dir, cfg, final, classes)
-    print('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
-          + f"; report: {run_dir / 'report.md'}")
+    log.info('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
+             + f"; report: {run_dir / 'report.md'}")
     return run_dir
 
 
@@ -179,7 +196,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     g = torch.Generator().manual_seed(cfg['seed'])
     # ---- LM fine-tuning (skipped when resuming past it) ----
     if (lm_dir / 'lm.pth').exists():
-        print(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
+        log.info(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
         lm_model, config, _ = load_model_folder(lm_dir)
         lm_state = lm_model.state_dict()
     else:
@@ -187,16 +204,18 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         key = 'pretrained_bwd' if backwards else 'pretrained'
         src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
         if src is None:
-            print('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-                  f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{key.replace('_', '-')} "
-                  f"DIR or --{key.replace('_', '-')} fastai-wt103{'-bwd' if backwards else ''} (fastai's published "
-                  "WikiText-103 weights).\n" + '!' * 80)
+            opt = key.replace('_', '-')
+            log.warning('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
+                        f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
+                        f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
+                        "weights).\n" + '!' * 80)
             config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
             state = None
         else:
             m, pconfig, itos = load_model_folder(src)
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
-            print(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
+            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained '
+                     'vocab')
             config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
@@ -219,7 +238,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
     dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False))
     if (clas_dir / 'clas.pth').exists():
-        print(f'[{d}] reusing the trained classifier in {clas_dir}')
+        log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
         learn = recipe.clas_learner(config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'],
                                     precision=cfg['precision'])
@@ -242,7 +261,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
     p, targs = recipe.predict_probs(learn, dls.valid if valid_idx is test_idx else mk(test_idx, False))
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
-    print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
+    log.info(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
     return p, targs, res, times
 
 

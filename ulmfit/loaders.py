@@ -170,12 +170,3 @@ def class_loaders(store, bs: int = 64, train_splits=('train',), valid_splits=('t
                               drop_last=train and len(ds) >= bs,  # see recipe.clas_loader
                               collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len)))
     return dls[0], dls[1]
-
-
-def lm_loaders(store, bs: int = 64, bptt: int = 70, train_splits=None, valid_splits=None, **kwargs):
-    "Train (shuffled) and valid LMLoaders over a store; valid is None when `valid_splits` is None."
-    tr = store.split_idx(*train_splits) if train_splits else None
-    trn = LMLoader(store.ids, store.offsets, tr, bs, bptt, shuffle=True, **kwargs)
-    if not valid_splits: return trn, None
-    kwargs.pop('var_bptt', None)
-    return trn, LMLoader(store.ids, store.offsets, store.split_idx(*valid_splits), bs, bptt, shuffle=False, **kwargs)

@@ -9,9 +9,10 @@ import argparse
 import hashlib
 import json
 import random
-import sys
 import time
 from pathlib import Path
+
+from common.log import log
 
 from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
 from ulmfit.store import TokenStore, build_store, data_root
@@ -114,12 +115,9 @@ def main(argv=None):
     store = prepare_dataset(a.dataset, a.corpus, a.tokenizer, a.max_vocab, a.min_freq, a.n_workers, a.mirror, a.data,
                             a.vocab_from, a.spm_vocab_size, a.spm_model_type, a.errors)
     m = store.meta
-    print(f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
-          f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
-    print(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
-    print(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
+    log.info(f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
+             f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
+    log.info(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
+    log.info(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))

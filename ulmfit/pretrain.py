@@ -20,11 +20,13 @@ from common.config import ConfigError, Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
 from common.events import Callback, CancelFitException
 from common.learner import DataLoaders
+from common.log import log
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
 from .datasets import TextCorpusReader, WikiTextReader
+from .dry_run import dry_run_folder, write_corpus
 from .loaders import LMLoader
 from .model_io import save_model_folder
 from .recipe import lm_learner
@@ -67,7 +69,8 @@ SETTINGS = {
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue from its last checkpoint (its settings are kept; only '
                           'max_minutes, checkpoint_minutes and n_workers may change)'),
-    'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check'),
+    'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check; without --corpus '
+                              'on a synthetic corpus with the tiny model, in a temporary folder'),
 }
 
 PRESETS = {
@@ -206,15 +209,26 @@ def build_lm_data(cfg, r=0, ws=1):
     return DataLoaders(train, valid), store.vocab, info
 
 
-def main(argv=None):
+# --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
+DRY_RUN = dict(model='tiny', max_docs=0, max_valid_docs=0, max_vocab=1000, min_freq=1, tokenizer='spacy',
+               n_workers=1, bs=8, bptt=16, epochs=1, max_minutes=0., checkpoint_minutes=0., name='lm-dry-run')
+
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
     given = [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]
+    if cfg['dry_run'] and not cfg['corpus'] and not cfg['resume']:
+        with dry_run_folder() as tmp:
+            corpus, valid = write_corpus(tmp / 'train.txt', 40), write_corpus(tmp / 'valid.txt', 8, seed=1)
+            pretrain({**cfg, **DRY_RUN, 'corpus': str(corpus), 'valid': str(valid), 'runs': str(tmp / 'runs')})
+        return 0
     r, ws = setup_distributed()
     try:
-        return pretrain(cfg, r, ws, given=given)
+        pretrain(cfg, r, ws, given=given)
     finally:
         cleanup_distributed()
+    return 0
 
 
 def resume_config(cfg, given):
@@ -258,9 +272,9 @@ def pretrain(cfg, r=0, ws=1, given=()):
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'])
     if r == 0:
-        print(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
-              f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
-              f"{ws} process(es); run folder {run_dir}")
+        log.info(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
+                 f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
+                 f"{ws} process(es); run folder {run_dir}")
     ck = run_dir / 'checkpoints' / 'last.pth'
     cbs = [CheckpointCallback(ck, every_minutes=cfg['checkpoint_minutes'] or None, config=config.to_dict(),
                               extras={'itos': list(vocab.itos)}),
@@ -293,7 +307,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
              'budget_reached': budget_reached,
              'wall_s': round(time.time() - t0, 1), 'model_dir': str(model_dir)}
     write_json(run_dir / 'metrics.json', final)
-    print(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
+    log.info(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
           f"{final['accuracy']:.4f}; model folder: {model_dir}")
     return run_dir
 
@@ -309,6 +323,3 @@ class _StopAfter(Callback):
         if self.learn.training and self.learn.train_iter >= self.n:
             raise CancelFitException()
 
-
-if __name__ == '__main__':
-    main()

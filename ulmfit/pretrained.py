@@ -24,6 +24,7 @@ from pathlib import Path
 
 from common.checkpoint import CheckpointError
 from common.download import DownloadError, extract_archive, fetch_archive, get_data_root, registry_entry
+from common.log import log
 
 from .fastai_import import import_fastai
 
@@ -103,7 +104,7 @@ def get_pretrained(name: str, data_root=None, mirror=None, progress: bool = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if progress:
-        print(f'pretrained model {name}: imported into {dest}')
+        log.info(f'pretrained model {name}: imported into {dest}')
     return dest
 
 
@@ -152,7 +153,7 @@ def models_main(argv=None):
     if a.get:
         get_pretrained(a.get)
     mirror = os.environ.get('ULMFIT_MIRROR')
-    print(f"{'name':<18} {'direction':<9} {'cached':<6} source")
+    log.info(f"{'name':<18} {'direction':<9} {'cached':<6} source")
     for name, e in PRETRAINED.items():
         reg = registry_entry(e['dataset'])
         src = reg['url']
@@ -160,10 +161,10 @@ def models_main(argv=None):
             m = Path(mirror) / reg['archive']
             src = f'{m} (ULMFIT_MIRROR)' if m.exists() else f'{src} (not in ULMFIT_MIRROR {mirror})'
         cached = 'yes' if (model_dir(name) / 'lm.pth').exists() else 'no'
-        print(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
-    print(f"cache: {get_data_root() / 'models'}")
+        log.info(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
+    log.info(f"cache: {get_data_root() / 'models'}")
     for bwd in (False, True):
         local = find_pretrained(a.runs, bwd)
-        print(f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
-              f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}")
+        log.info(f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
+                 f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}")
     return 0

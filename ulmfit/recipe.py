@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.learner import DataLoaders, Learner
+from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
 from common.optim import adamw
 
@@ -21,8 +22,7 @@ from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, g
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
 
-# The fastai ULMFiT IMDB example's schedule (configurable through the run config / API arguments).
-LM_STAGES = dict(frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8))
+# The fastai ULMFiT IMDB example's classifier schedule (configurable through the run config / API arguments).
 CLAS_STAGES = [  # (freeze_to, epochs, top lr); lower groups get lr / 2.6**k
     (-1, 1, 2e-2), (-2, 1, 1e-2), (-3, 1, 5e-3), (0, 2, 1e-3)]
 
@@ -49,7 +49,7 @@ def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=
     "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
     return Learner(get_language_model(config), dls, lm_loss, opt_fn=partial(adamw, weight_decay=wd), lr=lr,
                    splitter=lm_splitter, metrics=[lm_accuracy, Perplexity()], precision=precision, clip=clip, path=path,
-                   cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
+                   progress=show_progress(), cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
 
 
 def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs=None):
@@ -64,7 +64,7 @@ def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs
 
 
 def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8),
-                precision='fp32', drop_mult=1.0, cbs=(), path=None, log=print):
+                precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True):
     """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
     everything. Returns the Learner (its `model[0]` is the fine-tuned encoder)."""
     config = AWDLSTMConfig.from_dict({**config.to_dict(), 'drop_mult': drop_mult})
@@ -73,11 +73,13 @@ def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=1
         learn.model.load_state_dict(lm_state)
     if frozen_epochs:
         learn.freeze()
-        log(f'LM fine-tuning: {frozen_epochs} epoch(s) of the last layer group at lr {frozen_lr}')
+        if verbose:
+            log.info(f'LM fine-tuning: {frozen_epochs} epoch(s) of the last layer group at lr {frozen_lr}')
         learn.fit_one_cycle(frozen_epochs, frozen_lr, moms=moms)
     if epochs:
         learn.unfreeze()
-        log(f'LM fine-tuning: {epochs} epoch(s) of all layers at lr {lr}')
+        if verbose:
+            log.info(f'LM fine-tuning: {epochs} epoch(s) of all layers at lr {lr}')
         learn.fit_one_cycle(epochs, lr, moms=moms)
     return learn
 
@@ -128,10 +130,11 @@ def clas_learner(config, n_out, dls, multi_label=False, label_smoothing=0., drop
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
     return Learner(model, dls, loss, opt_fn=partial(adamw, weight_decay=wd), splitter=clas_splitter, metrics=metrics,
-                   precision=precision, clip=clip, path=path, cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
+                   precision=precision, clip=clip, path=path, progress=show_progress(),
+                   cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
 
 
-def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, log=print):
+def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True):
     """ULMFiT stage 3: load the fine-tuned encoder, then gradual unfreezing: for each (freeze_to, epochs, lr),
     train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times."""
     if enc_state is not None:
@@ -141,7 +144,8 @@ def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8),
         learn.freeze_to(n)
         k = learn.n_groups
         lrs = [lr / div ** (k - 1 - i) for i in range(k)]
-        log(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
+        if verbose:
+            log.info(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
         t = time.time()
         learn.fit_one_cycle(epochs, lrs, moms=moms)
         times.append(round(time.time() - t, 1))

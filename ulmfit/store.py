@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.checkpoint import DiskFullError
+from common.log import show_progress
 
 from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts
 from ulmfit.vocab import Vocab
@@ -134,7 +135,8 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
 
     # pass 1: tokenize in parallel, ids into a growing table of strings (counted), appended to a temp file
     table = TokenTable()
-    bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not progress, mininterval=1, smoothing=0.1)
+    bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not (progress and show_progress()),
+               mininterval=1, smoothing=0.1)
     n_tok = 0
     with open(tmp / 'pass1.bin', 'wb') as f:
         for ids, dl in encode_texts(texts(), tok, n_workers, chunk, table):
@@ -190,9 +192,3 @@ def _encode_labels(labels: list, reader):
     uniq = sorted(set(present), key=lambda v: (str(type(v)), v))
     pos = {v: i for i, v in enumerate(uniq)}
     return np.array([-1 if lb is None else pos[lb] for lb in labels], np.int64), [str(v) for v in uniq], False
-
-
-def find_stores(root=None) -> list[TokenStore]:
-    "Every complete store under `root/cache`."
-    cache = data_root(root) / 'cache'
-    return [TokenStore(p) for p in sorted(cache.glob('*')) if (p / 'meta.json').exists()] if cache.exists() else []

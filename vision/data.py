@@ -79,6 +79,20 @@ def pets_items(folder, valid_pct=0.2, seed=42):
     return ([paths[i] for i in t], [labels[i] for i in t]), ([paths[i] for i in v], [labels[i] for i in v]), classes
 
 
+def write_synthetic_images(folder, names, size=40, seed=0):
+    "Small PNGs for dry runs: `folder/<name>` for each name, each class (the part before the last '_') a colour."
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    colours = {}
+    for name in names:
+        cls = name.rsplit('_', 1)[0]
+        colour = colours.setdefault(cls, rng.integers(0, 256, 3))
+        pixels = np.clip(colour + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)  # (size, size, 3)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / name)
+    return folder
+
+
 # ---- one image at a time (in the workers) -------------------------------------------------------------------
 def open_image(path, draft=None):
     "Decode `path` to an RGB PIL image; `draft` lets the JPEG decoder shrink by 2/4/8 while staying >= draft px."

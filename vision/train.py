@@ -2,7 +2,7 @@
 MixUp/CutMix. Writes runs/<name>/ (never over an existing run): config.json, metrics.jsonl, report.md,
 metrics.json, plots/ (losses, schedule, accuracy, confusion matrix), checkpoints/model.pth.
 """
-import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,13 +11,14 @@ import torch
 
 from common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from common.config import Setting, config_to_json, parse_run_config
+from common.download import untar_data
 from common.learner import Learner
+from common.log import log, show_progress
 from common.metrics import accuracy
 from common.optim import OPTIMIZERS
-from common.perf import tune_malloc
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
-from .data import BatchTransform, imagenet_folder_dls
+from .data import BatchTransform, imagenet_folder_dls, write_synthetic_images
 from .tricks import CutMix, LabelSmoothingCrossEntropy, MixUp
 from .xresnet import create_model, list_models, model_from_dict
 
@@ -56,6 +57,7 @@ SETTINGS = {
     'cutmix': Setting(0.0, 'CutMix alpha (0 = off)'),
     'n_train': Setting(None, 'use only this many training images (a seeded random subset)'),
     'n_valid': Setting(None, 'use only this many validation images'),
+    'dry_run': Setting(False, 'train on synthetic images with the tiny model in a temporary folder: a quick check'),
 }
 
 PRESETS = {
@@ -72,19 +74,14 @@ PRESETS = {
 
 # ---- helpers shared with `transfer` -------------------------------------------------------------------------
 def setup(cfg):
-    "Seed, threads and malloc tuning for this process."
+    "Seed and threads for this run (the process-wide settings are `common.entry.setup_process`)."
     torch.manual_seed(cfg['seed'])
     if cfg['threads']: torch.set_num_threads(cfg['threads'])
-    tune_malloc()
 
 
 def dataset_path(cfg, name):
     "The data set folder: `data_path` if given, else the download registry (mirror first if set)."
     if cfg['data_path']: return Path(cfg['data_path'])
-    try:
-        from common.download import untar_data
-    except ImportError:
-        sys.exit(f"no downloader available (common.download); pass --data-path pointing at an extracted {name}")
     return Path(untar_data(name, mirror=cfg['mirror']))
 
 
@@ -106,7 +103,7 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
     if cfg.get('cutmix'): cbs.append(CutMix(cfg['cutmix']))
     if cfg['channels_last']: model = model.to(memory_format=torch.channels_last)
     return Learner(model, dls, loss_for(cfg), opt_fn=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], cbs=cbs,
-                   metrics=[accuracy], precision=cfg['precision'], progress=cfg['progress'], **kw)
+                   metrics=[accuracy], precision=cfg['precision'], progress=cfg['progress'] and show_progress(), **kw)
 
 
 def save_model(path, model, cfg, classes, extras=None):
@@ -138,18 +135,42 @@ def history_table(history):
 
 
 # ---- the entry point ----------------------------------------------------------------------------------------
-def main(argv=None):
+# --dry-run: three classes of coloured squares, a quarter-width xresnet18 at 32 px, one epoch of a few batches.
+DRY_RUN = {'arch': 'xresnet18', 'width': 0.25, 'size': 32, 'bs': 8, 'epochs': 1, 'n_train': None, 'n_valid': None,
+           'workers': 0, 'progress': False, 'precision': 'fp32', 'channels_last': False, 'name': 'imagewoof-dry-run'}
+
+
+def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):
+    "An ImageNet-style folder (train/ and val/, one subfolder per class) of synthetic images."
+    names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in (('train', n_train), ('val', n_valid))
+             for c in range(n_classes) for i in range(n)]
+    return write_synthetic_images(folder, names)
+
+
+def main(argv=None) -> int:
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
+    if cfg['dry_run']:
+        with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
+            train({**cfg, **DRY_RUN, 'data_path': str(dry_run_images(Path(tmp) / 'images')), 'runs_dir': tmp})
+        log.info('dry run finished on synthetic images; its temporary folder is removed')
+        return 0
+    train(cfg)
+    return 0
+
+
+def train(cfg):
+    "Train, evaluate and report; returns (run folder, metrics)."
     setup(cfg)
     run_dir = new_run_dir(cfg['name'] or f"imagewoof-{cfg['preset']}", cfg['runs_dir'])
     path = dataset_path(cfg, cfg['data'])
     cfg['resolved_data_path'] = str(path)
     write_config(run_dir, cfg)
-    print(f"run folder: {run_dir}\ndata: {path}")
+    log.info(f"run folder: {run_dir}\ndata: {path}")
 
     dls, classes = imagenet_folder_dls(path, cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'],
                                        cfg['n_train'], cfg['n_valid'], seed=cfg['seed'])
-    print(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {len(classes)} classes")
+    log.info(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, "
+             f"{len(classes)} classes")
     model = create_model(cfg['arch'], n_out=len(classes), width=cfg['width'])
     learn = make_learner(model, dls, cfg, run_dir)
 
@@ -179,5 +200,5 @@ def main(argv=None):
               'Plots: `plots/train_loss.png`, `plots/train_sched.png`, `plots/train_metrics.png`, '
               '`plots/confusion.png`.', f'Checkpoint: `{ck}`.', '', '```json', config_to_json(cfg), '```']
     (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
-    print(f"validation accuracy {acc:.4f} after {train_s / 60:.1f} min; report: {run_dir / 'report.md'}")
+    log.info(f"validation accuracy {acc:.4f} after {train_s / 60:.1f} min; report: {run_dir / 'report.md'}")
     return run_dir, metrics

@@ -13,6 +13,7 @@ Writes runs/<name>/report.md with the table of the four accuracies.
 import copy
 import dataclasses
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, Setting, config_to_json, parse_run_config
+from common.log import log
 from common.runs import new_run_dir, write_config, write_json
 
-from .data import image_dls, pets_items, subsample
-from .train import COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, setup
-from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, init_cnn, model_from_dict, splitter
+from .data import image_dls, pets_items, subsample, write_synthetic_images
+from .train import (COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model,
+                    setup)
+from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, model_from_dict, splitter
 
 PROG = 'python -m vision transfer'
 EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
@@ -44,6 +47,8 @@ SETTINGS = {
     'lr_unfrozen': Setting(2e-3, 'peak LR after unfreezing (top layer group)'),
     'lr_spread': Setting(10.0, 'discriminative LRs: the first layer group gets lr_unfrozen / lr_spread'),
     'experiments': Setting(list(EXPERIMENTS), 'comma-separated subset of: ' + ', '.join(EXPERIMENTS)),
+    'dry_run': Setting(False, 'all four experiments on synthetic images from a random tiny xresnet, in a temporary '
+                              'folder: a quick check'),
 }
 
 PRESETS = {
@@ -112,10 +117,30 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     return acc, (time.time() - t0) / 60, history
 
 
-def main(argv=None):
+# --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; 32 px, a few batches per epoch.
+DRY_RUN = {'size': 32, 'bs': 8, 'n_images': None, 'epochs_frozen': 1, 'epochs_unfrozen': 1, 'workers': 0,
+           'progress': False, 'precision': 'fp32', 'channels_last': False, 'data': 'synthetic',
+           'name': 'pets-transfer-dry-run'}
+
+
+def main(argv=None) -> int:
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
     if unknown: raise ConfigError(f"experiments: unknown {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    if cfg['dry_run']:
+        with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
+            ck = save_model(Path(tmp) / 'model.pth', create_model('xresnet18', n_out=3, width=0.25), {}, range(3))
+            images = write_synthetic_images(Path(tmp) / 'pets', [f'breed{c}_{i}.png' for c in range(3)
+                                                                 for i in range(12)])
+            transfer({**cfg, **DRY_RUN, 'checkpoint': str(ck), 'data_path': str(images), 'runs_dir': tmp})
+        log.info('dry run finished on synthetic images; its temporary folder is removed')
+        return 0
+    transfer(cfg)
+    return 0
+
+
+def transfer(cfg):
+    "The experiments, their table and report; returns (run folder, results)."
     setup(cfg)
     ck_path = Path(cfg['checkpoint'] or find_checkpoint(cfg['runs_dir'], cfg['preset']))
     pretrained, ck = load_model(ck_path)
@@ -126,7 +151,7 @@ def main(argv=None):
     images = path / 'images' if (path / 'images').is_dir() else path
     cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
     write_config(run_dir, cfg)
-    print(f"run folder: {run_dir}\ncheckpoint: {ck_path}\ndata: {images}")
+    log.info(f"run folder: {run_dir}\ncheckpoint: {ck_path}\ndata: {images}")
 
     (tp, tl), (vp, vl), classes = pets_items(images, cfg['valid_pct'], cfg['split_seed'])
     n_all = len(tp) + len(vp)
@@ -137,7 +162,7 @@ def main(argv=None):
                   f"in `{images}`: {round(n_all * cfg['valid_pct'])} ({cfg['valid_pct']:.0%}) held out for "
                   f"validation, the rest for training; labels are the file names without the trailing `_<n>.jpg`; "
                   f"{len(classes)} classes. Used here: {len(tp)} training / {len(vp)} validation images.")
-    print(split_note)
+    log.info(split_note)
     dls = image_dls((tp, tl), (vp, vl), cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'])
 
     results, histories = {}, {}
@@ -145,7 +170,7 @@ def main(argv=None):
         torch.manual_seed(cfg['seed'])                          # same head init and data order for every variant
         acc, minutes, hist = run_experiment(kind, pretrained, dls, len(classes), cfg, run_dir)
         results[kind], histories[kind] = {'accuracy': acc, 'minutes': round(minutes, 2)}, hist
-        print(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
+        log.info(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
         write_json(run_dir / 'metrics.json', {'results': results, 'split': split_note, 'checkpoint': str(ck_path)})
 
     what = {'scratch': 'from scratch (random init), all trainable',
@@ -167,5 +192,5 @@ def main(argv=None):
         report += ['', f'## {k}', '', history_table(h)]
     report += ['', '```json', config_to_json(cfg), '```']
     (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
-    print(f"report: {run_dir / 'report.md'}")
+    log.info(f"report: {run_dir / 'report.md'}")
     return run_dir, results

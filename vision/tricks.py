@@ -91,6 +91,7 @@ class MixUp(Callback):
     # After the device move (-20) and the batch transforms (-10), so blending happens on float images on the
     # device; before MixedPrecision (10), whose `after_loss` must see the mixed loss to scale it.
     order = 8
+    loss_role = 'replace'  # it recomputes loss_grad from the two targets (common/events.py checks the order)
 
     def __init__(self, alpha=0.4):
         self.alpha = alpha
@@ -133,6 +134,7 @@ def cutmix(x, y, box, perm):
 class CutMix(Callback):
     "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area."
     order = 8   # as MixUp
+    loss_role = 'replace'
 
     def __init__(self, alpha=1.):
         self.alpha = alpha

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_fastai_import import EMB, HID, V, fastai_state, itos, reference_logits
+from test_ulmfit_fastai_import import EMB, HID, V, fastai_state, itos, reference_logits
 
 from common import download
 from common.checkpoint import CheckpointError
