@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ulmfit import recipe
-from ulmfit.api import TextClassifier, load_classifier
+from ulmfit.api import TextClassifier
 from ulmfit.datasets import DataError
-from ulmfit.model_io import load_encoder_folder, load_model_folder, save_model_folder
+from ulmfit.model_io import load_classifier, load_encoder_folder, load_model_folder, save_model_folder
 from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
 from common.checkpoint import CheckpointError
 from ulmfit.awd_lstm import clas_config

@@ -26,11 +26,10 @@ from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from . import recipe
-from .api import load_classifier, save_classifier
 from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, TableReader
 from .dry_run import dry_run_folder, write_table
-from .model_io import load_model_folder, save_model_folder
+from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import resolve_pretrained
 from .store import build_store
 from .tokenize import SpacyTokenizer
