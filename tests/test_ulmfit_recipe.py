@@ -192,3 +192,12 @@ def test_save_refuses_to_overwrite_unless_asked(trained, tmp_path):
         load_model_folder(lm_dir)  # ...and loading the LM notices instead of failing later with an IndexError
     with pytest.raises(CheckpointError, match='12 rows'):
         load_encoder_folder(lm_dir)
+
+
+def test_encoder_state_is_the_encoders_part_of_an_lm_state_and_keeps_an_encoder_state():
+    from ulmfit.classifier import encoder_state
+    lm = get_language_model(AWDLSTMConfig.preset('tiny', vocab_sz=20))
+    enc = encoder_state(lm.state_dict())
+    assert enc.keys() == lm[0].state_dict().keys()
+    assert all(torch.equal(enc[k], v) for k, v in lm[0].state_dict().items())
+    assert encoder_state(enc).keys() == enc.keys()

@@ -31,6 +31,7 @@ from common.log import log, show_progress
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig
+from .classifier import encoder_state
 from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
 from .loaders import pad_collate
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
@@ -92,7 +93,7 @@ class TextClassifier:
                                    lr=lr, precision=self.precision, drop_mult=drop_mult,
                                    verbose=self.verbose)
         self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
-        self.enc_state = {k[2:]: v for k, v in self.lm_state.items() if k.startswith('0.')}
+        self.enc_state = encoder_state(self.lm_state)
         self.lm_results = learn.validate()
         return self
 
@@ -136,7 +137,7 @@ class TextClassifier:
             self.vocab = vstore.vocab
             state = self._matched_lm_state()
             self.config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
-            self.enc_state = {k[2:]: v for k, v in state.items() if k.startswith('0.')} if state else None
+            self.enc_state = encoder_state(state) if state is not None else None
             self.itos = list(self.vocab.itos)
         store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root,
                             progress=self.verbose and show_progress(),

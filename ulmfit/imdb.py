@@ -27,6 +27,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig
+from .classifier import encoder_state
 from .datasets import ImdbReader, TableReader
 from .dry_run import dry_run_folder, write_table
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
@@ -249,7 +250,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
                                     precision=cfg['precision'], cbs=[RunLogger(run_dir, f'clas_{d}')])
         lr = cfg['clas_lr']
         stages = [(n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, .5, .25, .05))]
-        enc = {k[2:]: v for k, v in lm_state.items() if k.startswith('0.')}
+        enc = encoder_state(lm_state)
         times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
         save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
                         {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
