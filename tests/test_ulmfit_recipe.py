@@ -49,7 +49,7 @@ def test_gradual_unfreezing_schedule(monkeypatch):
                                      [False, True, True, True], [True, True, True, True]]
     assert [c[0] for c in calls] == [1, 1, 1, 2]
     for (_, lrs, _), top in zip(calls, (2e-2, 1e-2, 5e-3, 1e-3)):
-        assert lrs == pytest.approx([top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top])
+        assert lrs == [top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top]
 
 
 def order_corpus(n, seed):

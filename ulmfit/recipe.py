@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
-from common.optim import adamw
+from common.optim import adamw, discriminative_lrs
 
 from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, get_language_model, lm_accuracy,
                        lm_loss, lm_splitter)
@@ -142,8 +142,7 @@ def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8),
     times = []
     for n, epochs, lr in stages:
         learn.freeze_to(n)
-        k = learn.n_groups
-        lrs = [lr / div ** (k - 1 - i) for i in range(k)]
+        lrs = discriminative_lrs(lr, learn.n_groups, div)
         if verbose:
             log.info(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
         t = time.time()
