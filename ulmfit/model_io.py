@@ -11,14 +11,10 @@ config.json (the config plus classes and settings).
 import json
 from pathlib import Path
 
-from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from common.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
 
 from .awd_lstm import AWDLSTMConfig, clas_config, get_language_model
 from .classifier import encoder_state, get_text_classifier
-
-
-def _write_json(obj, path):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode('utf-8')))
 
 
 def save_model_folder(path, model, config, itos, extras=None):
@@ -32,8 +28,8 @@ def save_model_folder(path, model, config, itos, extras=None):
     ex = dict(extras or {}, itos=itos)
     save_checkpoint(path / 'lm.pth', sd, config=cfg, extras=ex)
     save_checkpoint(path / 'encoder.pth', encoder_state(sd), config=cfg, extras=ex)
-    _write_json({'itos': itos}, path / 'vocab.json')
-    _write_json(cfg, path / 'config.json')
+    atomic_write_json(path / 'vocab.json', {'itos': itos})
+    atomic_write_json(path / 'config.json', cfg)
     return path
 
 
@@ -82,7 +78,7 @@ def save_classifier(path, model, config, itos, classes, settings):
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
     for name, obj in (('vocab.json', {'itos': list(itos)}), ('config.json', {**config.to_dict(), 'classes': extras[
             'classes'], **settings})):
-        atomic_write(path / name, lambda f, o=obj: f.write(json.dumps(o, indent=1, default=str).encode()))
+        atomic_write_json(path / name, obj)
     return path
 
 

@@ -12,10 +12,11 @@ import random
 import time
 from pathlib import Path
 
+from common.download import get_data_root
 from common.log import log
 
 from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
-from ulmfit.store import TokenStore, build_store, data_root
+from ulmfit.store import TokenStore, build_store
 from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer
 from ulmfit.vocab import Vocab
 
@@ -65,7 +66,7 @@ def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigr
     "Train (or reuse) a SentencePiece model on a reservoir sample of `n_sample` docs."
     key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
                                     default=str).encode()).hexdigest()[:20]
-    out = data_root(root) / 'cache' / f'spm-{key}'
+    out = get_data_root(root) / 'cache' / f'spm-{key}'
     if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
     rng, sample = random.Random(seed), []
     for i, d in enumerate(reader):

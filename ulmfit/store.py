@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.checkpoint import DiskFullError
+from common.checkpoint import DiskFullError, atomic_write_json
+from common.download import get_data_root
 from common.log import show_progress
 
 from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts
@@ -31,17 +32,12 @@ from ulmfit.vocab import Vocab
 STORE_VERSION = 1
 
 
-def data_root(root=None) -> Path:
-    "Where datasets and caches live: `root`, else $ULMFIT_DATA, else ./data."
-    return Path(root or os.environ.get('ULMFIT_DATA') or 'data')
-
-
 class TokenStore:
     "A built store, memory-mapped: `store[i]` is doc i's ids, `store.labels[i]` its label."
     def __init__(self, path):
         self.path = Path(path)
         if not (self.path / 'meta.json').exists(): raise FileNotFoundError(f'not a token store: {self.path}')
-        self.meta = json.loads((self.path / 'meta.json').read_text())
+        self.meta = json.loads((self.path / 'meta.json').read_text(encoding='utf-8'))
         self.vocab = Vocab.load(self.path / 'vocab.json')
         n = self.meta['n_tokens']
         # np.memmap refuses empty files; an empty corpus gets an empty array.
@@ -102,7 +98,7 @@ def build_store(reader, tok=None, vocab: Vocab | None = None, max_vocab: int = 6
     `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
     tok = tok or SpacyTokenizer()
     key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
-    cache = data_root(root) / 'cache'
+    cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists(): return TokenStore(final)
     cache.mkdir(parents=True, exist_ok=True)
@@ -170,7 +166,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 split_counts={s: int((np.frombuffer(splits, np.uint8) == i).sum()) for s, i in split_names.items()},
                 tokenizer=tok.config(), source=reader.fingerprint(), seconds=round(time.time() - t0, 1),
                 created=time.strftime('%Y-%m-%dT%H:%M:%S'))
-    (tmp / 'meta.json').write_text(json.dumps(meta, indent=1, default=str))
+    atomic_write_json(tmp / 'meta.json', meta)
 
 
 def _encode_labels(labels: list, reader):
