@@ -21,6 +21,7 @@ Defined behaviours:
 """
 import warnings
 from collections import namedtuple
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ class TextClassifier:
         store = self._vocab_for(_text_reader(texts, text_col))
         self.vocab = store.vocab
         state = self._matched_lm_state()
-        config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
+        config = replace(self.config, vocab_sz=len(self.vocab))
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
         learn = recipe.finetune_lm(state, config, dls, frozen_epochs=frozen_epochs, frozen_lr=frozen_lr, epochs=epochs,
                                    lr=lr, precision=self.precision, drop_mult=drop_mult,
@@ -136,7 +137,7 @@ class TextClassifier:
             vstore = self._vocab_for(_text_reader(df, text_col))
             self.vocab = vstore.vocab
             state = self._matched_lm_state()
-            self.config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
+            self.config = replace(self.config, vocab_sz=len(self.vocab))
             self.enc_state = encoder_state(state) if state is not None else None
             self.itos = list(self.vocab.itos)
         store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root,

@@ -14,6 +14,7 @@ skips the stages whose outputs are already in that folder.
 import json
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -216,7 +217,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
             log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained '
                      'vocab')
-            config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
+            config = replace(pconfig, vocab_sz=len(store.vocab))
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
             docs = torch.randperm(len(store), generator=g)[:cfg['lm_docs']].sort().values.numpy()

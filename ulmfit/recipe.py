@@ -5,6 +5,7 @@
     encoder ──train_classifier (gradual unfreezing)──▶ classifier ──evaluate──▶ report
 """
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -17,7 +18,7 @@ from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
 from common.optim import adamw, discriminative_lrs
 
-from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, get_language_model, lm_accuracy,
+from .awd_lstm import (ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy,
                        lm_loss, lm_splitter)
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
@@ -67,7 +68,7 @@ def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=1
                 precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True):
     """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
     everything. Returns the Learner (its `model[0]` is the fine-tuned encoder)."""
-    config = AWDLSTMConfig.from_dict({**config.to_dict(), 'drop_mult': drop_mult})
+    config = replace(config, drop_mult=drop_mult)
     learn = lm_learner(config, dls, lr=lr, precision=precision, cbs=cbs, path=path)
     if lm_state is not None:
         learn.model.load_state_dict(lm_state)

@@ -28,7 +28,7 @@ from common.runs import new_run_dir, write_config, write_json
 from .data import image_dls, pets_items, subsample, write_synthetic_images
 from .train import (COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model,
                     setup)
-from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, model_from_dict, splitter
+from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, splitter, xresnet
 
 PROG = 'python -m vision transfer'
 EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
@@ -95,7 +95,7 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     "Train one of the four variants; returns (accuracy, minutes, recorder history)."
     src = pretrained
     if kind == 'scratch':                                       # same architecture, fresh weights everywhere
-        src = model_from_dict({**dataclasses.asdict(pretrained.config), 'n_out': n_out})
+        src = xresnet(dataclasses.replace(pretrained.config, n_out=n_out))
     model = transfer_model(src, n_out, cfg['size'])
     split = bn_splitter if kind == 'frozen_except_bn' else splitter
     train_bn = kind != 'frozen_bn'                              # frozen_bn: BN is frozen with the rest of the body
