@@ -201,3 +201,20 @@ def test_encoder_state_is_the_encoders_part_of_an_lm_state_and_keeps_an_encoder_
     assert enc.keys() == lm[0].state_dict().keys()
     assert all(torch.equal(enc[k], v) for k, v in lm[0].state_dict().items())
     assert encoder_state(enc).keys() == enc.keys()
+
+
+def test_ids_loader_reads_longest_first_and_in_dataset_order_puts_results_back():
+    ids = [np.arange(n) + 2 for n in (3, 7, 1, 5)]  # ids from 2 up: no padding id among them
+    dl = recipe.ids_loader(ids, bs=2, pad_idx=1)
+    lens = torch.cat([(x != 1).sum(1) for x, _ in dl])  # (4,) in reading order
+    assert lens.tolist() == [7, 5, 3, 1]
+    assert recipe.in_dataset_order(dl, lens)[0].tolist() == [3, 7, 1, 5]
+
+
+def test_predict_tokenizes_the_texts_in_one_batch(trained, monkeypatch):
+    clf, _ = trained
+    calls, batch = [], clf.tok.batch
+    monkeypatch.setattr(clf.tok, 'batch', lambda texts: calls.append(len(texts)) or batch(texts))
+    with pytest.warns(UserWarning, match='1 empty'):
+        preds = clf.predict(['red alpha dog omega', ' ', 'omega cat alpha'])
+    assert calls == [2] and preds[1] == (None, {}) and preds[0].label == 'pos'

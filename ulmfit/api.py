@@ -34,7 +34,6 @@ from . import recipe
 from .awd_lstm import AWDLSTMConfig
 from .classifier import encoder_state
 from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
-from .loaders import pad_collate
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import pretrained_folder
 from .store import build_store
@@ -182,28 +181,20 @@ class TextClassifier:
         if empty:
             warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
                           f"predicted as label None")
-        keep = [i for i in range(len(texts)) if i not in set(empty)]
-        ids = [self.vocab.numericalize(self.tok(texts[i])) for i in keep]
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        ids = [self.vocab.numericalize(toks) for toks in self.tok.batch([texts[i] for i in keep])]
         if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
             ids = [t[-self.truncate:] for t in ids]
-        order = sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True)
-        self.model.eval()
-        dev = next(self.model.parameters()).device
         out = [Prediction(None, {})] * len(texts)
-        for s in range(0, len(order), bs):
-            chunk = order[s:s + bs]
-            x, _ = pad_collate([(ids[j], 0) for j in chunk], pad_idx=self.vocab.pad_idx)
-            self.model[0].reset()
-            logits = self.model(x.to(dev))
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits.float(), -1)
-            for j, p in zip(chunk, probs.cpu()):
-                pd_ = {str(c): float(v) for c, v in zip(self.classes, p)}
-                if self.multi_label:
-                    label = [str(c) for c, v, t in zip(self.classes, p, self.thresholds) if v >= t]
-                else:
-                    label = str(self.classes[int(p.argmax())])
-                out[keep[j]] = Prediction(label, pd_)
+        if not keep:
+            return out
+        dl = recipe.ids_loader(ids, bs, pad_idx=self.vocab.pad_idx)
+        for i, p in zip(keep, recipe.model_probs(self.model, dl, self.multi_label)):
+            if self.multi_label:
+                label = [str(c) for c, v, t in zip(self.classes, p, self.thresholds) if v >= t]
+            else:
+                label = str(self.classes[int(p.argmax())])
+            out[i] = Prediction(label, {str(c): float(v) for c, v in zip(self.classes, p)})
         return out
 
     # ---- persistence --------------------------------------------------------------------------------

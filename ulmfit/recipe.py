@@ -172,7 +172,33 @@ def classification_report(probs, targets, classes):
 def predict_probs(learn, dl, multi_label=False):
     "Probabilities and targets over `dl`, back in the dataset's order (the sampler sorts by length)."
     probs, targs = learn.get_preds(dl, act=(torch.sigmoid if multi_label else partial(torch.softmax, dim=-1)))
+    return in_dataset_order(dl, probs, targs)
+
+
+def in_dataset_order(dl, *ts):
+    "Tensors of per-item results in `dl`'s sampler order, put back in the dataset's order."
     order = torch.as_tensor(list(iter(dl.sampler)))
-    out_p, out_t = torch.empty_like(probs), torch.empty_like(targs)
-    out_p[order], out_t[order] = probs, targs
-    return out_p, out_t
+    outs = tuple(torch.empty_like(t) for t in ts)
+    for o, t in zip(outs, ts):
+        o[order] = t
+    return outs
+
+
+def ids_loader(ids, bs=64, pad_idx=1):
+    "A prediction DataLoader over token-id arrays: longest first (SortSampler), padding at the front, labels 0."
+    return DataLoader([(t, 0) for t in ids], batch_size=bs, sampler=SortSampler([len(t) for t in ids]),
+                      collate_fn=partial(pad_collate, pad_idx=pad_idx, pad_first=True))
+
+
+@torch.no_grad()
+def model_probs(model, dl, multi_label=False):
+    "Probabilities of a classifier over `dl` without a Learner (on the model's device), in the dataset's order."
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for x, _ in dl:
+        model[0].reset()
+        logits = model(x.to(dev))
+        logits = logits[0] if isinstance(logits, tuple) else logits  # (bs, n_out)
+        out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits.float(), -1)).cpu())
+    return in_dataset_order(dl, torch.cat(out))[0]
