@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from array import array
@@ -26,7 +27,7 @@ from common.checkpoint import DiskFullError, atomic_write_json
 from common.download import get_data_root
 from common.log import show_progress
 
-from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts
+from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts
 from ulmfit.vocab import Vocab
 
 STORE_VERSION = 1
@@ -167,6 +168,20 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 tokenizer=tok.config(), source=reader.fingerprint(), seconds=round(time.time() - t0, 1),
                 created=time.strftime('%Y-%m-%dT%H:%M:%S'))
     atomic_write_json(tmp / 'meta.json', meta)
+
+
+def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000,
+              seed: int = 42) -> SentencePieceTokenizer:
+    "Train (or reuse, cached under `root/cache`) a SentencePiece model on a reservoir sample of `n_sample` docs."
+    key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    out = get_data_root(root) / 'cache' / f'spm-{key}'
+    if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
+    rng, sample = random.Random(seed), []
+    for i, d in enumerate(reader):
+        if i < n_sample: sample.append(d.text)
+        elif (j := rng.randrange(i + 1)) < n_sample: sample[j] = d.text
+    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
 
 
 def _encode_labels(labels: list, reader):
