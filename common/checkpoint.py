@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, neve
 so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
 import errno
+import json
 import os
 import pickle
 import random
@@ -87,6 +88,12 @@ def atomic_write(path, write_fn):
     except OSError:
         pass
     return path
+
+
+def atomic_write_json(path, obj, indent=1):
+    "Write `obj` as UTF-8 JSON to `path` atomically (non-ASCII text kept as is, other objects as their str)."
+    data = json.dumps(obj, indent=indent, ensure_ascii=False, default=str).encode('utf-8')
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_file(obj, path):

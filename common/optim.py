@@ -93,6 +93,11 @@ def make_param_groups(model, groups, wd_on_norm_and_bias=False):
     return pgs
 
 
+def discriminative_lrs(lr, n_groups, factor=2.6):
+    "Discriminative LRs (ULMFiT, Howard & Ruder 2018): `lr` for the last layer group, each group below it / `factor`."
+    return [lr / factor ** (n_groups - 1 - i) for i in range(n_groups)]
+
+
 def lrs_for(lr, n_groups, div=None):
     """Per-group learning rates.
 
@@ -114,7 +119,7 @@ def lrs_for(lr, n_groups, div=None):
             raise ValueError(f"{len(lr)} learning rates given for {n_groups} param groups")
         return [float(v) for v in lr]
     if div is not None:
-        return [lr / div ** (n_groups - 1 - i) for i in range(n_groups)]
+        return discriminative_lrs(lr, n_groups, div)
     return [float(lr)] * n_groups
 
 

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, atomic_write_json
 from .config import config_to_json
 from .distributed import rank
 from .events import Callback
@@ -38,7 +38,7 @@ def write_json(path, obj):
     "Write JSON atomically (rank 0 only)."
     if rank() != 0:
         return path
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+    return atomic_write_json(path, obj, indent=2)
 
 
 def write_config(run_dir, cfg):

@@ -8,7 +8,8 @@ import stat
 import pytest
 import torch
 
-from common.checkpoint import CheckpointError, DiskFullError, load_checkpoint, save_checkpoint
+from common.checkpoint import (CheckpointError, DiskFullError, atomic_write_json, load_checkpoint, save_checkpoint,
+                               temp_files)
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config, resolve_config
 from common.events import Callback, CancelFitException
@@ -289,3 +290,12 @@ def test_stale_temp_files_are_cleaned_and_rows_agree_with_the_checkpoint(tmp_pat
     b.fit(3, cbs=[CheckpointCallback(ck)], resume=ck)
     assert not stale.exists()
     assert rows() == [1, 2, 3]
+
+
+def test_atomic_write_json_writes_utf8_and_leaves_no_temp_file(tmp_path):
+    p = tmp_path / 'sub' / 'v.json'
+    atomic_write_json(p, {'itos': ['café', 'naïve'], 'path': tmp_path})
+    assert p.read_bytes() == json.dumps({'itos': ['café', 'naïve'], 'path': str(tmp_path)}, indent=1,
+                                        ensure_ascii=False).encode('utf-8')
+    atomic_write_json(p, [1, 2], indent=None)
+    assert p.read_text(encoding='utf-8') == '[1, 2]' and temp_files(p) == []

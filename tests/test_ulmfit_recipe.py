@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ulmfit import recipe
-from ulmfit.api import TextClassifier, load_classifier
+from ulmfit.api import TextClassifier
 from ulmfit.datasets import DataError
-from ulmfit.model_io import load_encoder_folder, load_model_folder, save_model_folder
+from ulmfit.model_io import load_classifier, load_encoder_folder, load_model_folder, save_model_folder
 from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
 from common.checkpoint import CheckpointError
 from ulmfit.awd_lstm import clas_config
@@ -49,7 +49,7 @@ def test_gradual_unfreezing_schedule(monkeypatch):
                                      [False, True, True, True], [True, True, True, True]]
     assert [c[0] for c in calls] == [1, 1, 1, 2]
     for (_, lrs, _), top in zip(calls, (2e-2, 1e-2, 5e-3, 1e-3)):
-        assert lrs == pytest.approx([top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top])
+        assert lrs == [top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top]
 
 
 def order_corpus(n, seed):
@@ -192,3 +192,29 @@ def test_save_refuses_to_overwrite_unless_asked(trained, tmp_path):
         load_model_folder(lm_dir)  # ...and loading the LM notices instead of failing later with an IndexError
     with pytest.raises(CheckpointError, match='12 rows'):
         load_encoder_folder(lm_dir)
+
+
+def test_encoder_state_is_the_encoders_part_of_an_lm_state_and_keeps_an_encoder_state():
+    from ulmfit.classifier import encoder_state
+    lm = get_language_model(AWDLSTMConfig.preset('tiny', vocab_sz=20))
+    enc = encoder_state(lm.state_dict())
+    assert enc.keys() == lm[0].state_dict().keys()
+    assert all(torch.equal(enc[k], v) for k, v in lm[0].state_dict().items())
+    assert encoder_state(enc).keys() == enc.keys()
+
+
+def test_ids_loader_reads_longest_first_and_in_dataset_order_puts_results_back():
+    ids = [np.arange(n) + 2 for n in (3, 7, 1, 5)]  # ids from 2 up: no padding id among them
+    dl = recipe.ids_loader(ids, bs=2, pad_idx=1)
+    lens = torch.cat([(x != 1).sum(1) for x, _ in dl])  # (4,) in reading order
+    assert lens.tolist() == [7, 5, 3, 1]
+    assert recipe.in_dataset_order(dl, lens)[0].tolist() == [3, 7, 1, 5]
+
+
+def test_predict_tokenizes_the_texts_in_one_batch(trained, monkeypatch):
+    clf, _ = trained
+    calls, batch = [], clf.tok.batch
+    monkeypatch.setattr(clf.tok, 'batch', lambda texts: calls.append(len(texts)) or batch(texts))
+    with pytest.warns(UserWarning, match='1 empty'):
+        preds = clf.predict(['red alpha dog omega', ' ', 'omega cat alpha'])
+    assert calls == [2] and preds[1] == (None, {}) and preds[0].label == 'pos'

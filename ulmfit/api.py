@@ -19,25 +19,22 @@ Defined behaviours:
   `config.json`; loading checks that vocab, config and weights agree. `save` refuses an existing non-empty folder
   unless given `overwrite=True`.
 """
-import json
 import warnings
 from collections import namedtuple
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
 from common.learner import DataLoaders
 from common.log import log, show_progress
 
 from . import recipe
-from .awd_lstm import AWDLSTMConfig, clas_config
-from .classifier import get_text_classifier
-from .datasets import REPLACE_HINT, DataError, TableReader, TextCorpusReader, find_bad_utf8
-from .loaders import pad_collate
-from .model_io import load_model_folder, save_model_folder
+from .awd_lstm import AWDLSTMConfig
+from .classifier import encoder_state
+from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
+from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import pretrained_folder
 from .store import build_store
 from .tokenize import SpacyTokenizer
@@ -46,55 +43,13 @@ from .vocab import Vocab
 Prediction = namedtuple('Prediction', 'label probs')
 
 
-def _as_frame(data, text_col, errors='strict'):
-    "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings (a file's name is kept in attrs)."
-    if isinstance(data, pd.DataFrame):
-        return data
-    if isinstance(data, (str, Path)):
-        p = Path(data)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
-        try:
-            if p.suffix in ('.parquet', '.pq'):
-                df = pd.read_parquet(p)
-            else:
-                df = pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',', encoding_errors=errors)
-        except UnicodeDecodeError:
-            raise DataError(f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); "
-                            f"{REPLACE_HINT}") from None
-        except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-            raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
-        df.attrs['source'] = str(p)
-        return df
-    if isinstance(data, (list, tuple, pd.Series, np.ndarray)):
-        return pd.DataFrame({text_col: list(data)})
-    raise TypeError(f"expected a DataFrame, a CSV/TSV/Parquet path or a list of texts, got {type(data).__name__}")
-
-
-def _source(df):
-    "The file a DataFrame was read from, for error messages."
-    return df.attrs.get('source', 'DataFrame')
-
-
-def check_labelled(df, text_col, label_cols, valid_col=None):
-    "Refuse a table that can't train a classifier: missing columns, or fewer than 2 classes in a label column."
-    for c in [text_col, *label_cols] + ([valid_col] if valid_col else []):
-        if c not in df.columns:
-            raise DataError(f"{_source(df)}: no column {c!r}; columns are {list(df.columns)}")
-    if len(label_cols) == 1:
-        classes = df[label_cols[0]].dropna().unique()
-        if len(classes) < 2:
-            raise DataError(f"{_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
-                            f"{sorted(map(str, classes))}; a classifier needs at least 2")
-
-
 def _text_reader(texts, text_col='text'):
     "A reader over texts given as a folder of .txt files, a text file, a DataFrame column or a list."
     if isinstance(texts, (str, Path)) and Path(texts).is_dir():
         return TextCorpusReader([texts])
     if isinstance(texts, (str, Path)) and Path(texts).suffix in ('.txt', '.gz'):
         return TextCorpusReader([texts])
-    df = _as_frame(texts, text_col)
+    df = as_frame(texts, text_col)
     return TableReader(df[[text_col]].rename(columns={text_col: 'text'}), text_cols='text', valid_col=None)
 
 
@@ -132,13 +87,13 @@ class TextClassifier:
         store = self._vocab_for(_text_reader(texts, text_col))
         self.vocab = store.vocab
         state = self._matched_lm_state()
-        config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
+        config = replace(self.config, vocab_sz=len(self.vocab))
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
         learn = recipe.finetune_lm(state, config, dls, frozen_epochs=frozen_epochs, frozen_lr=frozen_lr, epochs=epochs,
                                    lr=lr, precision=self.precision, drop_mult=drop_mult,
                                    verbose=self.verbose)
         self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
-        self.enc_state = {k[2:]: v for k, v in self.lm_state.items() if k.startswith('0.')}
+        self.enc_state = encoder_state(self.lm_state)
         self.lm_results = learn.validate()
         return self
 
@@ -162,7 +117,7 @@ class TextClassifier:
             label_smoothing=0., drop_mult=0.5, seed=42):
         """Train the classifier with gradual unfreezing. `label_col` may be a list of 0/1 columns (multi-label).
         Without `valid_col`, a random `valid_pct` of the rows is held out."""
-        df = _as_frame(data, text_col).copy()
+        df = as_frame(data, text_col).copy()
         label_cols = [label_col] if isinstance(label_col, str) else list(label_col)
         check_labelled(df, text_col, label_cols, valid_col)
         if valid_col is None:
@@ -174,15 +129,15 @@ class TextClassifier:
             train_labels = set(df.loc[~df[valid_col].astype(bool), label_cols[0]].dropna().unique())
             unseen = set(df.loc[df[valid_col].astype(bool), label_cols[0]].dropna().unique()) - train_labels
             if unseen:
-                raise DataError(f"{_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}")
+                raise DataError(f"{table_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}")
         reader = TableReader(df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0],
                              valid_col=valid_col)
         if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
             vstore = self._vocab_for(_text_reader(df, text_col))
             self.vocab = vstore.vocab
             state = self._matched_lm_state()
-            self.config = AWDLSTMConfig.from_dict({**self.config.to_dict(), 'vocab_sz': len(self.vocab)})
-            self.enc_state = {k[2:]: v for k, v in state.items() if k.startswith('0.')} if state else None
+            self.config = replace(self.config, vocab_sz=len(self.vocab))
+            self.enc_state = encoder_state(state) if state is not None else None
             self.itos = list(self.vocab.itos)
         store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root,
                             progress=self.verbose and show_progress(),
@@ -226,28 +181,20 @@ class TextClassifier:
         if empty:
             warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
                           f"predicted as label None")
-        keep = [i for i in range(len(texts)) if i not in set(empty)]
-        ids = [self.vocab.numericalize(self.tok(texts[i])) for i in keep]
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        ids = [self.vocab.numericalize(toks) for toks in self.tok.batch([texts[i] for i in keep])]
         if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
             ids = [t[-self.truncate:] for t in ids]
-        order = sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True)
-        self.model.eval()
-        dev = next(self.model.parameters()).device
         out = [Prediction(None, {})] * len(texts)
-        for s in range(0, len(order), bs):
-            chunk = order[s:s + bs]
-            x, _ = pad_collate([(ids[j], 0) for j in chunk], pad_idx=self.vocab.pad_idx)
-            self.model[0].reset()
-            logits = self.model(x.to(dev))
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits.float(), -1)
-            for j, p in zip(chunk, probs.cpu()):
-                pd_ = {str(c): float(v) for c, v in zip(self.classes, p)}
-                if self.multi_label:
-                    label = [str(c) for c, v, t in zip(self.classes, p, self.thresholds) if v >= t]
-                else:
-                    label = str(self.classes[int(p.argmax())])
-                out[keep[j]] = Prediction(label, pd_)
+        if not keep:
+            return out
+        dl = recipe.ids_loader(ids, bs, pad_idx=self.vocab.pad_idx)
+        for i, p in zip(keep, recipe.model_probs(self.model, dl, self.multi_label)):
+            if self.multi_label:
+                label = [str(c) for c, v, t in zip(self.classes, p, self.thresholds) if v >= t]
+            else:
+                label = str(self.classes[int(p.argmax())])
+            out[i] = Prediction(label, {str(c): float(v) for c, v in zip(self.classes, p)})
         return out
 
     # ---- persistence --------------------------------------------------------------------------------
@@ -273,32 +220,3 @@ class TextClassifier:
         clf.truncate = settings.get('truncate', 0)
         return clf
 
-
-def save_classifier(path, model, config, itos, classes, settings):
-    "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
-    save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
-    for name, obj in (('vocab.json', {'itos': list(itos)}), ('config.json', {**config.to_dict(), 'classes': extras[
-            'classes'], **settings})):
-        atomic_write(path / name, lambda f, o=obj: f.write(json.dumps(o, indent=1, default=str).encode()))
-    return path
-
-
-def load_classifier(path):
-    "Rebuild a saved classifier: (model, config, itos, classes, settings)."
-    path = Path(path)
-    ck = load_checkpoint(path / 'clas.pth')
-    try:
-        config = AWDLSTMConfig.from_dict(ck['config'])
-        itos, classes, settings = ck['extras']['itos'], ck['extras']['classes'], ck['extras']['settings']
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / 'clas.pth'} is not a classifier folder's checkpoint: {e}") from None
-    if len(itos) != config.vocab_sz:
-        raise CheckpointError(f"{path}: vocab has {len(itos)} tokens but the model expects {config.vocab_sz}")
-    model = get_text_classifier(clas_config(config, settings.get('drop_mult', 0.5)), len(classes),
-                                bptt=settings['bptt'], max_len=settings['max_len'])
-    load_model_state(model, ck['model'], path / 'clas.pth')
-    return model, config, itos, classes, settings

@@ -54,11 +54,12 @@ def classify_main(argv=None) -> int:
 
 def classify(a, config=None, lm=None):
     "The classify command with parsed arguments `a`; `config` (no pretrained LM) and `lm` (fine-tuning) for dry runs."
-    from .api import TextClassifier, _as_frame, check_labelled
+    from .api import TextClassifier
+    from .datasets import as_frame, check_labelled
     from .pretrained import resolve_pretrained
     t0 = time.time()
     # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
-    df = _as_frame(a.csv, a.text_col, a.errors)
+    df = as_frame(a.csv, a.text_col, a.errors)
     labels = a.label_col.split(',')
     check_labelled(df, a.text_col, labels, a.valid_col)
     src = resolve_pretrained(a.pretrained, a.runs)
@@ -87,15 +88,15 @@ def predict_main(argv=None) -> int:
     p.add_argument('--out', required=True, help='output CSV: the input columns plus pred and one prob_<class> each')
     p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = p.parse_args(argv)
-    from .api import TextClassifier, _as_frame
-    from .datasets import DataError
+    from .api import TextClassifier
+    from .datasets import DataError, as_frame
     out = Path(a.out)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose another --out (existing files are never overwritten)")
     if not out.parent.is_dir():  # found out now, not after every prediction is computed
         raise FileNotFoundError(f"{out}: folder {out.parent} does not exist; create it or choose another --out")
     clf = TextClassifier.load(a.model)
-    df = _as_frame(a.csv, a.text_col, a.errors)
+    df = as_frame(a.csv, a.text_col, a.errors)
     if a.text_col not in df.columns:
         raise DataError(f"{a.csv}: no column {a.text_col!r}; columns are {list(df.columns)}")
     preds = clf.predict(df[a.text_col].fillna('').astype(str).tolist())  # an empty cell is an empty text

@@ -337,6 +337,50 @@ class TableReader:
                     mark_fields=self.mark_fields, label_delim=self.label_delim, errors=self.errors, files=files)
 
 
+def as_frame(data, text_col, errors='strict'):
+    "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings (a file's name is kept in attrs)."
+    import numpy as np
+    import pandas as pd
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
+        try:
+            if p.suffix in ('.parquet', '.pq'):
+                df = pd.read_parquet(p)
+            else:
+                df = pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',', encoding_errors=errors)
+        except UnicodeDecodeError:
+            raise DataError(f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); "
+                            f"{REPLACE_HINT}") from None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+            raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
+        df.attrs['source'] = str(p)
+        return df
+    if isinstance(data, (list, tuple, pd.Series, np.ndarray)):
+        return pd.DataFrame({text_col: list(data)})
+    raise TypeError(f"expected a DataFrame, a CSV/TSV/Parquet path or a list of texts, got {type(data).__name__}")
+
+
+def table_source(df):
+    "The file a DataFrame was read from, for error messages."
+    return df.attrs.get('source', 'DataFrame')
+
+
+def check_labelled(df, text_col, label_cols, valid_col=None):
+    "Refuse a table that can't train a classifier: missing columns, or fewer than 2 classes in a label column."
+    for c in [text_col, *label_cols] + ([valid_col] if valid_col else []):
+        if c not in df.columns:
+            raise DataError(f"{table_source(df)}: no column {c!r}; columns are {list(df.columns)}")
+    if len(label_cols) == 1:
+        classes = df[label_cols[0]].dropna().unique()
+        if len(classes) < 2:
+            raise DataError(f"{table_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
+                            f"{sorted(map(str, classes))}; a classifier needs at least 2")
+
+
 def _truthy(v) -> bool:
     if isinstance(v, str): return v.strip().lower() in ('true', '1', 'yes', 'valid')
     return bool(v)
@@ -349,4 +393,4 @@ def read_text(path, errors: str = 'strict') -> str:
 
 
 __all__ = ['Doc', 'DataError', 'REPLACE_HINT', 'ImdbReader', 'WikiTextReader', 'TextCorpusReader', 'TableReader', 'join_fields',
-           'find_bad_utf8', 'read_text']
+           'find_bad_utf8', 'read_text', 'as_frame', 'table_source', 'check_labelled']

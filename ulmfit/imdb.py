@@ -14,6 +14,7 @@ skips the stages whose outputs are already in that folder.
 import json
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,11 +27,11 @@ from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from . import recipe
-from .api import load_classifier, save_classifier
 from .awd_lstm import AWDLSTMConfig
+from .classifier import encoder_state
 from .datasets import ImdbReader, TableReader
 from .dry_run import dry_run_folder, write_table
-from .model_io import load_model_folder, save_model_folder
+from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import resolve_pretrained
 from .store import build_store
 from .tokenize import SpacyTokenizer
@@ -216,7 +217,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
             log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained '
                      'vocab')
-            config = AWDLSTMConfig.from_dict({**pconfig.to_dict(), 'vocab_sz': len(store.vocab)})
+            config = replace(pconfig, vocab_sz=len(store.vocab))
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
             docs = torch.randperm(len(store), generator=g)[:cfg['lm_docs']].sort().values.numpy()
@@ -250,7 +251,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
                                     precision=cfg['precision'], cbs=[RunLogger(run_dir, f'clas_{d}')])
         lr = cfg['clas_lr']
         stages = [(n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, .5, .25, .05))]
-        enc = {k[2:]: v for k, v in lm_state.items() if k.startswith('0.')}
+        enc = encoder_state(lm_state)
         times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
         save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
                         {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],

@@ -1,21 +1,20 @@
-"""A language-model folder: everything needed to rebuild the model, from plain data only.
+"""A language-model folder and a classifier folder: everything needed to rebuild the model, from plain data only.
 
     DIR/lm.pth        checkpoint (common.checkpoint format): full LM state dict, config dict, extras['itos']
     DIR/encoder.pth   the same for the encoder alone (keys without the '0.' prefix), for classifiers
     DIR/vocab.json    {"itos": [...]}
     DIR/config.json   the AWDLSTMConfig as a dict
+
+A classifier folder holds clas.pth (state dict, config, extras: itos, classes, settings), vocab.json and
+config.json (the config plus classes and settings).
 """
 import json
 from pathlib import Path
 
-from common.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from common.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
 
-from .awd_lstm import AWDLSTMConfig, get_language_model
-from .classifier import encoder_state
-
-
-def _write_json(obj, path):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode('utf-8')))
+from .awd_lstm import AWDLSTMConfig, clas_config, get_language_model
+from .classifier import encoder_state, get_text_classifier
 
 
 def save_model_folder(path, model, config, itos, extras=None):
@@ -29,8 +28,8 @@ def save_model_folder(path, model, config, itos, extras=None):
     ex = dict(extras or {}, itos=itos)
     save_checkpoint(path / 'lm.pth', sd, config=cfg, extras=ex)
     save_checkpoint(path / 'encoder.pth', encoder_state(sd), config=cfg, extras=ex)
-    _write_json({'itos': itos}, path / 'vocab.json')
-    _write_json(cfg, path / 'config.json')
+    atomic_write_json(path / 'vocab.json', {'itos': itos})
+    atomic_write_json(path / 'config.json', cfg)
     return path
 
 
@@ -68,3 +67,33 @@ def load_encoder_folder(path, map_location='cpu'):
     ck = load_checkpoint(path / 'encoder.pth', map_location)
     config = AWDLSTMConfig.from_dict(ck['config'])
     return ck['model'], config, _checked_vocab(path, config)
+
+
+def save_classifier(path, model, config, itos, classes, settings):
+    "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
+    save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
+    for name, obj in (('vocab.json', {'itos': list(itos)}), ('config.json', {**config.to_dict(), 'classes': extras[
+            'classes'], **settings})):
+        atomic_write_json(path / name, obj)
+    return path
+
+
+def load_classifier(path):
+    "Rebuild a saved classifier: (model, config, itos, classes, settings)."
+    path = Path(path)
+    ck = load_checkpoint(path / 'clas.pth')
+    try:
+        config = AWDLSTMConfig.from_dict(ck['config'])
+        itos, classes, settings = ck['extras']['itos'], ck['extras']['classes'], ck['extras']['settings']
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'clas.pth'} is not a classifier folder's checkpoint: {e}") from None
+    if len(itos) != config.vocab_sz:
+        raise CheckpointError(f"{path}: vocab has {len(itos)} tokens but the model expects {config.vocab_sz}")
+    model = get_text_classifier(clas_config(config, settings.get('drop_mult', 0.5)), len(classes),
+                                bptt=settings['bptt'], max_len=settings['max_len'])
+    load_model_state(model, ck['model'], path / 'clas.pth')
+    return model, config, itos, classes, settings

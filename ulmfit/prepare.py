@@ -6,17 +6,14 @@ instead (WikiText .raw/.tokens[.gz], plain-text corpora, CSV/TSV/Parquet, an IMD
 $ULMFIT_DATA/cache/<key>/ and a second run with the same inputs and settings reuses it at once.
 """
 import argparse
-import hashlib
-import json
-import random
 import time
 from pathlib import Path
 
 from common.log import log
 
 from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
-from ulmfit.store import TokenStore, build_store, data_root
-from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer
+from ulmfit.store import TokenStore, build_store, train_spm
+from ulmfit.tokenize import SpacyTokenizer
 from ulmfit.vocab import Vocab
 
 DATASETS = ('imdb', 'imdb_sample', 'wikitext-103', 'wikitext-2')
@@ -58,20 +55,6 @@ def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, err
         return TableReader(path / 'texts.csv', text_cols='text', label_cols='label', valid_col='is_valid',
                            errors=errors)
     return WikiTextReader(path, errors=errors)
-
-
-def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000,
-              seed: int = 42) -> SentencePieceTokenizer:
-    "Train (or reuse) a SentencePiece model on a reservoir sample of `n_sample` docs."
-    key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:20]
-    out = data_root(root) / 'cache' / f'spm-{key}'
-    if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
-    rng, sample = random.Random(seed), []
-    for i, d in enumerate(reader):
-        if i < n_sample: sample.append(d.text)
-        elif (j := rng.randrange(i + 1)) < n_sample: sample[j] = d.text
-    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
 
 
 def prepare_dataset(dataset: str | None = 'imdb', corpus=None, tokenizer: str = 'spacy', max_vocab: int = 60000,

@@ -181,8 +181,8 @@ def build_lm_data(cfg, r=0, ws=1):
     n_workers = cfg['n_workers'] or None
     if tok is None:  # SentencePiece: trained on (a sample of) the corpus, cached by the store's key
         from .tokenize import SentencePieceTokenizer
-        from .store import data_root
-        sp_dir = data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
+        from common.download import get_data_root
+        sp_dir = get_data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
         if not (sp_dir / 'spm.model').exists():
             texts = (d.text for i, d in enumerate(train_r) if i < 20000)
             SentencePieceTokenizer.train(texts, sp_dir, vocab_sz=min(cfg['max_vocab'], 15000))

@@ -5,6 +5,7 @@
     encoder ──train_classifier (gradual unfreezing)──▶ classifier ──evaluate──▶ report
 """
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -15,9 +16,9 @@ from torch.utils.data import DataLoader
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
-from common.optim import adamw
+from common.optim import adamw, discriminative_lrs
 
-from .awd_lstm import (ARTARCallback, AWDLSTMConfig, RNNCallback, clas_config, get_language_model, lm_accuracy,
+from .awd_lstm import (ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy,
                        lm_loss, lm_splitter)
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
@@ -67,7 +68,7 @@ def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=1
                 precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True):
     """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
     everything. Returns the Learner (its `model[0]` is the fine-tuned encoder)."""
-    config = AWDLSTMConfig.from_dict({**config.to_dict(), 'drop_mult': drop_mult})
+    config = replace(config, drop_mult=drop_mult)
     learn = lm_learner(config, dls, lr=lr, precision=precision, cbs=cbs, path=path)
     if lm_state is not None:
         learn.model.load_state_dict(lm_state)
@@ -142,8 +143,7 @@ def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8),
     times = []
     for n, epochs, lr in stages:
         learn.freeze_to(n)
-        k = learn.n_groups
-        lrs = [lr / div ** (k - 1 - i) for i in range(k)]
+        lrs = discriminative_lrs(lr, learn.n_groups, div)
         if verbose:
             log.info(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
         t = time.time()
@@ -172,7 +172,33 @@ def classification_report(probs, targets, classes):
 def predict_probs(learn, dl, multi_label=False):
     "Probabilities and targets over `dl`, back in the dataset's order (the sampler sorts by length)."
     probs, targs = learn.get_preds(dl, act=(torch.sigmoid if multi_label else partial(torch.softmax, dim=-1)))
+    return in_dataset_order(dl, probs, targs)
+
+
+def in_dataset_order(dl, *ts):
+    "Tensors of per-item results in `dl`'s sampler order, put back in the dataset's order."
     order = torch.as_tensor(list(iter(dl.sampler)))
-    out_p, out_t = torch.empty_like(probs), torch.empty_like(targs)
-    out_p[order], out_t[order] = probs, targs
-    return out_p, out_t
+    outs = tuple(torch.empty_like(t) for t in ts)
+    for o, t in zip(outs, ts):
+        o[order] = t
+    return outs
+
+
+def ids_loader(ids, bs=64, pad_idx=1):
+    "A prediction DataLoader over token-id arrays: longest first (SortSampler), padding at the front, labels 0."
+    return DataLoader([(t, 0) for t in ids], batch_size=bs, sampler=SortSampler([len(t) for t in ids]),
+                      collate_fn=partial(pad_collate, pad_idx=pad_idx, pad_first=True))
+
+
+@torch.no_grad()
+def model_probs(model, dl, multi_label=False):
+    "Probabilities of a classifier over `dl` without a Learner (on the model's device), in the dataset's order."
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for x, _ in dl:
+        model[0].reset()
+        logits = model(x.to(dev))
+        logits = logits[0] if isinstance(logits, tuple) else logits  # (bs, n_out)
+        out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits.float(), -1)).cpu())
+    return in_dataset_order(dl, torch.cat(out))[0]

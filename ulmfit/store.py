@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from array import array
@@ -22,18 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common.checkpoint import DiskFullError
+from common.checkpoint import DiskFullError, atomic_write_json
+from common.download import get_data_root
 from common.log import show_progress
 
-from ulmfit.tokenize import SpacyTokenizer, TokenTable, encode_texts
+from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts
 from ulmfit.vocab import Vocab
 
 STORE_VERSION = 1
-
-
-def data_root(root=None) -> Path:
-    "Where datasets and caches live: `root`, else $ULMFIT_DATA, else ./data."
-    return Path(root or os.environ.get('ULMFIT_DATA') or 'data')
 
 
 class TokenStore:
@@ -41,7 +38,7 @@ class TokenStore:
     def __init__(self, path):
         self.path = Path(path)
         if not (self.path / 'meta.json').exists(): raise FileNotFoundError(f'not a token store: {self.path}')
-        self.meta = json.loads((self.path / 'meta.json').read_text())
+        self.meta = json.loads((self.path / 'meta.json').read_text(encoding='utf-8'))
         self.vocab = Vocab.load(self.path / 'vocab.json')
         n = self.meta['n_tokens']
         # np.memmap refuses empty files; an empty corpus gets an empty array.
@@ -102,7 +99,7 @@ def build_store(reader, tok=None, vocab: Vocab | None = None, max_vocab: int = 6
     `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
     tok = tok or SpacyTokenizer()
     key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
-    cache = data_root(root) / 'cache'
+    cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists(): return TokenStore(final)
     cache.mkdir(parents=True, exist_ok=True)
@@ -170,7 +167,21 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 split_counts={s: int((np.frombuffer(splits, np.uint8) == i).sum()) for s, i in split_names.items()},
                 tokenizer=tok.config(), source=reader.fingerprint(), seconds=round(time.time() - t0, 1),
                 created=time.strftime('%Y-%m-%dT%H:%M:%S'))
-    (tmp / 'meta.json').write_text(json.dumps(meta, indent=1, default=str))
+    atomic_write_json(tmp / 'meta.json', meta)
+
+
+def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000,
+              seed: int = 42) -> SentencePieceTokenizer:
+    "Train (or reuse, cached under `root/cache`) a SentencePiece model on a reservoir sample of `n_sample` docs."
+    key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    out = get_data_root(root) / 'cache' / f'spm-{key}'
+    if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
+    rng, sample = random.Random(seed), []
+    for i, d in enumerate(reader):
+        if i < n_sample: sample.append(d.text)
+        elif (j := rng.randrange(i + 1)) < n_sample: sample[j] = d.text
+    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
 
 
 def _encode_labels(labels: list, reader):

@@ -1,9 +1,10 @@
 "Vocab: token <-> id, built from counts (specials first, size padded to a multiple of 8), saved as JSON."
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from common.checkpoint import atomic_write_json
 
 from ulmfit.tokenize import MAJ, PAD, SPECIALS, UNK, UP
 
@@ -63,9 +64,7 @@ class Vocab:
 
     def save(self, path) -> None:
         "Write the vocab as JSON (`{'itos': [...]}`), atomically."
-        tmp = f'{os.fspath(path)}.tmp{os.getpid()}'
-        with open(tmp, 'w', encoding='utf-8') as f: json.dump(self.to_json(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_json(), indent=None)
 
     @classmethod
     def load(cls, path) -> 'Vocab':

@@ -22,12 +22,13 @@ from torch import nn
 
 from common.config import ConfigError, Setting, config_to_json, parse_run_config
 from common.log import log
+from common.optim import discriminative_lrs
 from common.runs import new_run_dir, write_config, write_json
 
 from .data import image_dls, pets_items, subsample, write_synthetic_images
 from .train import (COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model,
                     setup)
-from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, model_from_dict, splitter
+from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, splitter, xresnet
 
 PROG = 'python -m vision transfer'
 EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
@@ -94,7 +95,7 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     "Train one of the four variants; returns (accuracy, minutes, recorder history)."
     src = pretrained
     if kind == 'scratch':                                       # same architecture, fresh weights everywhere
-        src = model_from_dict({**dataclasses.asdict(pretrained.config), 'n_out': n_out})
+        src = xresnet(dataclasses.replace(pretrained.config, n_out=n_out))
     model = transfer_model(src, n_out, cfg['size'])
     split = bn_splitter if kind == 'frozen_except_bn' else splitter
     train_bn = kind != 'frozen_bn'                              # frozen_bn: BN is frozen with the rest of the body
@@ -110,7 +111,8 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
         learn.unfreeze()
         n = learn.n_groups
         lr = cfg['lr_unfrozen']
-        lrs = [lr] * n if kind == 'frozen_bn' else [lr / cfg['lr_spread'] ** ((n - 1 - i) / (n - 1)) for i in range(n)]
+        # lr_spread is the ratio of the top group's LR to the first group's, spread evenly over the groups between
+        lrs = [lr] * n if kind == 'frozen_bn' else discriminative_lrs(lr, n, cfg['lr_spread'] ** (1 / (n - 1)))
         learn.fit_one_cycle(cfg['epochs_unfrozen'], lrs)
         history += [dict(h, epoch=h['epoch'] + cfg['epochs_frozen']) for h in learn.recorder.history]
     acc = learn.validate()['accuracy']
