@@ -5,7 +5,8 @@
      else with `--preset paper` fastai's published WikiText-103 weights (downloaded once, cached under
      $ULMFIT_DATA/models/), else random weights with a loud banner (`python -m ulmfit models` lists the names)
   3. vocab transfer, then fine-tune the LM on all review text (10% of documents held out)
-  4. train the classifier with gradual unfreezing; evaluate on the 25,000 test reviews
+  4. train the classifier with gradual unfreezing, validating on training reviews held out from it; evaluate once
+     on the 25,000 test reviews
   5. with --bidirectional, the same backwards, and the averaged-probability ensemble
 The run folder gets report.md, metrics.json (accuracy, per-class precision/recall, stage wall times),
 metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matrix. `--resume RUN_DIR`
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from common.cli import Interrupted
-from common.config import Setting, parse_run_config
+from common.config import ConfigError, Setting, parse_run_config
 from common.learner import DataLoaders
 from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
@@ -59,8 +60,10 @@ SETTINGS = {
     'clas_epochs': Setting([1, 1, 1, 2], 'epochs of the four unfreezing stages: head, -2, -3, all'),
     'clas_drop_mult': Setting(0.5, 'classifier dropout multiplier'),
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
-    'clas_valid_docs': Setting(0, 'validate after each classifier epoch on this many random test reviews (0 = all); '
-                                  'the final evaluation always uses every test review'),
+    'clas_valid_docs': Setting(2500, 'hold out this many labelled training reviews (at random, each label in '
+                                     'proportion) to validate after each classifier epoch; the classifier never trains '
+                                     'on them (0 = no per-epoch validation). The test reviews are read once, for the '
+                                     'final accuracy'),
     'bptt': Setting(72, 'classifier chunk length'),
     'max_len': Setting(72 * 20, 'classifier pools over (and back-propagates through) the last max_len tokens; it '
                                 'reads the whole document before them, as fastai does'),
@@ -78,15 +81,16 @@ SETTINGS = {
 
 PRESETS = {
     'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
-                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
+                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1,
+                 clas_valid_docs=100),
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
-    # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
+    # tokens, one epoch per unfreezing stage, per-epoch validation on 2,500 held-out training reviews.
     # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
     # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
     # measurement.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
-                train_docs=8000, max_len=72 * 4, truncate=72 * 4, clas_valid_docs=1000),
+                train_docs=8000, max_len=72 * 4, truncate=72 * 4),
     # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
     # course-v3 lesson3-imdb.ipynb; the other settings' defaults above are that recipe too.
     'paper': dict(
@@ -209,15 +213,14 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
         times['lm_finetune'] = round(time.time() - t, 1)
     # ---- classifier ----
-    train_idx, test_idx = store.labeled_idx('train'), store.labeled_idx(test_split)
+    # The test reviews are read once, for the final number: every per-epoch validation uses training reviews held out
+    # here, and the classifier trains only on the rest.
+    train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
     trunc = cfg.get('truncate')
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
-    valid_idx = test_idx
-    if cfg.get('clas_valid_docs') and cfg['clas_valid_docs'] < len(test_idx):
-        valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
-    dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False))
+    dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False) if len(valid_idx) else None)
     if (clas_dir / 'clas.pth').exists():
         print(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
@@ -239,11 +242,23 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
                          'tokenizer': SpacyTokenizer().config()})
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()
-    p, targs = recipe.predict_probs(learn, dls.valid if valid_idx is test_idx else mk(test_idx, False))
+    p, targs = recipe.predict_probs(learn, mk(test_idx, False))
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
-    print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
+    print(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {len(train_idx):,}, '
+          f'validated on {len(valid_idx):,} held-out training reviews)')
     return p, targs, res, times
+
+
+def clas_split(cfg, store, test_split):
+    "(train, valid, test) indices of the classifier: valid is `clas_valid_docs` training reviews held out, by label."
+    train_idx = store.labeled_idx('train')
+    n_valid = cfg.get('clas_valid_docs', 0)
+    if n_valid >= len(train_idx):
+        raise ConfigError(f"clas_valid_docs: {n_valid} would leave none of the {len(train_idx):,} labelled training "
+                          f"documents to train on; hold out fewer")
+    train_idx, valid_idx = recipe.holdout(train_idx, store.labels[train_idx], n_valid, cfg['seed'])
+    return train_idx, valid_idx, store.labeled_idx(test_split)
 
 
 def write_report(run_dir, cfg, final, classes):

@@ -172,3 +172,18 @@ def predict_probs(learn, dl, multi_label=False):
     out_p, out_t = torch.empty_like(probs), torch.empty_like(targs)
     out_p[order], out_t[order] = probs, targs
     return out_p, out_t
+
+
+def holdout(idx, labels, n_valid, seed=42):
+    """Split the labelled documents `idx` (with their `labels`) into (train, valid), `n_valid` of them held out at
+    random with each label in proportion; both sorted."""
+    idx, labels = np.asarray(idx), np.asarray(labels)
+    if not 0 <= n_valid < len(idx):
+        raise ValueError(f"can't hold out {n_valid} of {len(idx)} labelled documents and train on the rest")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(idx), generator=g).numpy()
+    order = order[np.argsort(labels[order], kind='stable')]  # grouped by label, random within each label
+    # Evenly spaced picks along the label-grouped order: every label gets its share, to within one document.
+    picked = np.zeros(len(idx), bool)
+    picked[(np.arange(n_valid) * len(idx)) // max(n_valid, 1)] = True
+    return np.sort(idx[order[~picked]]), np.sort(idx[order[picked]])
