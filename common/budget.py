@@ -22,6 +22,9 @@ def plan_steps(step_s, budget_s, overhead_s=0., elapsed_s=0., n_done=0, valid_s=
     """The total number of training steps (the `n_done` taken so far included) that fit in `budget_s` seconds:
     `elapsed_s` are spent, each further step takes `step_s`, `overhead_s` is spent once more, and a validation pass
     of `valid_s` follows every `epoch_len` steps and the last one. At least `n_done`, and at least 1."""
+    if step_s <= 0:
+        raise ValueError(f"plan_steps needs a positive step time, got {step_s}")
+
     def cost(n):
         n_valid = math.ceil(n / epoch_len) - n_done // epoch_len if valid_s and epoch_len else 0
         return elapsed_s + (n - n_done) * step_s + n_valid * valid_s + overhead_s

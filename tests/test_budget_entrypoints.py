@@ -6,7 +6,7 @@ import pytest
 from common.config import resolve_config
 from ulmfit import imdb, pretrain
 from tests.test_imdb_holdout import TINY, sample_mirror
-from tests.test_ulmfit_entrypoints import tiny_cfg
+from tests.test_ulmfit_entrypoints import _cli, _main, tiny_cfg
 
 
 @pytest.mark.parametrize('mod', [pretrain, imdb])
@@ -51,11 +51,18 @@ def test_pretrain_with_a_budget_runs_one_planned_cycle(tmp_path, monkeypatch):
 def test_imdb_with_a_budget_plans_every_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
+    from ulmfit import recipe
+    timed, tested, speed, predict = [], [], recipe.forward_s_per_token, recipe.predict_probs
+    monkeypatch.setattr(recipe, 'forward_s_per_token', lambda learn, dl: timed.append(dl.dataset.idx) or speed(learn, dl))
+    monkeypatch.setattr(recipe, 'predict_probs', lambda learn, dl: tested.append(dl) or predict(learn, dl))
     imdb.main(['--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '8', *TINY,
                '--lm-epochs', '1', '--budget-minutes', '0.2'])
     out = capsys.readouterr().out
     assert out.count('s/step over steps 3-20') == 6  # two LM stages, four classifier stages
     assert 'min set aside' in out and 'test accuracy' in out
+    # the forward speed is measured on held-out training reviews; the test reviews are still read once
+    assert len(timed) == 1 and len(tested) == 1 and not set(timed[0]) & set(tested[0].dataset.idx)
+    assert len(timed[0]) == 8 and set(timed[0]) < set(tested[0].dataset.store.labeled_idx('train'))
 
 
 def test_make_passes_budget():
@@ -66,3 +73,25 @@ def test_make_passes_budget():
     out = subprocess.run(['make', '-n', 'lm-pretrain', 'imdb-classify', 'BUDGET=7', 'PRESET=cpu', 'MIRROR='],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert sum('--budget-minutes 7' in line for line in out) == 2
+
+
+def test_pretrain_resume_keeps_its_plan(tmp_path, monkeypatch, capsys):
+    "A run cut after its plan goes on, on resume, to the same planned step, not a new plan."
+    from common.checkpoint import load_checkpoint
+    from common.runs import RunLogger
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+
+    class CtrlC(RunLogger):
+        def after_batch(self):
+            if self.learn.training and self.learn.train_iter == 25:
+                raise KeyboardInterrupt()
+
+    monkeypatch.setattr(pretrain, 'RunLogger', CtrlC)
+    assert _main(_cli(tmp_path, '--budget-minutes', '0.2')) == 130
+    run = tmp_path / 'runs' / 'lm-tiny'
+    planned = load_checkpoint(run / 'checkpoints' / 'last.pth')['train_state']['cbs']['planned_schedule']['n_steps']
+    assert planned >= 25
+    monkeypatch.setattr(pretrain, 'RunLogger', RunLogger)
+    assert _main(['pretrain', '--resume', str(run)]) == 0
+    m = json.loads((run / 'metrics.json').read_text())
+    assert m['planned_steps'] == m['steps'] == planned

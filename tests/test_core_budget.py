@@ -19,6 +19,8 @@ def test_plan_steps_arithmetic():
     assert plan_steps(1., 100., elapsed_s=70., n_done=60, valid_s=5., epoch_len=50) == 85  # 70 + 25 + 5 = 100
     assert plan_steps(1., 10., elapsed_s=20., n_done=7) == 7  # over budget already: stop where we are
     assert plan_steps(3., 1.) == 1
+    with pytest.raises(ValueError, match='positive step time'):
+        plan_steps(0., 10.)
 
 
 def test_split_budget_and_stage_budget():
