@@ -1,6 +1,7 @@
 """Training to a time budget: plan the number of steps that fit, then run one complete schedule over them.
 
-    probe   the first `n_probe` steps run at the schedule's start (pct = 0); steps after the first `n_skip` are timed
+    probe   the first steps run at the schedule's start (pct = 0) and, after the first `n_skip`, are timed: at least
+            `n_probe` steps and `probe_pct` of the budget (a longer average of a noisy step time)
     plan    n_steps = plan_steps(step_s, budget_s, ...): the whole fit, the probe's steps included
     run     step i (from 0) runs at pct = i / (n_steps - 1), so the last planned step is the schedule's end;
             training stops there, after that epoch's validation
@@ -78,11 +79,13 @@ class PlannedSchedule(Callback):
     `valid_s`: the time of one validation pass; None estimates it as a third of a training step per row."""
     order = 0
 
-    def __init__(self, scheds, budget_s, overhead_s=0., n_probe=20, n_skip=2, valid_s=None, clock=None, log=print):
+    def __init__(self, scheds, budget_s, overhead_s=0., n_probe=20, n_skip=2, probe_pct=0.02, valid_s=None, clock=None,
+                 log=print):
         if not 0 <= n_skip < n_probe:
             raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
         self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
-        self.n_probe, self.n_skip, self.clock, self.log = n_probe, n_skip, clock or time.perf_counter, log
+        self.n_probe, self.n_skip, self.probe_s = n_probe, n_skip, probe_pct * budget_s
+        self.clock, self.log = clock or time.perf_counter, log
         self.n_steps = self.step_s = None
 
     def before_fit(self):
@@ -117,7 +120,7 @@ class PlannedSchedule(Callback):
         if i > self.n_skip:
             self.timed, self.n_timed = self.timed + now - self.last, self.n_timed + 1
         self.last = now
-        if i >= self.n_probe:
+        if i >= self.n_probe and self.timed >= self.probe_s:
             self._plan(now, i)
 
     def _plan(self, now, i):

@@ -74,3 +74,15 @@ def test_planned_one_cycle_completes_within_the_budget(budget_s, monkeypatch):
 def test_planned_schedule_checks_its_probe():
     with pytest.raises(ValueError, match='n_skip'):
         PlannedSchedule({}, 10., n_probe=2, n_skip=2)
+
+
+def test_the_probe_lasts_n_probe_steps_and_probe_pct_of_the_budget(monkeypatch):
+    learn = synth_learner(n=256, bs=16)
+    clock = FakeClock(0.5, 0.)
+    monkeypatch.setattr(budget, 'time', SimpleNamespace(perf_counter=clock))
+    learn.add_cbs(clock)
+    sched = fit_one_cycle_budget(learn, 100., 1e-2, n_probe=4, n_skip=1, probe_pct=0.05, valid_s=0., log=lambda s: None)
+    # 5 s of timed steps (0.05 * 100): steps 2-11, so the plan comes after step 11, at 5.5 s
+    assert sched.n_steps == plan_steps(0.5, 100., elapsed_s=5.5, n_done=11) == 200
+    lrs = [g[-1] for g in learn.recorder.lrs]
+    assert lrs[:11] == [pytest.approx(one_cycle(1e-2)(0.))] * 11 and lrs[11] > lrs[10]
