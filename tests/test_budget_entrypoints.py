@@ -58,7 +58,7 @@ def test_imdb_with_a_budget_plans_every_stage(tmp_path, monkeypatch, capsys):
     imdb.main(['--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '8', *TINY,
                '--lm-epochs', '1', '--budget-minutes', '0.2'])
     out = capsys.readouterr().out
-    assert out.count('s/step over steps 3-20') == 6  # two LM stages, four classifier stages
+    assert out.count('s/step over steps 3-') == 6  # two LM stages, four classifier stages
     assert 'min set aside' in out and 'test accuracy' in out
     # the forward speed is measured on held-out training reviews; the test reviews are still read once
     assert len(timed) == 1 and len(tested) == 1 and not set(timed[0]) & set(tested[0].dataset.idx)
@@ -82,15 +82,16 @@ def test_pretrain_resume_keeps_its_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
 
     class CtrlC(RunLogger):
-        def after_batch(self):
-            if self.learn.training and self.learn.train_iter == 25:
+        def after_batch(self):  # Ctrl-C once the plan is made
+            if self.learn.training and self.learn.planned_schedule.n_steps is not None:
                 raise KeyboardInterrupt()
 
     monkeypatch.setattr(pretrain, 'RunLogger', CtrlC)
     assert _main(_cli(tmp_path, '--budget-minutes', '0.2')) == 130
     run = tmp_path / 'runs' / 'lm-tiny'
-    planned = load_checkpoint(run / 'checkpoints' / 'last.pth')['train_state']['cbs']['planned_schedule']['n_steps']
-    assert planned >= 25
+    ts = load_checkpoint(run / 'checkpoints' / 'last.pth')['train_state']
+    planned = ts['cbs']['planned_schedule']['n_steps']
+    assert planned > ts['train_iter'] >= 20
     monkeypatch.setattr(pretrain, 'RunLogger', RunLogger)
     assert _main(['pretrain', '--resume', str(run)]) == 0
     m = json.loads((run / 'metrics.json').read_text())
