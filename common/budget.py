@@ -1,7 +1,8 @@
 """Training to a time budget: plan the number of steps that fit, then run one complete schedule over them.
 
     probe   the first steps run at the schedule's start (pct = 0) and, after the first `n_skip`, are timed: at least
-            `n_probe` steps and `probe_pct` of the budget (a longer average of a noisy step time)
+            `n_probe` steps and `probe_pct` of the budget (a longer average of a noisy step time), or until the budget
+            is spent
     plan    n_steps = plan_steps(step_s, budget_s, ...): the whole fit, the probe's steps included
     run     step i (from 0) runs at pct = i / (n_steps - 1), so the last planned step is the schedule's end;
             training stops there, after that epoch's validation
@@ -120,7 +121,8 @@ class PlannedSchedule(Callback):
         if i > self.n_skip:
             self.timed, self.n_timed = self.timed + now - self.last, self.n_timed + 1
         self.last = now
-        if i >= self.n_probe and self.timed >= self.probe_s:
+        # A share too small for the whole probe is spent: plan (that is, stop) as soon as a step has been timed.
+        if (i >= self.n_probe and self.timed >= self.probe_s) or (self.n_timed and now - self.t0 >= self.budget_s):
             self._plan(now, i)
 
     def _plan(self, now, i):

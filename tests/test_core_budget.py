@@ -86,3 +86,12 @@ def test_the_probe_lasts_n_probe_steps_and_probe_pct_of_the_budget(monkeypatch):
     assert sched.n_steps == plan_steps(0.5, 100., elapsed_s=5.5, n_done=11) == 200
     lrs = [g[-1] for g in learn.recorder.lrs]
     assert lrs[:11] == [pytest.approx(one_cycle(1e-2)(0.))] * 11 and lrs[11] > lrs[10]
+
+
+def test_a_budget_spent_during_the_probe_stops_at_once(monkeypatch):
+    learn = synth_learner(n=256, bs=16)
+    clock = FakeClock(0.5, 0.)
+    monkeypatch.setattr(budget, 'time', SimpleNamespace(perf_counter=clock))
+    learn.add_cbs(clock)
+    sched = fit_one_cycle_budget(learn, 1.2, 1e-2, n_probe=10, n_skip=1, valid_s=0., log=lambda s: None)
+    assert sched.n_steps == learn.train_iter == 3  # 1.5 s after step 3: spent, so no more steps

@@ -74,7 +74,7 @@ def fit_stage(learn, name, epochs, lr, moms, budget=None, log=print):
 
 
 def _span(epochs, budget):
-    return f'{epochs} epoch(s)' if budget is None else 'the steps that fit its time'
+    return f'{epochs} epoch(s)' if budget is None else 'one cycle planned to fit its time'
 
 
 def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8),
