@@ -13,12 +13,16 @@ BIDIR ?=
 # A pretrained LM for imdb-classify: a model folder or a name from `python -m ulmfit models` (fastai-wt103). Empty:
 # the newest runs/lm-*/model, else fastai's published weights with PRESET=paper, else random weights (loudly).
 PRETRAINED ?=
+# BUDGET: minutes for each of lm-pretrain and imdb-classify (--budget-minutes): the step time measured over the first
+# steps fixes how many fit, and the schedules run complete over them. Empty: the preset's (cpu: 30 + 120, paper: none).
+BUDGET ?=
 ARGS ?=
 export ULMFIT_DATA
 ifneq ($(strip $(MIRROR)),)
 export ULMFIT_MIRROR := $(abspath $(MIRROR))
 endif
 PRESET_ARG = $(if $(PRESET),--preset $(PRESET),)
+BUDGET_ARG = $(if $(BUDGET),--budget-minutes $(BUDGET),)
 # Keep big freed buffers in the process (see common/perf.py): 1.3-1.5x faster CPU training on small VMs.
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
@@ -59,11 +63,11 @@ bench: ## run the benchmarks (each prints one JSON line)
 gpu-check: ## GPU checks as a pass/fail table (ARGS='--device cpu' runs them on the CPU)
 	$(PYTHON) -m bench.gpu_check $(ARGS)
 
-lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus)
-	$(PYTHON) -m ulmfit pretrain $(PRESET_ARG) $(if $(CORPUS),--corpus $(CORPUS),) $(ARGS)
+lm-pretrain: ## pretrain the AWD-LSTM LM (CORPUS=path to use your own corpus; BUDGET=minutes)
+	$(PYTHON) -m ulmfit pretrain $(PRESET_ARG) $(BUDGET_ARG) $(if $(CORPUS),--corpus $(CORPUS),) $(ARGS)
 
-imdb-classify: ## ULMFiT on IMDB: fine-tune the LM, train the classifier, report test accuracy (BIDIR=1 both directions; PRETRAINED=fastai-wt103)
-	$(PYTHON) -m ulmfit imdb $(PRESET_ARG) $(if $(BIDIR),--bidirectional true,) $(if $(PRETRAINED),--pretrained $(PRETRAINED),) $(ARGS)
+imdb-classify: ## ULMFiT on IMDB: fine-tune the LM, train the classifier, report test accuracy (BIDIR=1 both directions; PRETRAINED=fastai-wt103; BUDGET=minutes)
+	$(PYTHON) -m ulmfit imdb $(PRESET_ARG) $(BUDGET_ARG) $(if $(BIDIR),--bidirectional true,) $(if $(PRETRAINED),--pretrained $(PRETRAINED),) $(ARGS)
 
 imagewoof: ## train an xresnet on Imagewoof-160
 	$(PYTHON) -m vision train $(PRESET_ARG) $(ARGS)

@@ -5,7 +5,8 @@
      else with `--preset paper` fastai's published WikiText-103 weights (downloaded once, cached under
      $ULMFIT_DATA/models/), else random weights with a loud banner (`python -m ulmfit models` lists the names)
   3. vocab transfer, then fine-tune the LM on all review text (10% of documents held out)
-  4. train the classifier with gradual unfreezing; evaluate on the 25,000 test reviews
+  4. train the classifier with gradual unfreezing, validating on training reviews held out from it; evaluate once
+     on the 25,000 test reviews
   5. with --bidirectional, the same backwards, and the averaged-probability ensemble
 The run folder gets report.md, metrics.json (accuracy, per-class precision/recall, stage wall times),
 metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matrix. `--resume RUN_DIR`
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from common.budget import StageBudget
 from common.cli import Interrupted
-from common.config import Setting, parse_run_config
+from common.config import ConfigError, Setting, parse_run_config
 from common.learner import DataLoaders
 from common.log import log
 from common.plots import plot_confusion
@@ -62,8 +64,10 @@ SETTINGS = {
     'clas_epochs': Setting([1, 1, 1, 2], 'epochs of the four unfreezing stages: head, -2, -3, all'),
     'clas_drop_mult': Setting(0.5, 'classifier dropout multiplier'),
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
-    'clas_valid_docs': Setting(0, 'validate after each classifier epoch on this many random test reviews (0 = all); '
-                                  'the final evaluation always uses every test review'),
+    'clas_valid_docs': Setting(2500, 'hold out this many labelled training reviews (at random, each label in '
+                                     'proportion) to validate after each classifier epoch; the classifier never trains '
+                                     'on them (0 = no per-epoch validation). The test reviews are read once, for the '
+                                     'final accuracy'),
     'bptt': Setting(72, 'classifier chunk length'),
     'max_len': Setting(72 * 20, 'classifier pools over (and back-propagates through) the last max_len tokens; it '
                                 'reads the whole document before them, as fastai does'),
@@ -71,6 +75,14 @@ SETTINGS = {
                            'it: cheaper, but the hidden state no longer sees the beginning (0 = read whole documents)'),
     'label_smoothing': Setting(0.0, 'label smoothing of the classifier loss'),
     'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
+    'budget_minutes': Setting(0.0, 'plan the run to fit this many minutes, data included: the time left is shared '
+                                   'among the stages by budget_split, and each stage measures its step time over its '
+                                   'first steps, then runs its complete schedule over the steps that fit its share '
+                                   '(0 = the epochs as set)'),
+    'budget_split': Setting([0.4, 0.5, 0.1], 'with budget_minutes: the shares of LM fine-tuning, the classifier and the '
+                                             'test evaluation (per direction; within a part in proportion to the '
+                                             "stages' epochs). The evaluation's share is replaced by an estimate from "
+                                             'measured forward speed once the classifier has trained a stage'),
     'seed': Setting(42, 'random seed'),
     'name': Setting('', 'run folder name under runs/ (default: imdb-<preset>)'),
     'runs': Setting('runs', 'where run folders go'),
@@ -83,15 +95,16 @@ SETTINGS = {
 
 PRESETS = {
     'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
-                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1),
+                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1,
+                 clas_valid_docs=100),
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
-    # tokens, one epoch per unfreezing stage, per-epoch validation on 1,000 test reviews.
+    # tokens, one epoch per unfreezing stage, per-epoch validation on 2,500 held-out training reviews.
     # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
     # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
-    # measurement.
+    # measurement. budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
     'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
-                train_docs=8000, max_len=72 * 4, truncate=72 * 4, clas_valid_docs=1000),
+                train_docs=8000, max_len=72 * 4, truncate=72 * 4, budget_minutes=120.),
     # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
     # course-v3 lesson3-imdb.ipynb; the other settings' defaults above are that recipe too.
     'paper': dict(
@@ -134,7 +147,7 @@ def imdb_store(cfg):
 DRY_RUN = dict(dataset='imdb_sample', pretrained='none', pretrained_bwd='none', model='tiny', max_vocab=1000,
                min_freq=1, lm_docs=0, lm_bs=8, lm_bptt=16, lm_frozen_epochs=1, lm_epochs=1, clas_bs=8,
                clas_epochs=[1, 1, 1, 1], train_docs=0, clas_valid_docs=0, bptt=16, max_len=32, truncate=0,
-               precision='fp32', name='imdb-dry-run', resume='')
+               precision='fp32', name='imdb-dry-run', resume='', budget_minutes=0.)
 
 
 def main(argv=None) -> int:
@@ -151,6 +164,7 @@ def main(argv=None) -> int:
 def run(cfg):
     "The whole pipeline; returns the run folder."
     t_start, times = time.time(), {}
+    budget = stage_budget(cfg) if cfg.get('budget_minutes') else None
     if cfg['resume']:
         run_dir = Path(cfg['resume'])
         cfg = {**json.loads((run_dir / 'config.json').read_text()), 'resume': cfg['resume']}
@@ -168,7 +182,8 @@ def run(cfg):
     results, probs = {}, {}
     for d in directions:
         try:
-            p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'))
+            p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'),
+                                              budget=budget)
         except KeyboardInterrupt:  # resuming skips the finished stages (model folders); the cut one starts over
             raise Interrupted(f"the finished stages are kept in {run_dir}",
                               resume=f"python -m ulmfit imdb --resume {shlex.quote(str(run_dir))}") from None
@@ -189,9 +204,27 @@ def run(cfg):
     return run_dir
 
 
-def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
+def stage_budget(cfg):
+    """The one rule sharing `budget_minutes`: per direction, LM fine-tuning, classifier and test evaluation by
+    `budget_split`, each part among its stages in proportion to their epochs (see common.budget.StageBudget)."""
+    if len(cfg['budget_split']) != 3 or min(cfg['budget_split']) < 0 or not sum(cfg['budget_split']):
+        raise ConfigError(f"budget_split: {cfg['budget_split']} must be three shares >= 0 (LM, classifier, evaluation), "
+                          f"e.g. 0.4,0.5,0.1")
+    f_lm, f_clas, f_eval = cfg['budget_split']
+    lm = {'lm_frozen': cfg['lm_frozen_epochs'], 'lm': cfg['lm_epochs']}
+    clas = {f'clas_{i}': e for i, e in enumerate(cfg['clas_epochs'])}
+    weights = {}
+    for d in ('fwd', 'bwd') if cfg['bidirectional'] else ('fwd',):
+        weights.update({f'{d}/{k}': f_lm * e / max(sum(lm.values()), 1) for k, e in lm.items()})
+        weights.update({f'{d}/{k}': f_clas * e / max(sum(clas.values()), 1) for k, e in clas.items()})
+        weights[f'{d}/eval'] = f_eval
+    return StageBudget(60 * cfg['budget_minutes'], weights)
+
+
+def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, budget=None):
     "Fine-tune the LM and train + evaluate the classifier for one reading direction."
     d = 'bwd' if backwards else 'fwd'
+    share = (lambda stage: budget.start(f'{d}/{stage}')) if budget is not None else None
     times = {}
     lm_dir, clas_dir = run_dir / f'lm_{d}', run_dir / f'clas_{d}'
     g = torch.Generator().manual_seed(cfg['seed'])
@@ -224,20 +257,20 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
         learn = recipe.finetune_lm(state, config, dls, cfg['lm_frozen_epochs'], cfg['lm_frozen_lr'], cfg['lm_epochs'],
                                    cfg['lm_lr'], precision=cfg['precision'], drop_mult=cfg['lm_drop_mult'],
-                                   cbs=[RunLogger(run_dir, f'lm_{d}')])
+                                   cbs=[RunLogger(run_dir, f'lm_{d}')], budget=share)
         lm_state = learn.model.state_dict()
         save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
         times['lm_finetune'] = round(time.time() - t, 1)
     # ---- classifier ----
-    train_idx, test_idx = store.labeled_idx('train'), store.labeled_idx(test_split)
+    # The test reviews are read once, for the final number: every per-epoch validation uses training reviews held out
+    # here, and the classifier trains only on the rest.
+    train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
     trunc = cfg.get('truncate')
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
-    valid_idx = test_idx
-    if cfg.get('clas_valid_docs') and cfg['clas_valid_docs'] < len(test_idx):
-        valid_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:cfg['clas_valid_docs']].sort().values.numpy()]
-    dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False))
+    dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False) if len(valid_idx) else None)
+    test_dl = mk(test_idx, False)
     if (clas_dir / 'clas.pth').exists():
         log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
@@ -252,18 +285,42 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False):
         lr = cfg['clas_lr']
         stages = [(n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, .5, .25, .05))]
         enc = encoder_state(lm_state)
-        times['clas_stages'] = recipe.train_classifier(learn, enc, stages)
+        sample = (valid_idx if len(valid_idx) else train_idx)[:8 * cfg['clas_bs']]  # held out at random: a fair sample
+        after = lambda i: (stages[i][1] and f'{d}/eval' not in budget.reserved  # noqa: E731  (after the first fit)
+                           and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl))
+        times['clas_stages'] = recipe.train_classifier(learn, enc, stages, budget=share,
+                                                       after_stage=after if budget is not None else None)
         save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
                         {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
                          'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards, 'truncate': trunc or 0,
                          'tokenizer': SpacyTokenizer().config()})
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()
-    p, targs = recipe.predict_probs(learn, dls.valid if valid_idx is test_idx else mk(test_idx, False))
+    p, targs = recipe.predict_probs(learn, test_dl)
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
-    log.info(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews')
+    log.info(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {len(train_idx):,}, '
+             f'validated on {len(valid_idx):,} held-out training reviews)')
     return p, targs, res, times
+
+
+def reserve_evaluation(budget, d, learn, sample_dl, test_dl):
+    "Set aside the test evaluation's time: its tokens at the forward speed measured on a few held-out reviews."
+    s_tok = recipe.forward_s_per_token(learn, sample_dl)
+    budget.reserve(f'{d}/eval', s_tok * recipe.n_tokens(test_dl))
+    log.info(f"[{d}] evaluation: {recipe.n_tokens(test_dl):,} tokens at {1 / s_tok:,.0f} tokens/s: "
+             f"{budget.reserved[f'{d}/eval'] / 60:.1f} min set aside")
+
+
+def clas_split(cfg, store, test_split):
+    "(train, valid, test) indices of the classifier: valid is `clas_valid_docs` training reviews held out, by label."
+    train_idx = store.labeled_idx('train')
+    n_valid = cfg.get('clas_valid_docs', 0)
+    if n_valid >= len(train_idx):
+        raise ConfigError(f"clas_valid_docs: {n_valid} would leave none of the {len(train_idx):,} labelled training "
+                          f"documents to train on; hold out fewer")
+    train_idx, valid_idx = recipe.holdout(train_idx, store.labels[train_idx], n_valid, cfg['seed'])
+    return train_idx, valid_idx, store.labeled_idx(test_split)
 
 
 def write_report(run_dir, cfg, final, classes):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from common.budget import fit_one_cycle_budget
 from common.cli import Interrupted
 from common.config import ConfigError, Setting, parse_run_config
 from common.distributed import cleanup_distributed, setup_distributed
@@ -62,7 +63,11 @@ SETTINGS = {
     'beta': Setting(1.0, 'TAR (temporal activation regularization) weight'),
     'precision': Setting('fp32', 'fp32, bf16 (CPU or GPU) or fp16 (GPU, with loss scaling)', ('fp32', 'bf16', 'fp16')),
     'backwards': Setting(False, 'train on the reversed token stream (for a bidirectional ensemble)'),
-    'max_minutes': Setting(0.0, 'stop cleanly with a checkpoint after this many minutes (0 = no limit)'),
+    'budget_minutes': Setting(0.0, 'plan training to fit this many minutes of the whole run, data included: the '
+                                   'step time measured over the first steps fixes the number of steps, and one '
+                                   'complete one-cycle runs over them (replaces `epochs`; 0 = train `epochs` epochs)'),
+    'max_minutes': Setting(0.0, 'hard stop: end cleanly with a checkpoint after this many minutes of training, even '
+                                'mid-schedule (0 = no limit)'),
     'checkpoint_minutes': Setting(20.0, 'also checkpoint every N minutes inside an epoch'),
     'seed': Setting(42, 'random seed'),
     'name': Setting('', 'run folder name under runs/ (default: lm-<preset>[-bwd])'),
@@ -78,7 +83,9 @@ PRESETS = {
                  epochs=1, lr=1e-2, checkpoint_minutes=0.),
     # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax
     # decoder costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens).
-    'cpu': dict(model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180.),
+    # budget_minutes=30: with `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a
+    # safety stop).
+    'cpu': dict(model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180., budget_minutes=30.),
     # The recipe that made fastai's published WikiText-103 weights: fastai v1 examples/train_wt103.py, `main`'s
     # defaults and its calls `language_model_learner(data, AWD_LSTM, drop_mult=drop_mult, pretrained=False)`,
     # `learn.to_fp16(clip=0.1)`, `learn.fit_one_cycle(epochs, lr, moms=(0.8,0.7), div_factor=10, wd=wd)`.
@@ -285,16 +292,20 @@ def pretrain(cfg, r=0, ws=1, given=()):
         cbs.append(_StopAfter(2))
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
+    fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.), moms=tuple(cfg['moms']), resume=resume), None
     try:
-        learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], div=cfg.get('div', 25.),
-                            moms=tuple(cfg['moms']), resume=resume)
+        if cfg.get('budget_minutes'):  # what the data took is spent: plan the rest (a resumed run keeps its plan)
+            plan = fit_one_cycle_budget(learn, 60 * cfg['budget_minutes'] - (time.time() - t0), cfg['lr'], **fit)
+        else:
+            learn.fit_one_cycle(cfg['epochs'], cfg['lr'], **fit)
     except Interrupted as e:
         e.resume = f"python -m ulmfit pretrain --resume {shlex.quote(str(run_dir))}"
         raise
     # The last epoch's validation is the final one unless the time budget cut training short. Every rank validates:
     # the metrics are summed over ranks (DistributedCallback.after_validate).
     budget_reached = hasattr(learn, 'time_budget') and learn.time_budget.reached
-    done = len(learn.recorder.history) == cfg['epochs'] and not budget_reached
+    planned = plan is not None and plan.n_steps is not None and learn.train_iter >= plan.n_steps
+    done = (planned or plan is None and len(learn.recorder.history) == cfg['epochs']) and not budget_reached
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
@@ -305,6 +316,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
              'epochs_done': len(learn.recorder.history), 'train_tokens': info['train_tokens'],
              'budget_reached': budget_reached,
+             'steps': learn.train_iter, 'planned_steps': plan.n_steps if plan is not None else None,
              'wall_s': round(time.time() - t0, 1), 'model_dir': str(model_dir)}
     write_json(run_dir / 'metrics.json', final)
     log.info(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "

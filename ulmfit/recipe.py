@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.budget import fit_one_cycle_budget
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
@@ -64,10 +65,24 @@ def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs
                        LMLoader(store.ids, store.offsets, np.sort(perm[:n_val]), shuffle=False, **kw))
 
 
+def fit_stage(learn, name, epochs, lr, moms, budget=None):
+    """`fit_one_cycle` for `epochs`, or with a `budget` (stage name -> seconds), one complete cycle over the steps
+    that fit in the stage's seconds."""
+    if budget is None:
+        learn.fit_one_cycle(epochs, lr, moms=moms)
+    else:
+        fit_one_cycle_budget(learn, budget(name), lr, moms=moms)
+
+
+def _span(epochs, budget):
+    return f'{epochs} epoch(s)' if budget is None else 'one cycle planned to fit its time'
+
+
 def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8),
-                precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True):
+                precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True, budget=None):
     """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
-    everything. Returns the Learner (its `model[0]` is the fine-tuned encoder)."""
+    everything. Returns the Learner (its `model[0]` is the fine-tuned encoder). `budget`: see `fit_stage`; the
+    stages are 'lm_frozen' and 'lm', each run only when its epochs are not 0."""
     config = replace(config, drop_mult=drop_mult)
     learn = lm_learner(config, dls, lr=lr, precision=precision, cbs=cbs, path=path)
     if lm_state is not None:
@@ -75,13 +90,13 @@ def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=1
     if frozen_epochs:
         learn.freeze()
         if verbose:
-            log.info(f'LM fine-tuning: {frozen_epochs} epoch(s) of the last layer group at lr {frozen_lr}')
-        learn.fit_one_cycle(frozen_epochs, frozen_lr, moms=moms)
+            log.info(f'LM fine-tuning: {_span(frozen_epochs, budget)} of the last layer group at lr {frozen_lr}')
+        fit_stage(learn, 'lm_frozen', frozen_epochs, frozen_lr, moms, budget)
     if epochs:
         learn.unfreeze()
         if verbose:
-            log.info(f'LM fine-tuning: {epochs} epoch(s) of all layers at lr {lr}')
-        learn.fit_one_cycle(epochs, lr, moms=moms)
+            log.info(f'LM fine-tuning: {_span(epochs, budget)} of all layers at lr {lr}')
+        fit_stage(learn, 'lm', epochs, lr, moms, budget)
     return learn
 
 
@@ -135,21 +150,38 @@ def clas_learner(config, n_out, dls, multi_label=False, label_smoothing=0., drop
                    cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
 
 
-def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True):
+def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True, budget=None,
+                     after_stage=None):
     """ULMFiT stage 3: load the fine-tuned encoder, then gradual unfreezing: for each (freeze_to, epochs, lr),
-    train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times."""
+    train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times. `budget`: see
+    `fit_stage` (stages 'clas_0', 'clas_1', ...; one with 0 epochs is skipped); `after_stage(i)` runs after each."""
     if enc_state is not None:
         learn.model[0].encoder.load_state_dict(encoder_state(enc_state))
     times = []
-    for n, epochs, lr in stages:
+    for j, (n, epochs, lr) in enumerate(stages):
         learn.freeze_to(n)
         lrs = discriminative_lrs(lr, learn.n_groups, div)
-        if verbose:
-            log.info(f'classifier: freeze_to({n}), {epochs} epoch(s), lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
         t = time.time()
-        learn.fit_one_cycle(epochs, lrs, moms=moms)
+        if epochs or budget is None:
+            if verbose:
+                log.info(f'classifier: freeze_to({n}), {_span(epochs, budget)}, lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
+            fit_stage(learn, f'clas_{j}', epochs, lrs, moms, budget)
+        if after_stage is not None:
+            after_stage(j)
         times.append(round(time.time() - t, 1))
     return times
+
+
+def forward_s_per_token(learn, dl):
+    "Seconds per token of the model's forward pass (no gradient) over the classification loader `dl`, timed."
+    t = time.perf_counter()
+    learn.get_preds(dl)
+    return (time.perf_counter() - t) / max(n_tokens(dl), 1)
+
+
+def n_tokens(dl):
+    "Tokens a classification loader from `clas_loader` reads (after its cut to max_len)."
+    return int(np.sum(dl.sampler.lengths))
 
 
 def classification_report(probs, targets, classes):
@@ -202,3 +234,18 @@ def model_probs(model, dl, multi_label=False):
         logits = logits[0] if isinstance(logits, tuple) else logits  # (bs, n_out)
         out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits.float(), -1)).cpu())
     return in_dataset_order(dl, torch.cat(out))[0]
+
+
+def holdout(idx, labels, n_valid, seed=42):
+    """Split the labelled documents `idx` (with their `labels`) into (train, valid), `n_valid` of them held out at
+    random with each label in proportion; both sorted."""
+    idx, labels = np.asarray(idx), np.asarray(labels)
+    if not 0 <= n_valid < len(idx):
+        raise ValueError(f"can't hold out {n_valid} of {len(idx)} labelled documents and train on the rest")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(idx), generator=g).numpy()
+    order = order[np.argsort(labels[order], kind='stable')]  # grouped by label, random within each label
+    # Evenly spaced picks along the label-grouped order: every label gets its share, to within one document.
+    picked = np.zeros(len(idx), bool)
+    picked[(np.arange(n_valid) * len(idx)) // max(n_valid, 1)] = True
+    return np.sort(idx[order[~picked]]), np.sort(idx[order[picked]])

@@ -1,0 +1,166 @@
+"""Training to a time budget: plan the number of steps that fit, then run one complete schedule over them.
+
+    probe   the first steps run at the schedule's start (pct = 0) and, after the first `n_skip`, are timed: at least
+            `n_probe` steps and `probe_pct` of the budget (a longer average of a noisy step time), or until the budget
+            is spent
+    plan    n_steps = plan_steps(step_s, budget_s, ...): the whole fit, the probe's steps included
+    run     step i (from 0) runs at pct = i / (n_steps - 1), so the last planned step is the schedule's end;
+            training stops there, after that epoch's validation
+
+A schedule cut by a clock (`TimeBudget`, `--max-minutes`) never reaches its low final LR; a planned one always
+does. `StageBudget` shares one budget among the stages of a pipeline, each planning its own steps in its share.
+"""
+import math
+import time
+
+from .distributed import all_reduce_sum, world_size
+from .events import Callback, CancelFitException, CancelTrainException
+from .log import log
+from .optim import lrs_for, set_hyper
+from .schedule import one_cycle, one_cycle_mom
+
+MAX_EPOCHS = 10 ** 6  # the epochs a planned fit is started with: the plan ends it long before
+
+
+def plan_steps(step_s, budget_s, overhead_s=0., elapsed_s=0., n_done=0, valid_s=0., epoch_len=0):
+    """The total number of training steps (the `n_done` taken so far included) that fit in `budget_s` seconds:
+    `elapsed_s` are spent, each further step takes `step_s`, `overhead_s` is spent once more, and a validation pass
+    of `valid_s` follows every `epoch_len` steps and the last one. At least `n_done`, and at least 1."""
+    if step_s <= 0:
+        raise ValueError(f"plan_steps needs a positive step time, got {step_s}")
+
+    def cost(n):
+        n_valid = math.ceil(n / epoch_len) - n_done // epoch_len if valid_s and epoch_len else 0
+        return elapsed_s + (n - n_done) * step_s + n_valid * valid_s + overhead_s
+
+    lo, hi = n_done, n_done + max(int((budget_s - elapsed_s - overhead_s) // step_s), 0)
+    while lo < hi:  # the largest n with cost(n) <= budget_s (cost grows with n)
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= budget_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 1)
+
+
+def split_budget(left_s, weights, reserved_s=0.):
+    "Seconds for the first of the stages still to run (`weights`, in order): its weight's share of `left_s - reserved_s`."
+    total = sum(weights)
+    return max(left_s - reserved_s, 0.) * weights[0] / total if total else 0.
+
+
+class StageBudget:
+    """`total_s` seconds shared by named stages run in order. A stage gets, when it starts, its weight's share of the
+    time left, so a stage that overruns shrinks the ones after it. `reserve(name, s)` replaces a stage's weight by a
+    measured estimate of its cost, kept aside for it."""
+
+    def __init__(self, total_s, weights, clock=None):
+        self.total_s, self.weights, self.clock = total_s, dict(weights), clock or time.perf_counter
+        self.t0 = self.clock()
+        self.reserved = {}
+
+    def left(self):
+        return self.total_s - (self.clock() - self.t0)
+
+    def reserve(self, name, seconds):
+        self.reserved[name] = seconds
+
+    def start(self, name):
+        "Seconds for stage `name`, which starts now."
+        if name in self.reserved:
+            return self.reserved[name]
+        names = list(self.weights)
+        rest = names[names.index(name):]
+        w = [self.weights[n] for n in rest if n not in self.reserved]
+        return split_budget(self.left(), w, sum(self.reserved[n] for n in rest if n in self.reserved))
+
+
+class PlannedSchedule(Callback):
+    """Sets hyper-parameters from schedules of pct (`{'lr': sched or [sched per group], 'mom': ...}`, as
+    ParamScheduler) over a number of steps planned to fit `budget_s` seconds from `before_fit`.
+
+    `valid_s`: the time of one validation pass; None estimates it as a third of a training step per row."""
+    order = 0
+
+    def __init__(self, scheds, budget_s, overhead_s=0., n_probe=20, n_skip=2, probe_pct=0.02, valid_s=None, clock=None):
+        if not 0 <= n_skip < n_probe:
+            raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
+        self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
+        self.n_probe, self.n_skip, self.probe_s = n_probe, n_skip, probe_pct * budget_s
+        self.clock = clock or time.perf_counter
+        self.n_steps = self.step_s = None
+
+    def before_fit(self):
+        self.t0, self.timed, self.n_timed = self.clock(), 0., 0
+        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
+
+    def before_epoch(self):
+        if self.n_steps is not None and self.learn.train_iter >= self.n_steps:
+            raise CancelFitException()
+        if self.n_steps is None:  # what the progress bar shows until the plan (fit's loop has its range by now)
+            self.learn.n_epoch = self.learn.epoch + 1
+
+    def before_train(self):
+        self.last = self.clock()
+
+    def before_batch(self):
+        if not self.learn.training:
+            return
+        i = self.learn.train_iter  # steps taken before this one
+        if self.n_steps is not None and i >= self.n_steps:
+            raise CancelTrainException()  # the plan is done: this epoch's validation still runs
+        pct = 0. if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.)
+        for name, s in self.scheds.items():
+            fns = s if isinstance(s, (list, tuple)) else [s] * self.n_groups
+            set_hyper(self.learn.opt, name, [f(pct) for f in fns])
+
+    def after_batch(self):
+        if not self.learn.training or self.n_steps is not None:
+            return
+        now = self.clock()
+        i = self.learn.train_iter  # steps taken, this one included
+        if i > self.n_skip:
+            self.timed, self.n_timed = self.timed + now - self.last, self.n_timed + 1
+        self.last = now
+        # A share too small for the whole probe is spent: plan (that is, stop) as soon as a step has been timed.
+        if (i >= self.n_probe and self.timed >= self.probe_s) or (self.n_timed and now - self.t0 >= self.budget_s):
+            self._plan(now, i)
+
+    def _plan(self, now, i):
+        step_s, elapsed_s, ws = self.timed / self.n_timed, now - self.t0, world_size()
+        if ws > 1:  # every process must stop at the same step: all plan from the mean timings
+            step_s, elapsed_s = (v / ws for v in all_reduce_sum([step_s, elapsed_s]))
+        self.step_s = step_s
+        dl_len, valid = len(self.learn.dls.train), self.learn.dls.valid
+        valid_s = self.valid_s
+        if valid_s is None and valid is not None:  # a forward pass costs about a third of a training step
+            valid_s = len(valid) * step_s / 3 * _bs(valid) / _bs(self.learn.dls.train)
+        valid_s = valid_s or 0.
+        self.n_steps = plan_steps(step_s, self.budget_s, self.overhead_s, elapsed_s, i, valid_s, dl_len)
+        self.learn.n_epoch = math.ceil(self.n_steps / dl_len)  # what the progress bar shows
+        log.info(f'budget {self.budget_s / 60:.1f} min: {self.step_s:.3f} s/step over steps {self.n_skip + 1}-{i}, '
+                 f'{valid_s:.0f} s per validation: {self.n_steps:,} steps ({self.n_steps / dl_len:.2f} epochs)')
+
+    def state_dict(self):
+        return {'n_steps': self.n_steps, 'step_s': self.step_s}
+
+    def load_state_dict(self, state):
+        self.n_steps, self.step_s = state.get('n_steps'), state.get('step_s')
+
+
+def _bs(dl):
+    "Rows per batch of a DataLoader or an LMLoader."
+    return getattr(dl, 'batch_size', None) or getattr(dl, 'bs', None) or 1
+
+
+def fit_one_cycle_budget(learn, budget_s, lr_max=None, pct_start=0.25, div=25., div_final=1e5,
+                         moms=(0.95, 0.85, 0.95), cbs=None, resume=None, **plan):
+    """`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds (`plan`: PlannedSchedule's options);
+    returns the PlannedSchedule (its `n_steps`, `step_s`)."""
+    lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)
+    scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
+    if moms is not None:
+        scheds['mom'] = [one_cycle_mom(moms, pct_start)] * len(lrs)
+    sched = PlannedSchedule(scheds, budget_s, **plan)
+    learn.fit(MAX_EPOCHS, lr=lrs, cbs=[sched, *(cbs or [])], resume=resume)
+    return sched
