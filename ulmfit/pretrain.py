@@ -5,10 +5,12 @@ training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, c
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
 import json
+import math
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.callback import Callback, CancelFitException
@@ -19,21 +21,26 @@ from common.learner import DataLoaders
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from .awd_lstm import AWDLSTMConfig
-from .datasets import TextCorpusReader, WikiTextReader
+from .datasets import ImdbReader, TextCorpusReader, WikiTextReader
 from .loaders import LMLoader
 from .model_io import save_model_folder
 from .recipe import lm_learner
+from .sampled_softmax import SampledSoftmax
 from .store import build_store
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
-    'corpus': Setting('', 'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw); '
+    'corpus': Setting('', 'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw), an '
+                          "IMDB folder or .tgz, or 'imdb' (all 100k review texts, labels unused); "
                           'empty = WikiText-103 train (downloaded, or from ULMFIT_MIRROR)'),
     'valid': Setting('', 'validation corpus; empty = WikiText-103 valid (beside the corpus or in ULMFIT_MIRROR), '
                          'else 1% of the corpus documents'),
     'max_docs': Setting(0, 'use only the first N documents of the corpus (0 = all)'),
     'max_valid_docs': Setting(0, 'use only the first N validation documents (0 = all)'),
     'model': Setting('paper', 'AWD-LSTM size preset (ulmfit.awd_lstm.PRESETS)', ('tiny', 'cpu', 'paper')),
+    'emb_sz': Setting(0, "embedding size (0 = the model preset's)"),
+    'n_hid': Setting(0, "hidden size of the inner LSTMs (0 = the model preset's)"),
+    'n_layers': Setting(0, "number of LSTMs (0 = the model preset's)"),
     'drop_mult': Setting(1.0, 'multiplier on every dropout'),
     'max_vocab': Setting(60000, 'largest vocab size'),
     'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
@@ -43,6 +50,12 @@ SETTINGS = {
     'bptt': Setting(70, 'tokens per sequence (back-propagation through time)'),
     'var_bptt': Setting(True, 'vary the sequence length as AWD-LSTM does'),
     'epochs': Setting(1, 'epochs of one-cycle training'),
+    'epoch_tokens': Setting(0, 'train on only the first N tokens of each (shuffled) epoch (0 = all of it)'),
+    'sampled_softmax': Setting(0, 'train with a sampled softmax of this many draws per batch (0 = full softmax); '
+                                  'validation is always exact'),
+    'sample_alpha': Setting(0.75, 'sampled softmax proposal: training unigram counts to this power'),
+    'snapshot_mtokens': Setting([0.], 'millions of training tokens after which to save a model folder '
+                                      '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)'),
     'lr': Setting(5e-3, 'peak learning rate'),
     'wd': Setting(0.01, 'decoupled weight decay'),
     'moms': Setting([0.8, 0.7, 0.8], 'one-cycle momentums (beta1) start,middle,end'),
@@ -96,6 +109,8 @@ def corpus_reader(paths, split='train'):
         raise FileNotFoundError(f"corpus not found: {', '.join(missing)}")
     if all(p.name.split('.')[-1] in ('tokens', 'raw') or p.name.endswith(('.tokens.gz', '.raw.gz')) for p in paths):
         return WikiTextReader(paths)
+    if len(paths) == 1 and ((paths[0] / 'train' / 'pos').is_dir() or paths[0].name.endswith(('.tgz', '.tar.gz'))):
+        return ImdbReader(paths[0])  # the same reader as `imdb` uses, so both share one token store
     return TextCorpusReader(paths, split=split)
 
 
@@ -108,7 +123,11 @@ def _wt103_file(folder, split):
 
 def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
-    if cfg['corpus']:
+    if cfg['corpus'] == 'imdb':
+        from common.download import untar_data
+        src = str(untar_data('imdb'))
+        train = corpus_reader(src)
+    elif cfg['corpus']:
         train = corpus_reader(cfg['corpus'])
         src = cfg['corpus']
     else:
@@ -121,7 +140,7 @@ def resolve_corpora(cfg):
     valid = None
     if cfg['valid']:
         valid = corpus_reader(cfg['valid'], split='valid')
-    else:
+    elif not isinstance(train, ImdbReader):  # IMDB is validated on 1% of its own reviews, not on WikiText
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
         if os.environ.get('ULMFIT_MIRROR'):
             candidates.append(Path(os.environ['ULMFIT_MIRROR']) / 'wikitext-103')
@@ -161,10 +180,14 @@ def build_lm_data(cfg, r=0, ws=1):
         v_ids, v_offsets, v_idx = store.ids, store.offsets, holdout
     lm = dict(bs=cfg['bs'], bptt=cfg['bptt'], backwards=cfg['backwards'], rank=r, world_size=ws)
     train = LMLoader(store.ids, store.offsets, t_idx, shuffle=True, var_bptt=cfg['var_bptt'], **lm)
+    if cfg['epoch_tokens']:
+        train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
     valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
     info = {'corpus': src, 'train_docs': len(store) if t_idx is None else len(t_idx), 'train_tokens': train.n_tokens,
             'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path),
             'tokenizer': tok.config()}
+    info['counts'] = np.bincount(store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]),
+                                 minlength=len(store.vocab))  # the sampled softmax's proposal
     return DataLoaders(train, valid), store.vocab, info
 
 
@@ -192,6 +215,7 @@ def pretrain(cfg, r=0, ws=1):
     if ws > 1 and r != 0:
         torch.distributed.barrier()  # rank 0 builds the token stores first; the others then open them
     dls, vocab, info = build_lm_data(cfg, r, ws)
+    counts = info.pop('counts')
     if ws > 1 and r == 0:
         torch.distributed.barrier()
     torch.manual_seed(cfg['seed'])
@@ -203,7 +227,8 @@ def pretrain(cfg, r=0, ws=1):
             torch.distributed.broadcast_object_list(box, src=0)
             run_dir = Path(box[0])
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
-    config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'])
+    sizes = {k: cfg[k] for k in ('emb_sz', 'n_hid', 'n_layers') if cfg[k]}
+    config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'], **sizes)
     if r == 0:
         print(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
               f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
@@ -216,6 +241,12 @@ def pretrain(cfg, r=0, ws=1):
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
         cbs.append(_StopAfter(2))
+    if cfg['sampled_softmax']:
+        cbs.append(SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha']))
+    milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
+    if milestones and r == 0:
+        cbs.append(TokenSnapshots(milestones, run_dir / 'snapshots', config, vocab.itos, dls.valid, ws,
+                                  extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}))
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
     learn.fit_one_cycle(cfg['epochs'], cfg['lr'], pct_start=cfg['pct_start'], moms=tuple(cfg['moms']), resume=resume)
@@ -234,6 +265,74 @@ def pretrain(cfg, r=0, ws=1):
     print(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
           f"{final['accuracy']:.4f}; model folder: {model_dir}")
     return run_dir
+
+
+class FirstBatches:
+    "The first `n` batches of each pass over a loader (`len` says so, so one-cycle plans for them)."
+
+    def __init__(self, dl, n):
+        self.dl, self.n = dl, min(n, len(dl))
+
+    def __len__(self):
+        return self.n
+
+    def __getattr__(self, name):  # the loader's other attributes (n_tokens is the whole epoch's)
+        return getattr(self.__dict__['dl'], name)
+
+    def __iter__(self):
+        for _, b in zip(range(self.n), self.dl):
+            yield b
+
+
+def evaluate_lm(model, dl):
+    "Exact (full-softmax) validation loss, perplexity and accuracy of an LM over `dl`, from a fresh state."
+    model.eval()
+    total, correct, n = 0., 0, 0
+    with torch.no_grad():
+        model[0].reset()
+        for xb, yb in dl:
+            logits = model(xb)[0]  # (bs, sl, vocab_sz)
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1),
+                                                             reduction='sum'))
+            correct += int((logits.argmax(-1) == yb).sum())
+            n += yb.numel()
+    return {'valid_loss': total / n, 'perplexity': math.exp(total / n), 'accuracy': correct / n}
+
+
+class TokenSnapshots(Callback):
+    """After each milestone of training tokens (millions), save a model folder `<folder>/<N>M` and its exact
+    validation figures (appended to `<folder>/snapshots.jsonl`): one run gives the learning curve."""
+    order = 60  # after the Recorder
+
+    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None):
+        self.todo, self.folder, self.config, self.itos = sorted(mtokens), Path(folder), config, itos
+        self.valid_dl, self.ws, self.extras, self.tokens, self.t0 = valid_dl, world_size, extras, 0, None
+
+    def before_fit(self):
+        self.t0 = time.time()
+
+    def after_batch(self):
+        if not self.learn.training:
+            return
+        self.tokens += self.learn.xb.numel() * self.ws
+        while self.todo and self.tokens >= self.todo[0] * 1e6:
+            self._snapshot(self.todo.pop(0))
+
+    def _snapshot(self, m):
+        model = self.learn.model
+        hidden, bs = model[0].hidden, model[0].bs  # the training stream's state, put back afterwards
+        train_s = time.time() - self.t0
+        t = time.time()
+        res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
+        model[0].hidden, model[0].bs = hidden, bs
+        model.train()
+        path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras)
+        row = {'mtokens': m, 'tokens': self.tokens, 'train_s': round(train_s, 1), 'eval_s': round(time.time() - t, 1),
+               **res, 'model_dir': str(path), 'loadavg': os.getloadavg()}
+        with open(self.folder / 'snapshots.jsonl', 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        self.t0 += time.time() - t  # evaluation time is not training time
+        print(f"snapshot {m:g}M tokens: {json.dumps(row)}")
 
 
 class _StopAfter(Callback):
