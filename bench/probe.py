@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if 'OMP_WAIT_POLICY' not in os.environ:
+if __name__ == '__main__' and 'OMP_WAIT_POLICY' not in os.environ:
     # Sleeping OpenMP waiters: spinning ones make a busy 2-core machine several times slower (see lm_speed.py).
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     os.execv(sys.executable, [sys.executable] + sys.argv)

@@ -62,3 +62,46 @@ def test_pretrain_with_sampled_softmax_sizes_token_budget_and_snapshots(tmp_path
     hist = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
     assert hist  # validation ran with the exact softmax after training with the sampled one
     assert json.loads((run / 'metrics.json').read_text())['perplexity'] < 40
+
+
+def test_probe_separates_a_linear_signal_and_reads_the_frozen_encoder():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent.parent / 'bench'))
+    import probe
+    from ulmfit.awd_lstm import AWDLSTMConfig, AWDLSTMEncoder
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (600,), generator=g)
+    x = torch.randn(600, 12, generator=g)
+    x[:, 3] += 3 * (2 * y - 1)  # one informative feature among noisy ones
+    acc, l2, accs = probe.probe(x[:400], y[:400], x[400:], y[400:])
+    assert acc > 0.95 and l2 in probe.L2_GRID and set(accs) == set(probe.L2_GRID)
+    fit, ev = probe.probe_split(y, 300, 200, seed=1)
+    assert len(set(fit) | set(ev)) == 500 and not set(fit) & set(ev)
+    config = AWDLSTMConfig(vocab_sz=20, emb_sz=6, n_hid=10, n_layers=2)
+    state = AWDLSTMEncoder(config).state_dict()
+    docs = [torch.randint(2, 20, (n,), generator=g).numpy() for n in (5, 30, 12)]
+    feats = probe.encode(state, config, docs, max_len=16, bs=2)
+    alone = probe.encode(state, config, docs[1:2], max_len=16)
+    assert feats.shape == (3, 18) and torch.allclose(feats[1], alone[0], atol=1e-5)  # batching changes nothing
+
+
+def test_pretrain_on_an_imdb_folder_holds_out_reviews_and_shares_the_prepared_store(tmp_path, monkeypatch):
+    import random
+    from ulmfit.prepare import prepare_dataset
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+    mirror = tmp_path / 'mirror' / 'wikitext-103'
+    mirror.mkdir(parents=True)
+    (mirror / 'wiki.valid.tokens').write_text(' = T = \n\n the wiki text \n')
+    monkeypatch.setenv('ULMFIT_MIRROR', str(mirror.parent))  # must not become IMDB's validation set
+    rnd, words = random.Random(0), 'good bad film plot actor great awful movie fun dull'.split()
+    for split, folder in [('train', 'pos'), ('train', 'neg'), ('train', 'unsup'), ('test', 'pos'), ('test', 'neg')]:
+        (tmp_path / 'imdb' / split / folder).mkdir(parents=True)
+        for i in range(25):
+            text = ' '.join(rnd.choice(words) for _ in range(40))
+            (tmp_path / 'imdb' / split / folder / f'{i}_{0 if folder == "unsup" else 7}.txt').write_text(text)
+    run = pretrain(tiny_cfg(tmp_path, corpus=str(tmp_path / 'imdb'), valid='', dry_run=True))
+    data = json.loads((run / 'config.json').read_text())['data']
+    assert data['train_docs'] == 124  # 125 reviews, 1% (one) held out for validation
+    store = prepare_dataset(None, corpus=[str(tmp_path / 'imdb')], max_vocab=4000, min_freq=1, n_workers=1)
+    assert data['store'] == str(store.path)
