@@ -6,7 +6,8 @@ For each model folder: read `n_fit + n_eval` random TRAIN reviews (a fixed, seed
 touched) with the frozen encoder, concat-pool the last layer's outputs ([last, max, mean], 3 x emb_sz features),
 standardise them with the fit set's statistics, and fit an L2-regularised logistic regression (full-batch LBFGS) on
 the first `n_fit`. The L2 weight is chosen on a 20% split of the fit set, then refit on all of it; the accuracy is
-measured on the other `n_eval` reviews. Prints one JSON line per model.
+measured on the other `n_eval` reviews (the same ones for any `n_fit`, e.g. 22500 for a head on every other
+training review). Prints one JSON line per model.
 
 The reviews come from the IMDB token store (`ULMFIT_DATA`, built if missing); tokens the LM's vocab lacks become
 its xxunk.
@@ -35,9 +36,12 @@ L2_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def probe_split(labels, n_fit, n_eval, seed):
-    "Seeded disjoint (fit, eval) index arrays into the labelled training reviews."
+    """Seeded disjoint (fit, eval) index arrays into the labelled training reviews. The eval reviews are the end of
+    the permutation, so they stay the same whatever `n_fit` is."""
+    if n_fit + n_eval > len(labels):
+        raise ValueError(f'n_fit + n_eval = {n_fit + n_eval} but there are only {len(labels)} labelled reviews')
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).numpy()
-    return perm[:n_fit], perm[n_fit:n_fit + n_eval]
+    return perm[:n_fit], perm[len(perm) - n_eval:]
 
 
 def encode(enc_state, config, docs, max_len, bs=64):

@@ -78,6 +78,7 @@ def test_probe_separates_a_linear_signal_and_reads_the_frozen_encoder():
     assert acc > 0.95 and l2 in probe.L2_GRID and set(accs) == set(probe.L2_GRID)
     fit, ev = probe.probe_split(y, 300, 200, seed=1)
     assert len(set(fit) | set(ev)) == 500 and not set(fit) & set(ev)
+    assert (probe.probe_split(y, 400, 200, seed=1)[1] == ev).all()  # the eval reviews don't depend on n_fit
     config = AWDLSTMConfig(vocab_sz=20, emb_sz=6, n_hid=10, n_layers=2)
     state = AWDLSTMEncoder(config).state_dict()
     docs = [torch.randint(2, 20, (n,), generator=g).numpy() for n in (5, 30, 12)]
