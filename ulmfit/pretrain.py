@@ -280,7 +280,11 @@ class FirstBatches:
     def __len__(self):
         return self.n
 
-    def __getattr__(self, name):  # the loader's other attributes (n_tokens is the whole epoch's)
+    @property
+    def n_tokens(self):
+        return min(self.dl.n_tokens, self.n * self.dl.global_bs * self.dl.bptt)
+
+    def __getattr__(self, name):  # the loader's other attributes
         return getattr(self.__dict__['dl'], name)
 
     def __iter__(self):
