@@ -235,7 +235,9 @@ class AWDLSTMEncoder(nn.Module):
 
 
 class LinearDecoder(nn.Module):
-    "Output dropout, then a linear layer to the vocab whose weight may be the embedding's."
+    """Output dropout, then a linear layer to the vocab whose weight may be the embedding's. With `skip_logits`
+    set (by `SampledSoftmax`), training returns no logits: the loss is computed from `out` on a sample of words."""
+    skip_logits = False
 
     def __init__(self, config, tie_to=None):
         super().__init__()
@@ -251,6 +253,8 @@ class LinearDecoder(nn.Module):
 
     def forward(self, raw):  # (bs, sl, emb_sz) -> logits (bs, sl, vocab_sz), raw, dropped
         out = self.output_dp(raw)
+        if self.skip_logits and self.training:
+            return None, raw, out
         return self.decoder(out), raw, out
 
 

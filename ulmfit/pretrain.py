@@ -6,6 +6,7 @@ Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each r
 """
 import hashlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.budget import fit_one_cycle_budget
@@ -26,22 +28,27 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
-from .datasets import TextCorpusReader, WikiTextReader
+from .datasets import ImdbReader, TextCorpusReader, WikiTextReader
 from .dry_run import dry_run_folder, write_corpus
 from .loaders import LMLoader
 from .model_io import save_model_folder
 from .recipe import lm_learner
+from .sampled_softmax import SampledSoftmax
 from .store import build_store
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
-    'corpus': Setting('', 'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw); '
+    'corpus': Setting('', 'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw), an '
+                          "IMDB folder or .tgz, or 'imdb' (all 100k review texts, labels unused); "
                           'empty = WikiText-103 train (downloaded, or from ULMFIT_MIRROR)'),
     'valid': Setting('', 'validation corpus; empty = WikiText-103 valid (beside the corpus or in ULMFIT_MIRROR), '
                          'else 1% of the corpus documents'),
     'max_docs': Setting(0, 'use only the first N documents of the corpus (0 = all)'),
     'max_valid_docs': Setting(0, 'use only the first N validation documents (0 = all)'),
     'model': Setting('paper', 'AWD-LSTM size preset (ulmfit.awd_lstm.PRESETS)', ('tiny', 'cpu', 'paper')),
+    'emb_sz': Setting(0, "embedding size (0 = the model preset's)"),
+    'n_hid': Setting(0, "hidden size of the inner LSTMs (0 = the model preset's)"),
+    'n_layers': Setting(0, "number of LSTMs (0 = the model preset's)"),
     'drop_mult': Setting(1.0, 'multiplier on every dropout'),
     'max_vocab': Setting(60000, 'largest vocab size'),
     'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
@@ -53,6 +60,12 @@ SETTINGS = {
     'bptt': Setting(70, 'tokens per sequence (back-propagation through time)'),
     'var_bptt': Setting(True, 'vary the sequence length as AWD-LSTM does'),
     'epochs': Setting(1, 'epochs of one-cycle training'),
+    'epoch_tokens': Setting(0, 'train on only the first N tokens of each (shuffled) epoch (0 = all of it)'),
+    'sampled_softmax': Setting(0, 'train with a sampled softmax of this many draws per batch (0 = full softmax); '
+                                  'validation is always exact'),
+    'sample_alpha': Setting(0.75, 'sampled softmax proposal: training unigram counts to this power'),
+    'snapshot_mtokens': Setting([0.], 'millions of training tokens after which to save a model folder '
+                                      '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)'),
     'lr': Setting(5e-3, 'peak learning rate'),
     'wd': Setting(0.01, 'decoupled weight decay'),
     'moms': Setting([0.8, 0.7, 0.8], 'one-cycle momentums (beta1) start,middle,end'),
@@ -139,6 +152,8 @@ def corpus_reader(paths, split='train', errors='strict'):
         raise FileNotFoundError(f"corpus not found: {', '.join(missing)}")
     if all(p.name.split('.')[-1] in ('tokens', 'raw') or p.name.endswith(('.tokens.gz', '.raw.gz')) for p in paths):
         return WikiTextReader(paths, errors=errors)
+    if len(paths) == 1 and ((paths[0] / 'train' / 'pos').is_dir() or paths[0].name.endswith(('.tgz', '.tar.gz'))):
+        return ImdbReader(paths[0], errors=errors)  # the same reader as `imdb` uses, so both share one token store
     return TextCorpusReader(paths, split=split, errors=errors)
 
 
@@ -151,7 +166,11 @@ def _wt103_file(folder, split):
 
 def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
-    if cfg['corpus']:
+    if cfg['corpus'] == 'imdb':
+        from common.download import untar_data
+        src = str(untar_data('imdb'))
+        train = corpus_reader(src, errors=cfg['errors'])
+    elif cfg['corpus']:
         train = corpus_reader(cfg['corpus'], errors=cfg['errors'])
         src = cfg['corpus']
     else:
@@ -164,7 +183,7 @@ def resolve_corpora(cfg):
     valid = None
     if cfg['valid']:
         valid = corpus_reader(cfg['valid'], split='valid', errors=cfg['errors'])
-    else:
+    elif not isinstance(train, ImdbReader):  # IMDB is validated on 1% of its own reviews, not on WikiText
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
         if os.environ.get('ULMFIT_MIRROR'):
             candidates.append(Path(os.environ['ULMFIT_MIRROR']) / 'wikitext-103')
@@ -173,7 +192,9 @@ def resolve_corpora(cfg):
             if p is not None:
                 valid = WikiTextReader([p], errors=cfg['errors'])
                 break
-    return FirstDocs(train, cfg['max_docs']), (FirstDocs(valid, cfg['max_valid_docs']) if valid else None), src
+    # Unwrapped when all docs are read, so the store key is the reader's own: `prepare` and `imdb` build the same.
+    first = lambda r, n: FirstDocs(r, n) if n else r  # noqa: E731
+    return first(train, cfg['max_docs']), (first(valid, cfg['max_valid_docs']) if valid else None), src
 
 
 def spm_key(fingerprint, max_vocab):
@@ -209,10 +230,14 @@ def build_lm_data(cfg, r=0, ws=1):
         v_ids, v_offsets, v_idx = store.ids, store.offsets, holdout
     lm = dict(bs=cfg['bs'], bptt=cfg['bptt'], backwards=cfg['backwards'], rank=r, world_size=ws)
     train = LMLoader(store.ids, store.offsets, t_idx, shuffle=True, var_bptt=cfg['var_bptt'], **lm)
+    if cfg['epoch_tokens']:
+        train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
     valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
     info = {'corpus': src, 'train_docs': len(store) if t_idx is None else len(t_idx), 'train_tokens': train.n_tokens,
             'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path),
             'tokenizer': tok.config(), 'spm_model': getattr(tok, 'model_path', None)}
+    info['counts'] = np.bincount(store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]),
+                                 minlength=len(store.vocab))  # the sampled softmax's proposal
     return DataLoaders(train, valid), store.vocab, info
 
 
@@ -266,6 +291,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     if ws > 1 and r != 0:
         torch.distributed.barrier()  # rank 0 builds the token stores first; the others then open them
     dls, vocab, info = build_lm_data(cfg, r, ws)
+    counts = info.pop('counts')
     if ws > 1 and r == 0:
         torch.distributed.barrier()
     torch.manual_seed(cfg['seed'])
@@ -277,7 +303,8 @@ def pretrain(cfg, r=0, ws=1, given=()):
             torch.distributed.broadcast_object_list(box, src=0)
             run_dir = Path(box[0])
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
-    config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'])
+    sizes = {k: cfg[k] for k in ('emb_sz', 'n_hid', 'n_layers') if cfg[k]}
+    config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'], **sizes)
     if r == 0:
         log.info(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
                  f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
@@ -290,6 +317,14 @@ def pretrain(cfg, r=0, ws=1, given=()):
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
         cbs.append(_StopAfter(2))
+    if cfg['sampled_softmax']:
+        cbs.append(SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha']))
+    milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
+    if milestones and r == 0:
+        # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
+        vdl = FirstBatches(dls.valid, math.ceil(100_000 / (cfg['bs'] * cfg['bptt'])))
+        cbs.append(TokenSnapshots(milestones, run_dir / 'snapshots', config, vocab.itos, vdl, ws,
+                                  extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}))
     learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
                        alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
     fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.), moms=tuple(cfg['moms']), resume=resume), None
@@ -322,6 +357,78 @@ def pretrain(cfg, r=0, ws=1, given=()):
     log.info(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
           f"{final['accuracy']:.4f}; model folder: {model_dir}")
     return run_dir
+
+
+class FirstBatches:
+    "The first `n` batches of each pass over a loader (`len` says so, so one-cycle plans for them)."
+
+    def __init__(self, dl, n):
+        self.dl, self.n = dl, min(n, len(dl))
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def n_tokens(self):
+        return min(self.dl.n_tokens, self.n * self.dl.global_bs * self.dl.bptt)
+
+    def __getattr__(self, name):  # the loader's other attributes
+        return getattr(self.__dict__['dl'], name)
+
+    def __iter__(self):
+        for _, b in zip(range(self.n), self.dl):
+            yield b
+
+
+def evaluate_lm(model, dl):
+    "Exact (full-softmax) validation loss, perplexity and accuracy of an LM over `dl`, from a fresh state."
+    model.eval()
+    total, correct, n = 0., 0, 0
+    with torch.no_grad():
+        model[0].reset()
+        for xb, yb in dl:
+            logits = model(xb)[0]  # (bs, sl, vocab_sz)
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1),
+                                                             reduction='sum'))
+            correct += int((logits.argmax(-1) == yb).sum())
+            n += yb.numel()
+    return {'valid_loss': total / n, 'perplexity': math.exp(total / n), 'accuracy': correct / n}
+
+
+class TokenSnapshots(Callback):
+    """After each milestone of training tokens (millions), save a model folder `<folder>/<N>M` and its exact
+    validation figures (appended to `<folder>/snapshots.jsonl`): one run gives the learning curve."""
+    order = 60  # after the Recorder
+
+    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None):
+        self.todo, self.folder, self.config, self.itos = sorted(mtokens), Path(folder), config, itos
+        self.valid_dl, self.ws, self.extras, self.tokens, self.t0 = valid_dl, world_size, extras, 0, None
+
+    def before_fit(self):
+        self.t0 = time.time()
+
+    def after_batch(self):
+        if not self.learn.training:
+            return
+        self.tokens += self.learn.xb.numel() * self.ws
+        while self.todo and self.tokens >= self.todo[0] * 1e6:
+            self._snapshot(self.todo.pop(0))
+
+    def _snapshot(self, m):
+        model = self.learn.model
+        hidden, bs = model[0].hidden, model[0].bs  # the training stream's state, put back afterwards
+        train_s = time.time() - self.t0
+        t = time.time()
+        res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
+        model[0].hidden, model[0].bs = hidden, bs
+        model.train()
+        path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras)
+        row = {'mtokens': m, 'tokens': self.tokens, 'train_s': round(train_s, 1), 'eval_s': round(time.time() - t, 1),
+               **res, 'model_dir': str(path), 'loadavg': os.getloadavg()}
+        with open(self.folder / 'snapshots.jsonl', 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        self.t0 += time.time() - t  # evaluation time is not training time
+        log.info(f"snapshot {m:g}M tokens: {json.dumps(row)}")
 
 
 class _StopAfter(Callback):
