@@ -42,8 +42,9 @@ test: ## run the fast test suite (CPU, no data downloads)
 test-all: ## run every test, the slow ones too
 	$(PYTHON) -m pytest -q -m ""
 
-lint: ## ruff, errors only
+lint: ## ruff: the lint rules in pyproject.toml, and the code formatted as ruff format writes it
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 smoke: ## real-data end-to-end runs with PRESET=tiny on the mirror
 	$(PYTHON) -m ulmfit prepare --dataset imdb_sample

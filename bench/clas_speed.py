@@ -8,6 +8,7 @@ Document lengths are log-normal (median 230, sigma 0.75) clipped to [10, 2048], 
 the front with the pad id. `sortish` (default) sorts documents by length and shuffles the batches, as a
 training sampler that groups similar lengths would; `random` batches documents in random order.
 """
+
 import argparse
 import json
 import math
@@ -20,14 +21,14 @@ if 'OMP_WAIT_POLICY' not in os.environ:
     # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     os.execv(sys.executable, sys.orig_argv)  # the same command line (python -m bench.x ...)
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from common.learner import DataLoaders, Learner  # noqa: E402
-from common.perf import tune_malloc  # noqa: E402
-from bench.lm_speed import BatchTimer, lm_flops_per_token, matmul_gflops  # noqa: E402
-from ulmfit.awd_lstm import AWDLSTMConfig, RNNCallback, clas_config  # noqa: E402
-from ulmfit.classifier import clas_splitter, get_text_classifier  # noqa: E402
+from bench.lm_speed import BatchTimer, lm_flops_per_token, matmul_gflops
+from common.learner import DataLoaders, Learner
+from common.perf import tune_malloc
+from ulmfit.awd_lstm import AWDLSTMConfig, RNNCallback, clas_config
+from ulmfit.classifier import clas_splitter, get_text_classifier
 
 
 def random_docs(n, vocab, median=230, sigma=0.75, lo=10, hi=2048, seed=0):
@@ -38,7 +39,7 @@ def random_docs(n, vocab, median=230, sigma=0.75, lo=10, hi=2048, seed=0):
 
 
 def pad_front(docs, pad_id=1):
-    "  [p p a b c]\n  [d e f g h]  one row per document, padding in front so every document ends at the right."
+    "[p p a b c]\n  [d e f g h]  one row per document, padding in front so every document ends at the right."
     sl = max(len(d) for d in docs)
     return torch.stack([F.pad(d, (sl - len(d), 0), value=pad_id) for d in docs])
 
@@ -48,7 +49,7 @@ def make_batches(docs, bs, sampler, seed=0):
     order = torch.randperm(len(docs), generator=g).tolist()
     if sampler == 'sortish':
         order.sort(key=lambda i: -len(docs[i]))
-    batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
     if sampler == 'sortish':
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     labels = torch.randint(0, 2, (len(docs),), generator=g)
@@ -81,20 +82,45 @@ def main(argv=None):
         torch.manual_seed(0)
         model = get_text_classifier(c, 2, bptt=a.bptt, max_len=a.max_len)
         timer = BatchTimer()
-        learn = Learner(model, DataLoaders(batches[:1] + batches), F.cross_entropy, splitter=clas_splitter,
-                        precision=p, cbs=[RNNCallback(), timer], progress=False, device='cpu')
+        learn = Learner(
+            model,
+            DataLoaders(batches[:1] + batches),
+            F.cross_entropy,
+            splitter=clas_splitter,
+            precision=p,
+            cbs=[RNNCallback(), timer],
+            progress=False,
+            device='cpu',
+        )
         learn.fit(1, lr=1e-3)
         t = sum(timer.times[1:])  # the first batch is a warm-up repeat
         lstm_flops = lm_flops_per_token(c) - 2 * c.emb_sz * c.vocab_sz  # the encoder's share; the head is tiny
-        runs[p] = dict(docs_per_s=round(a.docs / t, 2), s_per_epoch=round(t, 1),
-                       ms_per_batch_median=round(1000 * statistics.median(timer.times[1:]), 1),
-                       gflops=round(3 * lstm_flops * n_real / t / 1e9, 1))  # counting real tokens only
+        runs[p] = dict(
+            docs_per_s=round(a.docs / t, 2),
+            s_per_epoch=round(t, 1),
+            ms_per_batch_median=round(1000 * statistics.median(timer.times[1:]), 1),
+            gflops=round(3 * lstm_flops * n_real / t / 1e9, 1),
+        )  # counting real tokens only
     first = runs[precisions[0]]
-    res = dict(bench='clas_speed', **first, precision=precisions[0], sampler=a.sampler, docs=a.docs,
-               real_tokens=n_real, padded_tokens=n_tok, pad_frac=round(1 - n_real / n_tok, 3),
-               matmul_gflops=round(matmul_gflops(), 1), config=c.to_dict(), bs=a.bs, bptt=a.bptt,
-               max_len=a.max_len, threads=torch.get_num_threads(),
-               omp_wait_policy=os.environ['OMP_WAIT_POLICY'], malloc_tuned=tuned, torch=torch.__version__)
+    res = dict(
+        bench='clas_speed',
+        **first,
+        precision=precisions[0],
+        sampler=a.sampler,
+        docs=a.docs,
+        real_tokens=n_real,
+        padded_tokens=n_tok,
+        pad_frac=round(1 - n_real / n_tok, 3),
+        matmul_gflops=round(matmul_gflops(), 1),
+        config=c.to_dict(),
+        bs=a.bs,
+        bptt=a.bptt,
+        max_len=a.max_len,
+        threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ['OMP_WAIT_POLICY'],
+        malloc_tuned=tuned,
+        torch=torch.__version__,
+    )
     if len(precisions) > 1:
         res['by_precision'] = runs
     print(json.dumps(res))

@@ -27,6 +27,7 @@ oneDNN lacks that dtype (awd_lstm.lstm_in_fp32); the cuDNN warning filter is ins
 parity_eval compares the CPU with itself (it checks the plumbing, not cuDNN); ddp_torchrun runs two gloo processes
 on the CPU. Throughput numbers on a CPU are for the record only.
 """
+
 import argparse
 import json
 import math
@@ -77,6 +78,7 @@ def sync(device):
 
 class StepLog(Callback):
     "Records each training batch's loss, wall time and the GradScaler's count of skipped steps so far."
+
     order = 95
 
     def __init__(self, device):
@@ -99,6 +101,7 @@ class StepLog(Callback):
 def lm_config(a, precision='fp32'):
     "The `paper` AWD-LSTM at a 60k vocab (a CPU's emulated fp16/bf16 runs an 8k one); `tiny` at 500 with --small."
     from ulmfit.awd_lstm import AWDLSTMConfig
+
     if a.small:
         return AWDLSTMConfig.preset('tiny', vocab_sz=500)
     return AWDLSTMConfig.preset('paper', vocab_sz=8000 if a.cpu and precision != 'fp32' else 60000)
@@ -107,6 +110,7 @@ def lm_config(a, precision='fp32'):
 def check_lm(a, device, precision):
     from common.learner import DataLoaders
     from ulmfit.recipe import lm_learner
+
     torch.manual_seed(0)
     bs, bptt = a.lm_bs, a.lm_bptt
     cfg = lm_config(a, precision)
@@ -125,13 +129,22 @@ def check_lm(a, device, precision):
         scale = learn.mixed_precision.scaler.get_scale()
         detail += f"; first step {'SKIPPED' if first_skipped else 'taken'}, scale {scale:g}"
     t = sum(log.times[1:])
-    rec = dict(bench='gpu_check_lm', precision=precision, tokens_per_s=round(bs * bptt * (len(log.times) - 1) / t, 1),
-               bs=bs, bptt=bptt, vocab=cfg.vocab_sz, emb_sz=cfg.emb_sz, n_hid=cfg.n_hid)
+    rec = dict(
+        bench='gpu_check_lm',
+        precision=precision,
+        tokens_per_s=round(bs * bptt * (len(log.times) - 1) / t, 1),
+        bs=bs,
+        bptt=bptt,
+        vocab=cfg.vocab_sz,
+        emb_sz=cfg.emb_sz,
+        n_hid=cfg.n_hid,
+    )
     return ok, detail, [rec]
 
 
 def check_parity_eval(a, device):
     from ulmfit.awd_lstm import get_language_model, reset_model
+
     torch.manual_seed(0)
     m = get_language_model(lm_config(a)).eval()
     x = torch.randint(2, m[0].embed.emb.num_embeddings, (4, 30))
@@ -147,7 +160,9 @@ def check_parity_eval(a, device):
 
 def check_parity_weight_dropout(a, device):
     import copy
+
     from ulmfit.awd_lstm import WeightDropout
+
     torch.manual_seed(0)
     ni, nh = (32, 64) if a.small else (400, 1152)
     wd = WeightDropout(nn.LSTM(ni, nh, batch_first=True), 0.5).to(device).train()
@@ -168,10 +183,13 @@ def check_parity_weight_dropout(a, device):
 
 def write_corpus(path, n_docs, seed):
     import random
+
     rnd = random.Random(seed)
     words = 'the cat dog sat on a mat and ran to house tree sun moon big small red blue'.split()
-    docs = ['\n'.join(' '.join(rnd.choice(words) for _ in range(rnd.randint(8, 20))).capitalize() + '.'
-                      for _ in range(3)) for _ in range(n_docs)]
+    docs = [
+        '\n'.join(' '.join(rnd.choice(words) for _ in range(rnd.randint(8, 20))).capitalize() + '.' for _ in range(3))
+        for _ in range(n_docs)
+    ]
     path.write_text('\n\n'.join(docs) + '\n')
     return path
 
@@ -196,9 +214,34 @@ def check_pretrain_resume(a, device):
         corpus, valid = write_corpus(tmp / 'train.txt', 80, 0), write_corpus(tmp / 'valid.txt', 6, 1)
         base = [sys.executable, '-m', 'ulmfit', 'pretrain']
         # A tiny time budget stops training after the first batch with a mid-epoch checkpoint.
-        first = base + ['--preset', 'tiny', '--precision', 'fp16', '--corpus', str(corpus), '--valid', str(valid),
-                        '--max-docs', '0', '--min-freq', '1', '--bs', '4', '--bptt', '8', '--epochs', '2',
-                        '--max-minutes', '0.0005', '--n-workers', '1', '--runs', str(tmp / 'runs'), '--name', 'gc']
+        first = base + [
+            '--preset',
+            'tiny',
+            '--precision',
+            'fp16',
+            '--corpus',
+            str(corpus),
+            '--valid',
+            str(valid),
+            '--max-docs',
+            '0',
+            '--min-freq',
+            '1',
+            '--bs',
+            '4',
+            '--bptt',
+            '8',
+            '--epochs',
+            '2',
+            '--max-minutes',
+            '0.0005',
+            '--n-workers',
+            '1',
+            '--runs',
+            str(tmp / 'runs'),
+            '--name',
+            'gc',
+        ]
         rc, out, last = _run(first, _env(device, tmp))
         ck = tmp / 'runs' / 'gc' / 'checkpoints' / 'last.pth'
         if rc != 0 or not ck.exists():
@@ -214,16 +257,20 @@ def check_clas(a, device):
     from ulmfit.api import TextClassifier
     from ulmfit.loaders import pad_collate
     from ulmfit.vocab import SPECIALS, Vocab
+
     torch.manual_seed(0)
     cfg = lm_config(a, 'fp16')
     itos = SPECIALS + [f'w{i}' for i in range(cfg.vocab_sz - len(SPECIALS))]
     cfg.vocab_sz = len(itos)
     g = torch.Generator().manual_seed(0)
     lo, hi = (10, 60) if a.small or device.type == 'cpu' else (50, 600)  # IMDB reviews: ~270 tokens on average
-    docs = [torch.randint(len(SPECIALS), len(itos), (int(n),), generator=g).numpy()
-            for n in torch.randint(lo, hi, (2 * a.clas_bs,), generator=g)]
-    batches = [pad_collate([(d, i % 2) for i, d in enumerate(docs[k:k + a.clas_bs])], pad_idx=1)
-               for k in (0, a.clas_bs)]
+    docs = [
+        torch.randint(len(SPECIALS), len(itos), (int(n),), generator=g).numpy()
+        for n in torch.randint(lo, hi, (2 * a.clas_bs,), generator=g)
+    ]
+    batches = [
+        pad_collate([(d, i % 2) for i, d in enumerate(docs[k : k + a.clas_bs])], pad_idx=1) for k in (0, a.clas_bs)
+    ]
     log = StepLog(device)
     learn = recipe.clas_learner(cfg, 2, DataLoaders(batches), precision='fp16', cbs=[log])
     learn.remove_cbs([learn.progress])
@@ -236,37 +283,71 @@ def check_clas(a, device):
         preds = clf.predict(['w1 w2 w3 w4 w5', 'w9 ' * 300, 'w7 w8'])
     # Skipped fp16 steps are counted, not failed: the head's first gradients at the starting scale (2**16) may
     # overflow, and the GradScaler skipping them while the scale settles is its documented behaviour.
-    ok = (len(log.losses) == 2 and all(math.isfinite(v) for v in log.losses)
-          and all(p.label in ('neg', 'pos') and abs(sum(p.probs.values()) - 1) < 1e-3 for p in preds))
+    ok = (
+        len(log.losses) == 2
+        and all(math.isfinite(v) for v in log.losses)
+        and all(p.label in ('neg', 'pos') and abs(sum(p.probs.values()) - 1) < 1e-3 for p in preds)
+    )
     t = sum(log.times)
-    rec = dict(bench='gpu_check_clas', precision='fp16', docs_per_s=round(2 * a.clas_bs / t, 1), bs=a.clas_bs,
-               doc_len=[lo, hi], vocab=cfg.vocab_sz, emb_sz=cfg.emb_sz, n_hid=cfg.n_hid)
-    detail = ('losses ' + ' '.join(f'{v:.3f}' for v in log.losses) + f'; {log.skipped[-1]} of 2 steps skipped'
-              + f'; predict: {[p.label for p in preds]}')
+    rec = dict(
+        bench='gpu_check_clas',
+        precision='fp16',
+        docs_per_s=round(2 * a.clas_bs / t, 1),
+        bs=a.clas_bs,
+        doc_len=[lo, hi],
+        vocab=cfg.vocab_sz,
+        emb_sz=cfg.emb_sz,
+        n_hid=cfg.n_hid,
+    )
+    detail = (
+        'losses '
+        + ' '.join(f'{v:.3f}' for v in log.losses)
+        + f'; {log.skipped[-1]} of 2 steps skipped'
+        + f'; predict: {[p.label for p in preds]}'
+    )
     return ok, detail, [rec]
 
 
 def check_xresnet(a, device, precision):
     from common.learner import DataLoaders, Learner
     from vision.xresnet import create_model
+
     torch.manual_seed(0)
     model = create_model('xresnet18' if a.small else 'xresnet50', n_out=10).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(a.img_bs, 3, a.img_size, a.img_size, generator=g)
-                .contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (a.img_bs,), generator=g))
-               for _ in range(3)]
+    batches = [
+        (
+            torch.randn(a.img_bs, 3, a.img_size, a.img_size, generator=g).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 10, (a.img_bs,), generator=g),
+        )
+        for _ in range(3)
+    ]
     log = StepLog(device)
-    learn = Learner(model, DataLoaders(batches), F.cross_entropy, lr=1e-3, precision=precision, device=device,
-                    progress=False, cbs=[log])
+    learn = Learner(
+        model,
+        DataLoaders(batches),
+        F.cross_entropy,
+        lr=1e-3,
+        precision=precision,
+        device=device,
+        progress=False,
+        cbs=[log],
+    )
     learn.fit(1)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
     # Skipped fp16 steps are allowed here: a CNN's first gradients at the GradScaler's starting scale (2**16) may
     # overflow, and skipping them while the scale settles is the documented behaviour; the count is reported.
     ok = all(math.isfinite(v) for v in log.losses) and nhwc
-    rec = dict(bench='gpu_check_xresnet', model='xresnet18' if a.small else 'xresnet50', precision=precision,
-               img_per_s=round(a.img_bs * (len(log.times) - 1) / sum(log.times[1:]), 1), bs=a.img_bs,
-               size=a.img_size, channels_last=True)
+    rec = dict(
+        bench='gpu_check_xresnet',
+        model='xresnet18' if a.small else 'xresnet50',
+        precision=precision,
+        img_per_s=round(a.img_bs * (len(log.times) - 1) / sum(log.times[1:]), 1),
+        bs=a.img_bs,
+        size=a.img_size,
+        channels_last=True,
+    )
     detail = 'losses ' + ' '.join(f'{v:.3f}' for v in log.losses) + f"; weights {'NHWC' if nhwc else 'NCHW!'}"
     if precision == 'fp16':
         detail += f'; {log.skipped[-1]} of 3 steps skipped'
@@ -280,10 +361,36 @@ def check_ddp(a, device):
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         corpus, valid = write_corpus(tmp / 'train.txt', 60, 0), write_corpus(tmp / 'valid.txt', 6, 1)
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'ulmfit',
-               'pretrain', '--preset', 'tiny', '--dry-run', 'true', '--corpus', str(corpus), '--valid', str(valid),
-               '--max-docs', '0', '--min-freq', '1', '--bs', '4', '--bptt', '8', '--n-workers', '1',
-               '--runs', str(tmp / 'runs')]
+        cmd = [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--standalone',
+            '--nproc_per_node=2',
+            '-m',
+            'ulmfit',
+            'pretrain',
+            '--preset',
+            'tiny',
+            '--dry-run',
+            'true',
+            '--corpus',
+            str(corpus),
+            '--valid',
+            str(valid),
+            '--max-docs',
+            '0',
+            '--min-freq',
+            '1',
+            '--bs',
+            '4',
+            '--bptt',
+            '8',
+            '--n-workers',
+            '1',
+            '--runs',
+            str(tmp / 'runs'),
+        ]
         rc, _, last = _run(cmd, _env(device, tmp))
         return rc == 0, f"rc {rc} ({'gloo, CPU' if device.type == 'cpu' else 'nccl'}); {last}", []
 
@@ -294,8 +401,10 @@ def run_checks(a, device):
     if 'lm' in a.only:
         plan += [(f'lm_{p}', lambda p=p: check_lm(a, device, p)) for p in ('fp32', 'fp16', 'bf16')]
     if 'parity' in a.only:
-        plan += [('parity_eval', lambda: check_parity_eval(a, device)),
-                 ('parity_weight_dropout', lambda: check_parity_weight_dropout(a, device))]
+        plan += [
+            ('parity_eval', lambda: check_parity_eval(a, device)),
+            ('parity_weight_dropout', lambda: check_parity_weight_dropout(a, device)),
+        ]
     if 'pretrain' in a.only:
         plan.append(('pretrain_resume', lambda: check_pretrain_resume(a, device)))
     if 'clas' in a.only:
@@ -358,9 +467,10 @@ def main(argv=None):
         print(json.dumps(r))
     failed = [r[0] for r in rows if r[1] is False]
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
-    print(f"{len(rows) - len(failed)}/{len(rows)} passed on {name} in {time.time() - t0:.0f} s "
-          f"(torch {torch.__version__})"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ''))
+    print(
+        f"{len(rows) - len(failed)}/{len(rows)} passed on {name} in {time.time() - t0:.0f} s "
+        f"(torch {torch.__version__})" + (f"; FAILED: {', '.join(failed)}" if failed else '')
+    )
     return 1 if failed else 0
 
 

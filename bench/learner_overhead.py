@@ -3,35 +3,37 @@ standard callbacks (recorder, progress bar, metrics, gradient clipping). Prints 
 
     python -m bench.learner_overhead [--batches 200] [--repeats 5] [--width 256]
 """
+
 import argparse
 import io
 import json
 import statistics
 import time
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from common.learner import DataLoaders, Learner  # noqa: E402
-from common.metrics import accuracy  # noqa: E402
-from common.optim import adamw, make_param_groups  # noqa: E402
-from common.perf import tune_malloc  # noqa: E402
-from common.recorder import ProgressCallback  # noqa: E402
+from common.learner import DataLoaders, Learner
+from common.metrics import accuracy
+from common.optim import adamw, make_param_groups
+from common.perf import tune_malloc
+from common.recorder import ProgressCallback
 
 
 def make(width, n_in=64, n_out=10, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, n_out))
+    return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, n_out))
 
 
 def data(batches, bs, n_in=64, n_out=10):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batches * bs, n_in, generator=g)
     y = torch.randint(0, n_out, (batches * bs,), generator=g)
-    return (DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True),
-            DataLoader(TensorDataset(x[:bs * 4], y[:bs * 4]), batch_size=bs))
+    return (
+        DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True),
+        DataLoader(TensorDataset(x[: bs * 4], y[: bs * 4]), batch_size=bs),
+    )
 
 
 def bare(width, train, valid, clip):
@@ -54,8 +56,16 @@ def bare(width, train, valid, clip):
 
 
 def with_learner(width, train, valid, clip):
-    learn = Learner(make(width), DataLoaders(train, valid), nn.CrossEntropyLoss(), lr=1e-3, metrics=[accuracy],
-                    clip=clip, progress=False, device='cpu')
+    learn = Learner(
+        make(width),
+        DataLoaders(train, valid),
+        nn.CrossEntropyLoss(),
+        lr=1e-3,
+        metrics=[accuracy],
+        clip=clip,
+        progress=False,
+        device='cpu',
+    )
     learn.add_cbs(ProgressCallback(file=io.StringIO()))  # a real bar, written where it doesn't clutter the output
     learn.progress.enabled = True
     t = time.perf_counter()
@@ -79,13 +89,26 @@ def main(argv=None):
         tb.append(bare(a.width, train, valid, a.clip)[0])
         tl.append(with_learner(a.width, train, valid, a.clip)[0])
     mb, ml = statistics.median(tb), statistics.median(tl)
-    print(json.dumps({'bench': 'learner_overhead', 'bare_s': round(mb, 4), 'learner_s': round(ml, 4),
-                      'overhead_pct': round(100 * (ml / mb - 1), 2),
-                      # the fastest run of each is the least disturbed by other load on the machine
-                      'overhead_pct_min': round(100 * (min(tl) / min(tb) - 1), 2), 'ms_per_batch_bare': round(1e3 * mb / a.batches, 3),
-                      'config': {**vars(a), 'threads': torch.get_num_threads(), 'malloc_tuned': malloc,
-                                 'torch': torch.__version__, 'callbacks': 'device, recorder, metrics(accuracy), '
-                                 'progress bar, gradient clip, NaN guard'}}))
+    print(
+        json.dumps(
+            {
+                'bench': 'learner_overhead',
+                'bare_s': round(mb, 4),
+                'learner_s': round(ml, 4),
+                'overhead_pct': round(100 * (ml / mb - 1), 2),
+                # the fastest run of each is the least disturbed by other load on the machine
+                'overhead_pct_min': round(100 * (min(tl) / min(tb) - 1), 2),
+                'ms_per_batch_bare': round(1e3 * mb / a.batches, 3),
+                'config': {
+                    **vars(a),
+                    'threads': torch.get_num_threads(),
+                    'malloc_tuned': malloc,
+                    'torch': torch.__version__,
+                    'callbacks': 'device, recorder, metrics(accuracy), progress bar, gradient clip, NaN guard',
+                },
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

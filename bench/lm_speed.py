@@ -8,6 +8,7 @@ Default sizes are the `paper` preset (emb 400, n_hid 1152, 3 layers); --small is
 Several precisions (comma-separated) run interleaved in one process, so their ratio is fair on a noisy machine.
 `gflops` is the model's matmul work (3 x forward FLOPs per token) per second, next to a plain fp32 matmul.
 """
+
 import argparse
 import json
 import os
@@ -20,17 +21,17 @@ if 'OMP_WAIT_POLICY' not in os.environ:
     # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     os.execv(sys.executable, sys.orig_argv)  # the same command line (python -m bench.x ...)
-import torch  # noqa: E402
+import torch
 
-from common.events import Callback  # noqa: E402
-from common.learner import DataLoaders, Learner  # noqa: E402
-from common.perf import tune_malloc  # noqa: E402
-from ulmfit.awd_lstm import ARTARCallback, AWDLSTMConfig, RNNCallback, get_language_model, lm_loss, \
-    lm_splitter  # noqa: E402
+from common.events import Callback
+from common.learner import DataLoaders, Learner
+from common.perf import tune_malloc
+from ulmfit.awd_lstm import ARTARCallback, AWDLSTMConfig, RNNCallback, get_language_model, lm_loss, lm_splitter
 
 
 class BatchTimer(Callback):
     "Wall time of every batch (before_batch to after_batch)."
+
     order = 100
 
     def __init__(self):
@@ -52,7 +53,7 @@ def matmul_gflops(n=2048, reps=5):
         t = time.perf_counter()
         a @ b
         ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(ts) / 1e9
+    return 2 * n**3 / statistics.median(ts) / 1e9
 
 
 def lm_flops_per_token(c):
@@ -74,8 +75,17 @@ def run(config, precision, batches, bs, bptt, seed=0):
     torch.manual_seed(seed)
     model = get_language_model(config)
     timer = BatchTimer()
-    learn = Learner(model, DataLoaders(batches), lm_loss, splitter=lm_splitter, precision=precision, clip=0.1,
-                    cbs=[RNNCallback(), ARTARCallback(alpha=2., beta=1.), timer], progress=False, device='cpu')
+    learn = Learner(
+        model,
+        DataLoaders(batches),
+        lm_loss,
+        splitter=lm_splitter,
+        precision=precision,
+        clip=0.1,
+        cbs=[RNNCallback(), ARTARCallback(alpha=2.0, beta=1.0), timer],
+        progress=False,
+        device='cpu',
+    )
     learn.fit(1, lr=1e-3)
     return timer.times, learn.recorder
 
@@ -108,16 +118,30 @@ def main(argv=None):
     runs = {}
     for p in precisions:
         times, rec = run(c, p, data, a.bs, a.bptt)
-        t = statistics.median(times[a.warmup:])
-        runs[p] = dict(tokens_per_s=round(a.bs * a.bptt / t, 1), ms_per_batch=round(1000 * t, 1),
-                       gflops=round(3 * lm_flops_per_token(c) * a.bs * a.bptt / t / 1e9, 1))
+        t = statistics.median(times[a.warmup :])
+        runs[p] = dict(
+            tokens_per_s=round(a.bs * a.bptt / t, 1),
+            ms_per_batch=round(1000 * t, 1),
+            gflops=round(3 * lm_flops_per_token(c) * a.bs * a.bptt / t / 1e9, 1),
+        )
     mm = matmul_gflops()
     first = runs[precisions[0]]
-    res = dict(bench='lm_speed', **first, precision=precisions[0], matmul_gflops=round(mm, 1),
-               pct_of_matmul=round(100 * first['gflops'] / mm, 1), config=c.to_dict(), bs=a.bs, bptt=a.bptt,
-               batches=a.batches, warmup=a.warmup, threads=torch.get_num_threads(),
-               omp_wait_policy=os.environ['OMP_WAIT_POLICY'], malloc_tuned=tuned,
-               torch=torch.__version__)
+    res = dict(
+        bench='lm_speed',
+        **first,
+        precision=precisions[0],
+        matmul_gflops=round(mm, 1),
+        pct_of_matmul=round(100 * first['gflops'] / mm, 1),
+        config=c.to_dict(),
+        bs=a.bs,
+        bptt=a.bptt,
+        batches=a.batches,
+        warmup=a.warmup,
+        threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ['OMP_WAIT_POLICY'],
+        malloc_tuned=tuned,
+        torch=torch.__version__,
+    )
     if len(precisions) > 1:
         res['by_precision'] = runs
     print(json.dumps(res))

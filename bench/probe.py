@@ -12,6 +12,7 @@ training review). Prints one JSON line per model.
 The reviews come from the IMDB token store (`ULMFIT_DATA`, built if missing); tokens the LM's vocab lacks become
 its xxunk.
 """
+
 import argparse
 import json
 import os
@@ -22,14 +23,14 @@ if __name__ == '__main__' and 'OMP_WAIT_POLICY' not in os.environ:
     # Sleeping OpenMP waiters: spinning ones make a busy 2-core machine several times slower (see lm_speed.py).
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     os.execv(sys.executable, sys.orig_argv)  # the same command line (python -m bench.probe ...)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from common.perf import tune_malloc  # noqa: E402
-from ulmfit.awd_lstm import AWDLSTMEncoder  # noqa: E402
-from ulmfit.classifier import SentenceEncoder, masked_concat_pool  # noqa: E402
-from ulmfit.model_io import load_encoder_folder  # noqa: E402
+from common.perf import tune_malloc
+from ulmfit.awd_lstm import AWDLSTMEncoder
+from ulmfit.classifier import SentenceEncoder, masked_concat_pool
+from ulmfit.model_io import load_encoder_folder
 
 L2_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -40,7 +41,7 @@ def probe_split(labels, n_fit, n_eval, seed):
     if n_fit + n_eval > len(labels):
         raise ValueError(f'n_fit + n_eval = {n_fit + n_eval} but there are only {len(labels)} labelled reviews')
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).numpy()
-    return perm[:n_fit], perm[len(perm) - n_eval:]
+    return perm[:n_fit], perm[len(perm) - n_eval :]
 
 
 def encode(enc_state, config, docs, max_len, bs=64):
@@ -52,11 +53,11 @@ def encode(enc_state, config, docs, max_len, bs=64):
     feats = torch.empty(len(docs), 3 * config.emb_sz)
     with torch.no_grad():
         for i in range(0, len(docs), bs):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             rows = [torch.as_tensor(docs[j][-max_len:], dtype=torch.long) for j in idx]
             x = torch.full((len(rows), max(len(r) for r in rows)), config.pad_id, dtype=torch.long)
             for k, r in enumerate(rows):
-                x[k, x.size(1) - len(r):] = r  # pad at the front
+                x[k, x.size(1) - len(r) :] = r  # pad at the front
             feats[torch.as_tensor(idx)] = masked_concat_pool(*senc(x))
     return feats
 
@@ -72,6 +73,7 @@ def fit_logreg(x, y, l2, steps=100):
         loss = F.cross_entropy(x @ w + b, y) + l2 * w.pow(2).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     return w.detach(), b.detach()
 
@@ -95,6 +97,7 @@ def probe(feats_fit, y_fit, feats_eval, y_eval, seed=0):
 def imdb_train_docs(itos, max_vocab):
     "Token ids (in the LM's vocab) and 0/1 labels of the labelled IMDB training reviews."
     from ulmfit.imdb import imdb_store
+
     store, _ = imdb_store({'dataset': 'imdb', 'max_vocab': max_vocab, 'min_freq': 3})
     idx = store.labeled_idx('train')
     stoi = {t: i for i, t in enumerate(itos)}
@@ -130,14 +133,31 @@ def main(argv=None):
         t1 = time.time()
         feats = encode(state, config, [docs[i] for i in np.concatenate([fit, ev])], a.max_len)
         t2 = time.time()
-        acc, l2, accs = probe(feats[:len(fit)], labels[fit], feats[len(fit):], labels[ev], a.seed)
-        print(json.dumps({'model': str(m), 'probe_accuracy': round(acc, 4), 'l2': l2,
-                          'l2_split_acc': {str(k): round(v, 4) for k, v in accs.items()},
-                          'features': feats.size(1), 'n_fit': len(fit), 'n_eval': len(ev), 'max_len': a.max_len,
-                          'seed': a.seed, 'encode_s': round(t2 - t1, 1), 'fit_s': round(time.time() - t2, 1),
-                          'total_s': round(time.time() - t0, 1), 'threads': torch.get_num_threads(),
-                          'loadavg': [round(v, 2) for v in os.getloadavg()],
-                          'emb_sz': config.emb_sz, 'n_hid': config.n_hid, 'n_layers': config.n_layers}), flush=True)
+        acc, l2, accs = probe(feats[: len(fit)], labels[fit], feats[len(fit) :], labels[ev], a.seed)
+        print(
+            json.dumps(
+                {
+                    'model': str(m),
+                    'probe_accuracy': round(acc, 4),
+                    'l2': l2,
+                    'l2_split_acc': {str(k): round(v, 4) for k, v in accs.items()},
+                    'features': feats.size(1),
+                    'n_fit': len(fit),
+                    'n_eval': len(ev),
+                    'max_len': a.max_len,
+                    'seed': a.seed,
+                    'encode_s': round(t2 - t1, 1),
+                    'fit_s': round(time.time() - t2, 1),
+                    'total_s': round(time.time() - t0, 1),
+                    'threads': torch.get_num_threads(),
+                    'loadavg': [round(v, 2) for v in os.getloadavg()],
+                    'emb_sz': config.emb_sz,
+                    'n_hid': config.n_hid,
+                    'n_layers': config.n_layers,
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

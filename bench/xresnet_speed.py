@@ -5,6 +5,7 @@
 A full step is forward, loss, backward and an optimizer step, run through the `Learner` (with --bare, a bare loop,
 which says so in the output as "loop": "bare").
 """
+
 import argparse
 import json
 import os
@@ -16,16 +17,22 @@ import time
 # OpenMP threads that spin at every op's barrier lose their core to any other busy process on a shared 2-core
 # VM (2-4x slower); sleeping waiters cost little when the machine is idle. An explicit setting in the
 # environment wins over this default.
-_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
-        'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
-if __name__ == '__main__' and any(os.environ.get(k) != v for k, v in _ENV.items()) \
-        and not os.environ.get('XRESNET_BENCH_NO_REEXEC'):
+_ENV = {
+    'MALLOC_MMAP_MAX_': '0',
+    'MALLOC_TRIM_THRESHOLD_': '68719476736',
+    'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'),
+}
+if (
+    __name__ == '__main__'
+    and any(os.environ.get(k) != v for k, v in _ENV.items())
+    and not os.environ.get('XRESNET_BENCH_NO_REEXEC')
+):
     os.execve(sys.executable, sys.orig_argv, {**os.environ, **_ENV})
 
-import torch                                    # noqa: E402
-import torch.nn.functional as F                 # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from vision.xresnet import xresnet18            # noqa: E402
+from vision.xresnet import xresnet18  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,15 +50,20 @@ def parse_args(argv=None):
 
 class RandomImages:
     "`n` batches of the same random (bs, 3, size, size) images and labels: the timing excludes data loading."
+
     def __init__(self, n, bs, size, channels_last):
         g = torch.Generator().manual_seed(0)
         self.xb = torch.randn(bs, 3, size, size, generator=g)
-        if channels_last: self.xb = self.xb.contiguous(memory_format=torch.channels_last)
+        if channels_last:
+            self.xb = self.xb.contiguous(memory_format=torch.channels_last)
         self.yb = torch.randint(0, 10, (bs,), generator=g)
         self.n = n
 
-    def __iter__(self): return ((self.xb, self.yb) for _ in range(self.n))
-    def __len__(self): return self.n
+    def __iter__(self):
+        return ((self.xb, self.yb) for _ in range(self.n))
+
+    def __len__(self):
+        return self.n
 
 
 def bare_steps(model, data, precision):
@@ -69,17 +81,21 @@ def bare_steps(model, data, precision):
 def learner_steps(model, data, precision):
     "The same steps through `Learner.fit` (one epoch, no validation batches)."
     from common.learner import DataLoaders, Learner
-    learn = Learner(model, DataLoaders(data), F.cross_entropy, lr=1e-2, precision=precision, progress=False,
-                    device='cpu')
+
+    learn = Learner(
+        model, DataLoaders(data), F.cross_entropy, lr=1e-2, precision=precision, progress=False, device='cpu'
+    )
     learn.fit(1)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads: torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = xresnet18(n_out=10)
-    if args.channels_last: model = model.to(memory_format=torch.channels_last)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     run = bare_steps if args.bare else learner_steps
     run(model, RandomImages(args.warmup, args.bs, args.size, args.channels_last), args.precision)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -88,12 +104,25 @@ def main(argv=None):
     n = args.steps * args.bs
     # On a shared machine wall time depends on the neighbours; CPU time (all threads) much less so:
     # images_per_cpu_s * threads estimates the throughput of an idle machine.
-    print(json.dumps({'images_per_s': round(n / dt, 1), 'images_per_cpu_s': round(n / cpu, 1),
-                      'model': 'xresnet18', 'bs': args.bs,
-                      'size': args.size, 'precision': args.precision, 'channels_last': args.channels_last,
-                      'steps': args.steps, 'loop': 'learner' if run is learner_steps else 'bare',
-                      'threads': torch.get_num_threads(), 'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
-                      'load_avg_1min': round(os.getloadavg()[0], 2), 'torch': torch.__version__}))
+    print(
+        json.dumps(
+            {
+                'images_per_s': round(n / dt, 1),
+                'images_per_cpu_s': round(n / cpu, 1),
+                'model': 'xresnet18',
+                'bs': args.bs,
+                'size': args.size,
+                'precision': args.precision,
+                'channels_last': args.channels_last,
+                'steps': args.steps,
+                'loop': 'learner' if run is learner_steps else 'bare',
+                'threads': torch.get_num_threads(),
+                'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
+                'load_avg_1min': round(os.getloadavg()[0], 2),
+                'torch': torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

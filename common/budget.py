@@ -10,6 +10,7 @@
 A schedule cut by a clock (`TimeBudget`, `--max-minutes`) never reaches its low final LR; a planned one always
 does. `StageBudget` shares one budget among the stages of a pipeline, each planning its own steps in its share.
 """
+
 import math
 import time
 
@@ -19,10 +20,10 @@ from .log import log
 from .optim import lrs_for, set_hyper
 from .schedule import one_cycle, one_cycle_mom
 
-MAX_EPOCHS = 10 ** 6  # the epochs a planned fit is started with: the plan ends it long before
+MAX_EPOCHS = 10**6  # the epochs a planned fit is started with: the plan ends it long before
 
 
-def plan_steps(step_s, budget_s, overhead_s=0., elapsed_s=0., n_done=0, valid_s=0., epoch_len=0):
+def plan_steps(step_s, budget_s, overhead_s=0.0, elapsed_s=0.0, n_done=0, valid_s=0.0, epoch_len=0):
     """The total number of training steps (the `n_done` taken so far included) that fit in `budget_s` seconds:
     `elapsed_s` are spent, each further step takes `step_s`, `overhead_s` is spent once more, and a validation pass
     of `valid_s` follows every `epoch_len` steps and the last one. At least `n_done`, and at least 1."""
@@ -43,10 +44,11 @@ def plan_steps(step_s, budget_s, overhead_s=0., elapsed_s=0., n_done=0, valid_s=
     return max(lo, 1)
 
 
-def split_budget(left_s, weights, reserved_s=0.):
-    "Seconds for the first of the stages still to run (`weights`, in order): its weight's share of `left_s - reserved_s`."
+def split_budget(left_s, weights, reserved_s=0.0):
+    """Seconds for the first of the stages still to run (`weights`, in order): its weight's share of
+    `left_s - reserved_s`."""
     total = sum(weights)
-    return max(left_s - reserved_s, 0.) * weights[0] / total if total else 0.
+    return max(left_s - reserved_s, 0.0) * weights[0] / total if total else 0.0
 
 
 class StageBudget:
@@ -70,7 +72,7 @@ class StageBudget:
         if name in self.reserved:
             return self.reserved[name]
         names = list(self.weights)
-        rest = names[names.index(name):]
+        rest = names[names.index(name) :]
         w = [self.weights[n] for n in rest if n not in self.reserved]
         return split_budget(self.left(), w, sum(self.reserved[n] for n in rest if n in self.reserved))
 
@@ -80,9 +82,12 @@ class PlannedSchedule(Callback):
     ParamScheduler) over a number of steps planned to fit `budget_s` seconds from `before_fit`.
 
     `valid_s`: the time of one validation pass; None estimates it as a third of a training step per row."""
+
     order = 0
 
-    def __init__(self, scheds, budget_s, overhead_s=0., n_probe=20, n_skip=2, probe_pct=0.02, valid_s=None, clock=None):
+    def __init__(
+        self, scheds, budget_s, overhead_s=0.0, n_probe=20, n_skip=2, probe_pct=0.02, valid_s=None, clock=None
+    ):
         if not 0 <= n_skip < n_probe:
             raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
         self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
@@ -91,7 +96,7 @@ class PlannedSchedule(Callback):
         self.n_steps = self.step_s = None
 
     def before_fit(self):
-        self.t0, self.timed, self.n_timed = self.clock(), 0., 0
+        self.t0, self.timed, self.n_timed = self.clock(), 0.0, 0
         self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
 
     def before_epoch(self):
@@ -109,7 +114,7 @@ class PlannedSchedule(Callback):
         i = self.learn.train_iter  # steps taken before this one
         if self.n_steps is not None and i >= self.n_steps:
             raise CancelTrainException()  # the plan is done: this epoch's validation still runs
-        pct = 0. if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.)
+        pct = 0.0 if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.0)
         for name, s in self.scheds.items():
             fns = s if isinstance(s, (list, tuple)) else [s] * self.n_groups
             set_hyper(self.learn.opt, name, [f(pct) for f in fns])
@@ -135,11 +140,13 @@ class PlannedSchedule(Callback):
         valid_s = self.valid_s
         if valid_s is None and valid is not None:  # a forward pass costs about a third of a training step
             valid_s = len(valid) * step_s / 3 * _bs(valid) / _bs(self.learn.dls.train)
-        valid_s = valid_s or 0.
+        valid_s = valid_s or 0.0
         self.n_steps = plan_steps(step_s, self.budget_s, self.overhead_s, elapsed_s, i, valid_s, dl_len)
         self.learn.n_epoch = math.ceil(self.n_steps / dl_len)  # what the progress bar shows
-        log.info(f'budget {self.budget_s / 60:.1f} min: {self.step_s:.3f} s/step over steps {self.n_skip + 1}-{i}, '
-                 f'{valid_s:.0f} s per validation: {self.n_steps:,} steps ({self.n_steps / dl_len:.2f} epochs)')
+        log.info(
+            f'budget {self.budget_s / 60:.1f} min: {self.step_s:.3f} s/step over steps {self.n_skip + 1}-{i}, '
+            f'{valid_s:.0f} s per validation: {self.n_steps:,} steps ({self.n_steps / dl_len:.2f} epochs)'
+        )
 
     def state_dict(self):
         return {'n_steps': self.n_steps, 'step_s': self.step_s}
@@ -153,8 +160,18 @@ def _bs(dl):
     return getattr(dl, 'batch_size', None) or getattr(dl, 'bs', None) or 1
 
 
-def fit_one_cycle_budget(learn, budget_s, lr_max=None, pct_start=0.25, div=25., div_final=1e5,
-                         moms=(0.95, 0.85, 0.95), cbs=None, resume=None, **plan):
+def fit_one_cycle_budget(
+    learn,
+    budget_s,
+    lr_max=None,
+    pct_start=0.25,
+    div=25.0,
+    div_final=1e5,
+    moms=(0.95, 0.85, 0.95),
+    cbs=None,
+    resume=None,
+    **plan,
+):
     """`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds (`plan`: PlannedSchedule's options);
     returns the PlannedSchedule (its `n_steps`, `step_s`)."""
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)

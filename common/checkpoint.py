@@ -5,6 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, neve
      'train_state': {'epoch', 'iter', ...} or None, 'rng': {...} or None, 'extras': {...}}
 so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
+
 import errno
 import json
 import os
@@ -76,8 +77,10 @@ def atomic_write(path, write_fn):
             os.unlink(tmp)
         err = e if isinstance(e, OSError) else getattr(guard, 'error', None)
         if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"{path}: no space left on device (the disk is full); nothing was written. Free "
-                                f"some space and run again") from None
+            raise DiskFullError(
+                f"{path}: no space left on device (the disk is full); nothing was written. Free "
+                f"some space and run again"
+            ) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -104,9 +107,11 @@ def save_file(obj, path):
 def get_rng_state():
     "Every RNG the training loop touches, in a weights_only-loadable form."
     np_state = np.random.get_state()
-    state = {'torch': torch.get_rng_state(),
-             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-             'python': _tuples_to_lists(random.getstate())}
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        'python': _tuples_to_lists(random.getstate()),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -132,8 +137,15 @@ def _lists_to_tuples(x):
 
 def save_checkpoint(path, model_state, config=None, opt_state=None, train_state=None, rng=None, extras=None):
     "Write a checkpoint file atomically; every argument must be plain data (no modules, no classes)."
-    obj = {'format': FORMAT, 'model': model_state, 'config': dict(config or {}), 'opt': opt_state,
-           'train_state': train_state, 'rng': rng, 'extras': dict(extras or {})}
+    obj = {
+        'format': FORMAT,
+        'model': model_state,
+        'config': dict(config or {}),
+        'opt': opt_state,
+        'train_state': train_state,
+        'rng': rng,
+        'extras': dict(extras or {}),
+    }
     return save_file(obj, path)
 
 
@@ -149,7 +161,8 @@ def load_file(path, map_location='cpu'):
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it needs code to unpickle, not just tensors and plain data "
-            f"(safe loading uses weights_only=True). Details: {str(e).splitlines()[0]}") from None
+            f"(safe loading uses weights_only=True). Details: {str(e).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged or truncated: {str(e).splitlines()[0]}") from None
 
@@ -179,7 +192,8 @@ def load_model_state(model, state, path='<checkpoint>', strict=True):
         if unexpected:
             problems.append(f"not in model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit this model (is the config the same?):\n  "
-                              + '\n  '.join(problems))
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (is the config the same?):\n  " + '\n  '.join(problems)
+        )
     model.load_state_dict(state, strict=strict)
     return model

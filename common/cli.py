@@ -6,6 +6,7 @@ Expected: config errors, checkpoint/download errors, missing or existing user fi
 the caller adds. Anything else is a bug and keeps its traceback; `--debug` shows the traceback for every error.
 Ctrl-C reports what was saved and how to resume (see `Interrupted`) and exits with 130, as shells expect.
 """
+
 import errno
 
 from .checkpoint import CheckpointError, DiskFullError
@@ -13,8 +14,16 @@ from .config import ConfigError
 from .download import DownloadError
 from .log import log
 
-EXPECTED = (ConfigError, CheckpointError, DownloadError, DiskFullError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, IsADirectoryError)
+EXPECTED = (
+    ConfigError,
+    CheckpointError,
+    DownloadError,
+    DiskFullError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,7 +56,9 @@ def run_command(fn, argv, expected=()):
     except OSError as e:
         if debug or e.errno != errno.ENOSPC:
             raise
-        log.error(f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
-                  f"run again")
+        log.error(
+            f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
+            f"run again"
+        )
         return 2
     return rc if isinstance(rc, int) else 0  # commands may return what they made (a run folder): that is success

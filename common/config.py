@@ -5,6 +5,7 @@
     PRESETS = {'tiny': {'epochs': 1}, 'cpu': {...}, 'paper': {...}}
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description='...')
 """
+
 import argparse
 import json
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ class ConfigError(ValueError):
 @dataclass
 class Setting:
     "A config key's default value and one line of help. `choices` limits the accepted values."
+
     default: Any
     help: str = ''
     choices: tuple = None
@@ -71,8 +73,9 @@ def resolve_config(settings, presets, preset=None, overrides=None):
     for source, values in ((f'preset {preset!r}', presets[preset]), ('overrides', overrides or {})):
         unknown = [k for k in values if k not in settings]
         if unknown:
-            raise ValueError(f"unknown config key(s) in {source}: {', '.join(unknown)}; "
-                             f"known keys: {', '.join(settings)}")
+            raise ValueError(
+                f"unknown config key(s) in {source}: {', '.join(unknown)}; known keys: {', '.join(settings)}"
+            )
         cfg.update(values)
     for k, s in settings.items():
         if s.choices and cfg[k] not in s.choices:
@@ -83,19 +86,32 @@ def resolve_config(settings, presets, preset=None, overrides=None):
 
 def parse_run_config(argv, settings, presets, prog, description, positional=None):
     "argparse front end: `--preset NAME` plus one `--key value` per setting; `--help` lists them all."
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='presets:\n' + '\n'.join(
-                                    f'  {n}: ' + (', '.join(f'{k}={v}' for k, v in ps.items()) or 'the defaults')
-                                    for n, ps in presets.items()))
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='presets:\n'
+        + '\n'.join(
+            f'  {n}: ' + (', '.join(f'{k}={v}' for k, v in ps.items()) or 'the defaults') for n, ps in presets.items()
+        ),
+    )
     for name, kw in (positional or {}).items():
         p.add_argument(name, **kw)
-    p.add_argument('--preset', choices=list(presets), default=None,
-                   help=f"settings bundle (default: {default_preset()} on this machine: paper on a GPU, else cpu)")
+    p.add_argument(
+        '--preset',
+        choices=list(presets),
+        default=None,
+        help=f"settings bundle (default: {default_preset()} on this machine: paper on a GPU, else cpu)",
+    )
     for k, s in settings.items():
-        p.add_argument('--' + k.replace('_', '-'), dest=k, type=_caster(s.default), default=argparse.SUPPRESS,
-                       metavar=type(s.default).__name__.upper() if s.default is not None else 'VALUE',
-                       help=f"{s.help} (default: {s.default})".replace('%', '%%'))  # argparse %-formats help
+        p.add_argument(
+            '--' + k.replace('_', '-'),
+            dest=k,
+            type=_caster(s.default),
+            default=argparse.SUPPRESS,
+            metavar=type(s.default).__name__.upper() if s.default is not None else 'VALUE',
+            help=f"{s.help} (default: {s.default})".replace('%', '%%'),
+        )  # argparse %-formats help
     args = vars(p.parse_args(argv))
     preset = args.pop('preset')
     pos = {n: args.pop(n) for n in (positional or {})}

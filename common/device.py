@@ -1,4 +1,5 @@
 "The device: where the model and every batch live."
+
 import torch
 
 from .events import Callback
@@ -26,6 +27,7 @@ def to_device(b, device, non_blocking=False):
 
 class DeviceCallback(Callback):
     "Puts the model and every batch on `device` (default: CUDA when available)."
+
     order = -20
 
     def __init__(self, device=None):

@@ -4,6 +4,7 @@ Each process trains on its own share of every global batch; DDP averages gradien
 with per-process batch bs/N take the same steps as one process with batch bs. Only rank 0 prints,
 plots and writes files.
 """
+
 import os
 
 import torch
@@ -50,7 +51,7 @@ def shard(t, r, n):
     bs = t.shape[0]
     if bs < n:
         raise ValueError(f"a batch of {bs} rows can't give each of {n} processes a row: use a batch size >= {n}")
-    return t[r * bs // n:(r + 1) * bs // n]
+    return t[r * bs // n : (r + 1) * bs // n]
 
 
 def share_weight(bs, r, n):
@@ -79,6 +80,7 @@ def all_gather_cat(t):
 
 class DistributedCallback(Callback):
     "Wraps the model in DDP for training and feeds each rank its share of each global batch."
+
     order = -15
 
     def before_fit(self):

@@ -9,6 +9,7 @@
 
 A folder that exists is complete (it only appears through that final rename), so later calls return at once.
 """
+
 import hashlib
 import os
 import shutil
@@ -27,34 +28,69 @@ from .log import log, show_progress
 # file of that size must match that hash and any other size is accepted unverified (with a note). An entry may
 # also give `size`: then a file of any other size is refused.
 REGISTRY = {
-    'imdb': dict(url='https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz', archive='imdb.tgz', folder='imdb',
-                 known={56242363: ('ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b', 'mirror copy')}),
-    'imdb_sample': dict(url='https://s3.amazonaws.com/fast-ai-sample/imdb_sample.tgz', archive='imdb_sample.tgz',
-                        folder='imdb_sample',
-                        known={569763: ('006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618',
-                                        'mirror copy')}),
-    'wikitext-103': dict(url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz', archive='wikitext-103.tgz',
-                         folder='wikitext-103', known={}),
-    'wikitext-103-raw': dict(url='https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip',
-                             archive='wikitext-103-raw-v1.zip', folder='wikitext-103-raw', known={}),
-    'wikitext-2': dict(url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-2.tgz', archive='wikitext-2.tgz',
-                       folder='wikitext-2', known={}),
-    'imagewoof2-160': dict(url='https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz',
-                           archive='imagewoof2-160.tgz', folder='imagewoof2-160',
-                           known={83997793: ('aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472',
-                                             'mirror copy')}),
-    'oxford-iiit-pet': dict(url='https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz',
-                            archive='oxford-iiit-pet.tgz', folder='oxford-iiit-pet', known={}),
+    'imdb': dict(
+        url='https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz',
+        archive='imdb.tgz',
+        folder='imdb',
+        known={56242363: ('ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b', 'mirror copy')},
+    ),
+    'imdb_sample': dict(
+        url='https://s3.amazonaws.com/fast-ai-sample/imdb_sample.tgz',
+        archive='imdb_sample.tgz',
+        folder='imdb_sample',
+        known={569763: ('006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618', 'mirror copy')},
+    ),
+    'wikitext-103': dict(
+        url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz',
+        archive='wikitext-103.tgz',
+        folder='wikitext-103',
+        known={},
+    ),
+    'wikitext-103-raw': dict(
+        url='https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip',
+        archive='wikitext-103-raw-v1.zip',
+        folder='wikitext-103-raw',
+        known={},
+    ),
+    'wikitext-2': dict(
+        url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-2.tgz',
+        archive='wikitext-2.tgz',
+        folder='wikitext-2',
+        known={},
+    ),
+    'imagewoof2-160': dict(
+        url='https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz',
+        archive='imagewoof2-160.tgz',
+        folder='imagewoof2-160',
+        known={83997793: ('aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472', 'mirror copy')},
+    ),
+    'oxford-iiit-pet': dict(
+        url='https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz',
+        archive='oxford-iiit-pet.tgz',
+        folder='oxford-iiit-pet',
+        known={},
+    ),
     # fastai's AWD-LSTM language models pretrained on WikiText-103 (`URLs.WT103_FWD` / `URLs.WT103_BWD`): one `.pth`
     # state dict and one `.pkl` vocab each. fastai publishes no size or hash for them (its checks.txt has none), so
     # no `size`/`known` is recorded; ulmfit/pretrained.py checks what the archive holds when it imports it.
-    'wt103-fwd': dict(url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-fwd.tgz', archive='wt103-fwd.tgz',
-                      folder='wt103-fwd', known={}),
-    'wt103-bwd': dict(url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-bwd.tgz', archive='wt103-bwd.tgz',
-                      folder='wt103-bwd', known={}),
-    'oxford-iiit-pet-subset-160': dict(url=None, archive='oxford-iiit-pet-subset-160.tgz', folder='oxford-iiit-pet',
-                                       known={11821500: ('9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a',
-                                                         'mirror copy')}),
+    'wt103-fwd': dict(
+        url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-fwd.tgz',
+        archive='wt103-fwd.tgz',
+        folder='wt103-fwd',
+        known={},
+    ),
+    'wt103-bwd': dict(
+        url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-bwd.tgz',
+        archive='wt103-bwd.tgz',
+        folder='wt103-bwd',
+        known={},
+    ),
+    'oxford-iiit-pet-subset-160': dict(
+        url=None,
+        archive='oxford-iiit-pet-subset-160.tgz',
+        folder='oxford-iiit-pet',
+        known={11821500: ('9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a', 'mirror copy')},
+    ),
 }
 
 
@@ -70,7 +106,8 @@ def get_data_root(root=None) -> Path:
 def sha256_file(path, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        while b := f.read(block): h.update(b)
+        while b := f.read(block):
+            h.update(b)
     return h.hexdigest()
 
 
@@ -82,37 +119,54 @@ def verify(path, entry: dict, expected_size: int | None = None) -> bool:
         if want is not None and size != want:
             raise DownloadError(f'{path}: size {size} bytes, expected {want} (truncated or damaged download)')
     known = entry.get('known', {}).get(size) or entry.get('known', {}).get(str(size))
-    if not known: return False
+    if not known:
+        return False
     digest = sha256_file(path)
     if digest != known[0]:
-        raise DownloadError(f'{path}: sha256 {digest} does not match the registry ({known[0]}, {known[1]}, '
-                            f'{size} bytes); delete the file and fetch it again')
+        raise DownloadError(
+            f'{path}: sha256 {digest} does not match the registry ({known[0]}, {known[1]}, '
+            f'{size} bytes); delete the file and fetch it again'
+        )
     return True
 
 
 def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> Path:
     "Download `url` to `dest` with a progress bar; resumes a `dest.part` left by an earlier attempt."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
-    try: resp = urllib.request.urlopen(req, timeout=timeout)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the .part is already complete
-            os.replace(part, dest); return dest
+            os.replace(part, dest)
+            return dest
         raise DownloadError(f'{url}: HTTP {e.code} {e.reason}') from None
     except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f'{url}: cannot download ({e}); set ULMFIT_MIRROR to a folder holding '
-                            f'{dest.name} to work offline') from None
+        raise DownloadError(
+            f'{url}: cannot download ({e}); set ULMFIT_MIRROR to a folder holding {dest.name} to work offline'
+        ) from None
     with resp:
-        if have and resp.status != 206: have = 0  # server ignored the Range: start over
+        if have and resp.status != 206:
+            have = 0  # server ignored the Range: start over
         length = resp.headers.get('Content-Length')
         total = have + int(length) if length is not None else None
-        with (open(part, 'ab' if have else 'wb') as f,
-              tqdm(total=total, initial=have, unit='B', unit_scale=True, desc=dest.name,
-                   disable=not (progress and show_progress())) as bar):
+        with (
+            open(part, 'ab' if have else 'wb') as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit='B',
+                unit_scale=True,
+                desc=dest.name,
+                disable=not (progress and show_progress()),
+            ) as bar,
+        ):
             while b := resp.read(1 << 20):
-                f.write(b); bar.update(len(b))
+                f.write(b)
+                bar.update(len(b))
     if total is not None and part.stat().st_size != total:
         raise DownloadError(f'{url}: got {part.stat().st_size} of {total} bytes; run again to resume ({part})')
     os.replace(part, dest)
@@ -134,21 +188,25 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
         mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
     if mirror:
-        if not src.exists(): raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
+        if not src.exists():
+            raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
         tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
         try:
             shutil.copyfile(src, tmp)
             verify(tmp, entry, src.stat().st_size)
             os.replace(tmp, dest)
         finally:
-            if tmp.exists(): tmp.unlink()
+            if tmp.exists():
+                tmp.unlink()
     else:
-        if not entry['url']: raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding '
-                                                 f'{entry["archive"]}')
+        if not entry['url']:
+            raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
         download_url(entry['url'], dest, progress)
-        try: verify(dest, entry)
+        try:
+            verify(dest, entry)
         except DownloadError:
-            dest.unlink(); raise
+            dest.unlink()
+            raise
     checked = verify(dest, entry)
     if not checked and progress:
         log.warning(f'note: no known sha256 for {dest} ({dest.stat().st_size} bytes); size checked only')
@@ -156,7 +214,8 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
 
 
 def registry_entry(name: str) -> dict:
-    if name not in REGISTRY: raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
+    if name not in REGISTRY:
+        raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
     return REGISTRY[name]
 
 
@@ -198,30 +257,39 @@ def extract_archive(archive, dest) -> Path:
 
     If the archive holds one top-level folder, its contents become `dest`; otherwise everything goes into `dest`."""
     archive, dest = Path(archive), Path(dest)
-    if dest.exists(): raise DownloadError(f'{dest} exists already; not overwriting it')
+    if dest.exists():
+        raise DownloadError(f'{dest} exists already; not overwriting it')
     tmp = dest.parent / f'.{dest.name}.extract{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         check_members(archive, tmp)
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zf:
                     bad = zf.testzip()
-                    if bad: raise DownloadError(f'{archive}: damaged archive (CRC error in {bad!r})')
+                    if bad:
+                        raise DownloadError(f'{archive}: damaged archive (CRC error in {bad!r})')
                     zf.extractall(tmp)
             else:
                 with tarfile.open(archive) as tf:
-                    if hasattr(tarfile, 'data_filter'): tf.extractall(tmp, filter='data')
-                    else: tf.extractall(tmp)  # checked by check_members above
+                    if hasattr(tarfile, 'data_filter'):
+                        tf.extractall(tmp, filter='data')
+                    else:
+                        tf.extractall(tmp)  # checked by check_members above
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DownloadError(f'{archive}: damaged or partial archive ({type(e).__name__}: {e}); '
-                                f'nothing was extracted') from None
+            raise DownloadError(
+                f'{archive}: damaged or partial archive ({type(e).__name__}: {e}); nothing was extracted'
+            ) from None
         tops = [p for p in tmp.iterdir()]
         src = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp
-        try: os.rename(src, dest)
+        try:
+            os.rename(src, dest)
         except OSError:  # another process extracted the same archive first: its folder is complete and identical
-            if not dest.is_dir(): raise
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -230,13 +298,17 @@ def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) ->
     root = get_data_root(data_root)
     entry = registry_entry(name)
     dest = root / entry['folder']
-    if dest.exists(): return dest
+    if dest.exists():
+        return dest
     archive = fetch_archive(name, root, mirror, progress)
-    if dest.exists(): return dest  # another process finished first
-    if progress: log.info(f'extracting {archive} -> {dest}')
-    try: return extract_archive(archive, dest)
+    if dest.exists():
+        return dest  # another process finished first
+    if progress:
+        log.info(f'extracting {archive} -> {dest}')
+    try:
+        return extract_archive(archive, dest)
     except DownloadError as e:
-        if dest.is_dir(): return dest  # another process extracted it meanwhile (extract_archive never overwrites)
+        if dest.is_dir():
+            return dest  # another process extracted it meanwhile (extract_archive never overwrites)
         archive.unlink(missing_ok=True)  # an archive that fails verification is not kept: the next run fetches anew
         raise DownloadError(f'{e}; the cached copy was removed, so the next run fetches it again') from None
-

@@ -7,6 +7,7 @@
 A command is a function `main(argv) -> int` (the exit code). `dispatch` sets the process up once, strips the global
 flags (`--quiet`, `--verbose`; `--debug` is `run_command`'s), and runs the command through `common.cli.run_command`.
 """
+
 import importlib
 import os
 import sys
@@ -48,6 +49,7 @@ def dispatch(prog, commands, argv=None, expected=()):
     # Imported only now: these load torch, which must come after setup_process().
     from .cli import run_command
     from .log import log, set_verbosity
+
     level = log.level
     for flag in ('--quiet', '--verbose'):
         if flag in rest:

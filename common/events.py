@@ -23,14 +23,17 @@ The standard callbacks, by `order`:
       70   EarlyStopping, SaveBest, CheckpointCallback; 75 TimeBudget           stopping
      100   DebugCallback        calls a function (or pdb) at one event          events
 """
+
 import pdb
 import re
 
-EVENTS = frozenset('''before_fit before_epoch before_train before_batch after_pred after_loss
+EVENTS = frozenset(
+    '''before_fit before_epoch before_train before_batch after_pred after_loss
     before_backward before_step after_step after_batch after_train
     before_validate after_validate after_epoch after_fit
     after_cancel_fit after_cancel_epoch after_cancel_train after_cancel_validate
-    after_cancel_batch after_cancel_step'''.split())
+    after_cancel_batch after_cancel_step'''.split()
+)
 
 
 class CancelStepException(Exception):
@@ -71,6 +74,7 @@ LOSS_ROLES = ('replace', 'add', 'scale')
 
 class Callback:
     "Base class: override methods named after events; `self.learn` is set when attached."
+
     order = 0
     learn = None
     loss_role = None  # one of LOSS_ROLES if `after_loss` changes `learn.loss_grad`
@@ -80,15 +84,16 @@ class Callback:
         # A method that looks like an event handler but isn't one is almost always a typo.
         for name in vars(cls):
             if name.startswith(('before_', 'after_')) and name not in EVENTS:
-                raise AttributeError(f"{cls.__name__}.{name} is not a training event; events are: "
-                                     f"{', '.join(sorted(EVENTS))}")
+                raise AttributeError(
+                    f"{cls.__name__}.{name} is not a training event; events are: {', '.join(sorted(EVENTS))}"
+                )
 
     @property
     def name(self):
         "snake_case class name without the `Callback` suffix, e.g. `GradientClip` -> `gradient_clip`."
         n = type(self).__name__
         if n.endswith('Callback') and n != 'Callback':
-            n = n[:-len('Callback')]
+            n = n[: -len('Callback')]
         n = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', n)  # LRFinder -> LR_Finder
         return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', n).lower()  # MixedPrecision -> mixed_precision, RNN -> rnn
 
@@ -112,15 +117,18 @@ def check_loss_roles(cbs):
         if cb.loss_role not in LOSS_ROLES:
             raise ValueError(f"{type(cb).__name__}.loss_role is {cb.loss_role!r}; use one of {LOSS_ROLES} or None")
         if last is not None and LOSS_ROLES.index(cb.loss_role) < LOSS_ROLES.index(last.loss_role):
-            raise ValueError(f"{type(cb).__name__} ({cb.loss_role!r}, order {cb.order}) would change loss_grad after "
-                             f"{type(last).__name__} ({last.loss_role!r}, order {last.order}); "
-                             f"{' before '.join(LOSS_ROLES)} must hold, so give it a lower order")
+            raise ValueError(
+                f"{type(cb).__name__} ({cb.loss_role!r}, order {cb.order}) would change loss_grad after "
+                f"{type(last).__name__} ({last.loss_role!r}, order {last.order}); "
+                f"{' before '.join(LOSS_ROLES)} must hold, so give it a lower order"
+            )
         if last is None or LOSS_ROLES.index(cb.loss_role) > LOSS_ROLES.index(last.loss_role):
             last = cb
 
 
 class DebugCallback(Callback):
     "At `event`, call `fn(learn)`, or drop into pdb when no function is given."
+
     order = 100
 
     def __init__(self, event, fn=None):

@@ -9,6 +9,7 @@ Every stage fires `before_<stage>` and `after_<stage>`; a `Cancel<Stage>Exceptio
 skips to `after_cancel_<stage>` and then `after_<stage>`. Tricks (mixed precision, clipping, schedules,
 metrics, progress, checkpoints, resuming, the LR finder) are callbacks; the loop itself knows none of them.
 """
+
 import math
 from pathlib import Path
 
@@ -17,10 +18,28 @@ import torch
 from .checkpoint import CheckpointError, get_rng_state, load_checkpoint, load_model_state, save_checkpoint
 from .device import DeviceCallback
 from .distributed import DistributedCallback, world_size
-from .events import (EVENTS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                     CancelStepException, CancelTrainException, CancelValidateException, check_loss_roles)
-from .optim import adamw, as_param_lists, bn_params, check_split, lrs_for, make_param_groups, opt_state_to_params, \
-    set_hyper, trainable_params
+from .events import (
+    EVENTS,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidateException,
+    check_loss_roles,
+)
+from .optim import (
+    adamw,
+    as_param_lists,
+    bn_params,
+    check_split,
+    lrs_for,
+    make_param_groups,
+    opt_state_to_params,
+    set_hyper,
+    trainable_params,
+)
 from .precision import GradientClip, MixedPrecision, NanGuard
 from .recorder import GatherPreds, ProgressCallback, Recorder
 from .schedule import LRFinder, ParamScheduler, one_cycle, one_cycle_mom
@@ -41,9 +60,25 @@ class DataLoaders:
 class Learner:
     "Model + data + loss + optimizer factory + callbacks; see the module docstring for the loop."
 
-    def __init__(self, model, dls, loss_fn, opt_fn=adamw, lr=1e-3, splitter=trainable_params, cbs=(), metrics=(),
-                 path=None, precision='fp32', clip=None, device=None, train_bn=True, wd=None, progress=True,
-                 default_cbs=True):
+    def __init__(
+        self,
+        model,
+        dls,
+        loss_fn,
+        opt_fn=adamw,
+        lr=1e-3,
+        splitter=trainable_params,
+        cbs=(),
+        metrics=(),
+        path=None,
+        precision='fp32',
+        clip=None,
+        device=None,
+        train_bn=True,
+        wd=None,
+        progress=True,
+        default_cbs=True,
+    ):
         self.model, self.dls, self.loss_fn, self.opt_fn, self.lr = model, dls, loss_fn, opt_fn, lr
         self.splitter, self.train_bn, self.wd = splitter, train_bn, wd
         self.path = Path(path) if path is not None else None
@@ -148,7 +183,7 @@ class Learner:
         "Build the optimizer from `opt_fn` and the splitter's groups (each with its own LR)."
         groups = self._split()
         self.opt = self.opt_fn(make_param_groups(self.model, groups))
-        wd = self.wd if self.wd is not None else self.opt.defaults.get('weight_decay', 0.)
+        wd = self.wd if self.wd is not None else self.opt.defaults.get('weight_decay', 0.0)
         set_hyper(self.opt, 'weight_decay', [wd] * len(groups))
         set_hyper(self.opt, 'lr', lrs_for(self.lr, len(groups)))
         return self.opt
@@ -168,7 +203,9 @@ class Learner:
             self._stage('fit', self._do_fit, CancelFitException)
         except KeyboardInterrupt as e:
             ck = getattr(self, 'checkpoint', None)  # a CheckpointCallback saves where training stands
-            raise e if ck is None else ck.interrupted(e)
+            if ck is None:
+                raise
+            raise ck.interrupted(e) from e
         finally:
             self.remove_cbs(cbs)
 
@@ -217,9 +254,11 @@ class Learner:
         self.emit('after_batch')
 
     def _one_batch(self):
-        self.pred = (self.ddp_model or self.model)(self.xb); self.emit('after_pred')  # noqa: E702
+        self.pred = (self.ddp_model or self.model)(self.xb)
+        self.emit('after_pred')
         self.loss = self.loss_fn(self.pred, self.yb)
-        self.loss_grad = self.loss;                          self.emit('after_loss')  # noqa: E702
+        self.loss_grad = self.loss
+        self.emit('after_loss')
         if not self.training:
             return
         self.opt.zero_grad(set_to_none=True)
@@ -231,11 +270,21 @@ class Learner:
     def pct_train(self):
         "Progress through this fit, in [0, 1]: what schedules are functions of."
         total = self.n_epoch * max(len(self.dls.train), 1)
-        return min(self.train_iter / total, 1.) if total else 0.
+        return min(self.train_iter / total, 1.0) if total else 0.0
 
     # ---- schedules -----------------------------------------------------------------------------------
-    def fit_one_cycle(self, n_epoch, lr_max=None, pct_start=0.25, div=25., div_final=1e5, moms=(0.95, 0.85, 0.95),
-                      wd=None, cbs=None, resume=None):
+    def fit_one_cycle(
+        self,
+        n_epoch,
+        lr_max=None,
+        pct_start=0.25,
+        div=25.0,
+        div_final=1e5,
+        moms=(0.95, 0.85, 0.95),
+        wd=None,
+        cbs=None,
+        resume=None,
+    ):
         "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
         scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
@@ -246,7 +295,7 @@ class Learner:
             self.opt = None
         self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
 
-    def lr_find(self, start_lr=1e-7, end_lr=10., num_it=100, stop_div=True, plot_path=None):
+    def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, plot_path=None):
         "LR range test; restores model and optimizer; returns {'steep': lr, 'minimum': lr/10, ...}."
         n_epoch = max(1, math.ceil(num_it / max(len(self.dls.train), 1)))
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
@@ -280,9 +329,15 @@ class Learner:
         "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
         ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}
         ts = dict(ts, cbs={cb.name: cb.state_dict() for cb in self.cbs if cb.state_dict()})
-        return save_checkpoint(path, self.model.state_dict(), config=config,
-                               opt_state=self.opt.state_dict() if with_opt and self.opt is not None else None,
-                               train_state=ts, rng=get_rng_state(), extras=extras)
+        return save_checkpoint(
+            path,
+            self.model.state_dict(),
+            config=config,
+            opt_state=self.opt.state_dict() if with_opt and self.opt is not None else None,
+            train_state=ts,
+            rng=get_rng_state(),
+            extras=extras,
+        )
 
     def load(self, path, with_opt=True, strict=True):
         "Load a checkpoint's model (and optimizer) state; returns the checkpoint dict."

@@ -8,6 +8,7 @@
 The level comes from `set_verbosity('quiet' | 'normal' | 'verbose')`, or the ULMFIT_VERBOSITY environment variable.
 Progress bars follow it too: `show_progress()` is False when quiet or off rank 0.
 """
+
 import logging
 import os
 import sys

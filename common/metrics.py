@@ -3,6 +3,7 @@
 A plain function is averaged over batches, weighted by the number of targets in each batch. Metrics that
 aren't batch averages (F1) or come from the loss (perplexity) are `Metric` objects.
 """
+
 import math
 
 import torch
@@ -27,6 +28,7 @@ def accuracy_multi(pred, targ, thresh=0.5, sigmoid=True):
 
 class Metric:
     "Accumulates over a validation pass: `reset()`, `accumulate(learn)`, then `value`."
+
     name = 'metric'
 
     def reset(self): ...
@@ -47,7 +49,7 @@ class AvgMetric(Metric):
         self.fn, self.name = fn, getattr(fn, '__name__', type(fn).__name__)
 
     def reset(self):
-        self.total, self.count = 0., 0
+        self.total, self.count = 0.0, 0
 
     def accumulate(self, learn):
         n = _n_targets(learn.yb)
@@ -56,6 +58,7 @@ class AvgMetric(Metric):
 
     def sync(self):
         from .distributed import all_reduce_sum
+
         self.total, self.count = all_reduce_sum([self.total, self.count])
 
     @property
@@ -65,10 +68,11 @@ class AvgMetric(Metric):
 
 class AvgLoss(Metric):
     "Average loss over the pass, weighted by the number of targets."
+
     name = 'loss'
 
     def reset(self):
-        self.total, self.count = 0., 0
+        self.total, self.count = 0.0, 0
 
     def accumulate(self, learn):
         n = _n_targets(learn.yb)
@@ -77,6 +81,7 @@ class AvgLoss(Metric):
 
     def sync(self):
         from .distributed import all_reduce_sum
+
         self.total, self.count = all_reduce_sum([self.total, self.count])
 
     @property
@@ -86,6 +91,7 @@ class AvgLoss(Metric):
 
 class Perplexity(AvgLoss):
     "exp(average cross-entropy) over the validation pass."
+
     name = 'perplexity'
 
     @property
@@ -112,6 +118,7 @@ class F1Score(Metric):
 
     def sync(self):
         from .distributed import all_gather_cat
+
         cat = lambda ts: torch.cat(ts) if ts else torch.empty(0, dtype=torch.long)  # noqa: E731
         self.preds, self.targs = [all_gather_cat(cat(self.preds))], [all_gather_cat(cat(self.targs))]
 
@@ -124,11 +131,13 @@ class F1Score(Metric):
 
 def f1_score(pred, targ, average='binary', pos_label=1):
     "F1 of integer predictions against integer targets."
+
     def f1_for(c):
         tp = ((pred == c) & (targ == c)).sum().item()
         fp = ((pred == c) & (targ != c)).sum().item()
         fn = ((pred != c) & (targ == c)).sum().item()
-        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
     if average == 'binary':
         return f1_for(pos_label)
     classes = torch.unique(torch.cat([pred, targ])).tolist()

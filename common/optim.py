@@ -4,6 +4,7 @@ Each layer group given by the splitter becomes two torch param groups: one with 
 without (norm-layer weights and all biases). Both carry `layer_group = i`, so a schedule set for layer
 group i reaches both.
 """
+
 from functools import partial
 
 import torch
@@ -21,8 +22,9 @@ def adamw(params, lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, **kwa
     params = list(params)
     if 'fused' not in kwargs and 'foreach' not in kwargs:
         try:
-            return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True,
-                                     **kwargs)
+            return torch.optim.AdamW(
+                params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True, **kwargs
+            )
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
             kwargs['foreach'] = True
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
@@ -52,8 +54,12 @@ def norm_and_bias_params(model):
 
 def bn_params(model):
     "Set of ids of BatchNorm parameters (these stay trainable inside frozen groups)."
-    return {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters(recurse=False)}
+    return {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False)
+    }
 
 
 def as_param_lists(groups):
@@ -87,9 +93,9 @@ def make_param_groups(model, groups, wd_on_norm_and_bias=False):
         decay = [p for p in g if id(p) not in no_wd]
         rest = [p for p in g if id(p) in no_wd]
         if decay:
-            pgs.append({'params': decay, 'layer_group': i, 'wd_mult': 1.})
+            pgs.append({'params': decay, 'layer_group': i, 'wd_mult': 1.0})
         if rest:
-            pgs.append({'params': rest, 'layer_group': i, 'wd_mult': 0.})
+            pgs.append({'params': rest, 'layer_group': i, 'wd_mult': 0.0})
     return pgs
 
 
@@ -143,14 +149,14 @@ def get_hyper(opt, name):
     out = {}
     for pg in opt.param_groups:
         if name == 'mom':
-            v = pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)
+            v = pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.0)
         else:
             v = pg[name]
         out.setdefault(pg['layer_group'], v)
     return [out[k] for k in sorted(out)]
 
 
-OPTIMIZERS = {'adamw': adamw, 'adam': partial(adamw, weight_decay=0.), 'sgd': sgd}
+OPTIMIZERS = {'adamw': adamw, 'adam': partial(adamw, weight_decay=0.0), 'sgd': sgd}
 
 
 def opt_state_to_params(opt):
@@ -163,8 +169,11 @@ def opt_state_to_params(opt):
     """
     for p, st in opt.state.items():
         for k, v in st.items():
-            if k != 'step' and isinstance(v, torch.Tensor) and (
-                    v.device != p.device or (p.is_floating_point() and v.dtype != p.dtype)):
+            if (
+                k != 'step'
+                and isinstance(v, torch.Tensor)
+                and (v.device != p.device or (p.is_floating_point() and v.dtype != p.dtype))
+            ):
                 opt.load_state_dict(opt.state_dict())
                 return True
     return False

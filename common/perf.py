@@ -4,6 +4,7 @@ glibc's malloc serves large blocks with mmap and returns freed memory to the OS,
 step faults its activation buffers in again. Keeping large blocks on the heap (the same effect as
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>) made CPU training 1.3-1.5x faster on 2-core VMs.
 """
+
 import ctypes
 import ctypes.util
 import os
@@ -24,5 +25,5 @@ def tune_malloc():
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     return _done

@@ -1,11 +1,14 @@
 "Plots written as PNG files (matplotlib with the Agg backend: no display needed)."
+
 from pathlib import Path
 
 
 def _plt():
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -20,7 +23,7 @@ def _save(fig, path):
 
 def smooth(values, beta=0.98):
     "Debiased exponential moving average."
-    out, avg = [], 0.
+    out, avg = [], 0.0
     for i, v in enumerate(values):
         avg = beta * avg + (1 - beta) * v
         out.append(avg / (1 - beta ** (i + 1)))
@@ -82,6 +85,7 @@ def plot_confusion(cm, classes, path, normalize=False):
     "Confusion matrix (rows: actual, columns: predicted)."
     plt = _plt()
     import numpy as np
+
     cm = np.asarray(cm, dtype=float)
     if normalize:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -93,7 +97,14 @@ def plot_confusion(cm, classes, path, normalize=False):
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}', ha='center', va='center',
-                        fontsize=7, color='white' if cm[i, j] > cm.max() / 2 else 'black')
+                ax.text(
+                    j,
+                    i,
+                    f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}',
+                    ha='center',
+                    va='center',
+                    fontsize=7,
+                    color='white' if cm[i, j] > cm.max() / 2 else 'black',
+                )
     ax.set_xlabel('predicted'), ax.set_ylabel('actual')
     return _save(fig, path)

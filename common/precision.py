@@ -1,4 +1,5 @@
 """The numerics of a step: mixed precision with fp16 loss scaling, gradient clipping, and the NaN guard."""
+
 import math
 
 import torch
@@ -24,11 +25,12 @@ class MixedPrecision(Callback):
     are unscaled in `before_step` (before clipping, which runs later in that event); a step whose gradients
     hold inf/NaN is skipped by raising CancelStepException, and the scale is lowered in `after_step`.
     """
+
     order = 10
     loss_role = 'scale'  # after every callback that replaces `loss_grad` or adds to it (see common.events)
     DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
-    def __init__(self, precision='bf16', scaler=None, init_scale=2. ** 16):
+    def __init__(self, precision='bf16', scaler=None, init_scale=2.0**16):
         if precision not in self.DTYPES:
             raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
         self.precision, self.scaler, self.init_scale = precision, scaler, init_scale
@@ -90,9 +92,10 @@ class MixedPrecision(Callback):
 
 class GradientClip(Callback):
     "Clip gradients to a total L2 norm of `max_norm`."
+
     order = 20
 
-    def __init__(self, max_norm=1.):
+    def __init__(self, max_norm=1.0):
         self.max_norm = max_norm
 
     def before_step(self):
@@ -101,6 +104,7 @@ class GradientClip(Callback):
 
 class NanGuard(Callback):
     "Stops training with a clear message as soon as the training loss is NaN or infinite."
+
     order = 30
 
     def after_loss(self):
@@ -108,4 +112,5 @@ class NanGuard(Callback):
             raise FloatingPointError(
                 f"training loss became {float(self.learn.loss.detach())} at epoch {self.learn.epoch + 1}, "
                 f"batch {self.learn.iter + 1}: the learning rate is probably too high (try lr_find), or the data "
-                f"holds NaN/inf values")
+                f"holds NaN/inf values"
+            )

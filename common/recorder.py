@@ -1,5 +1,6 @@
 """What training records and shows: losses, hyper-parameters and metrics (`Recorder`), progress bars and the
 per-epoch table (`ProgressCallback`), and predictions for `get_preds` (`GatherPreds`)."""
+
 import sys
 import time
 
@@ -16,6 +17,7 @@ from .schedule import lr_finding
 
 class Recorder(Callback):
     "Per-batch loss and hyper-parameters, per-epoch losses and metrics (`learn.recorder`)."
+
     order = 50
 
     def __init__(self, metrics=(), beta=0.98):
@@ -29,10 +31,10 @@ class Recorder(Callback):
         self.losses, self.lrs, self.moms, self.last_valid = [], [], [], {}
         self.history = getattr(self, '_resumed_history', None) or []  # epochs from before an interruption
         self._resumed_history = None
-        self._avg, self._n = 0., 0
+        self._avg, self._n = 0.0, 0
 
     def before_epoch(self):
-        self.t0, self.train_total, self.train_count = time.time(), 0., 0
+        self.t0, self.train_total, self.train_count = time.time(), 0.0, 0
 
     def after_batch(self):
         if not self.learn.training:
@@ -53,7 +55,7 @@ class Recorder(Callback):
 
     @property
     def smooth_loss(self):
-        return self._avg / (1 - self.beta ** self._n) if self._n else float('nan')
+        return self._avg / (1 - self.beta**self._n) if self._n else float('nan')
 
     def before_validate(self):
         for m in [self.valid_loss, *self.metrics]:
@@ -63,10 +65,12 @@ class Recorder(Callback):
         self.last_valid = {'valid_loss': self.valid_loss.value, **{m.name: m.value for m in self.metrics}}
 
     def after_epoch(self):
-        row = {'epoch': self.learn.epoch + 1,
-               'train_loss': self.train_total / self.train_count if self.train_count else float('nan'),
-               **(self.last_valid if self.learn.dls.valid is not None else {}),
-               'time_s': round(time.time() - self.t0, 2)}
+        row = {
+            'epoch': self.learn.epoch + 1,
+            'train_loss': self.train_total / self.train_count if self.train_count else float('nan'),
+            **(self.last_valid if self.learn.dls.valid is not None else {}),
+            'time_s': round(time.time() - self.t0, 2),
+        }
         self.history.append(row)
 
     def plot_loss(self, path):
@@ -86,6 +90,7 @@ class Recorder(Callback):
 
 class ProgressCallback(Callback):
     "A progress bar per phase (with ETA and smoothed loss) and one table row per epoch."
+
     order = 60
 
     def __init__(self, file=None):
@@ -97,8 +102,14 @@ class ProgressCallback(Callback):
 
     def _open(self, desc):
         tty = (self.file or sys.stderr).isatty()
-        self.bar = tqdm(total=self.learn.n_iter or None, desc=desc, leave=False, file=self.file, dynamic_ncols=True,
-                        mininterval=0.2 if tty else 30.)
+        self.bar = tqdm(
+            total=self.learn.n_iter or None,
+            desc=desc,
+            leave=False,
+            file=self.file,
+            dynamic_ncols=True,
+            mininterval=0.2 if tty else 30.0,
+        )
 
     def before_train(self):
         if self.enabled:
@@ -136,6 +147,7 @@ class ProgressCallback(Callback):
 
 class GatherPreds(Callback):
     "Collects predictions (after an optional activation) and targets during validation."
+
     order = 55
 
     def __init__(self, act=None):

@@ -1,11 +1,12 @@
 """Run folders: every training entry point writes to `runs/<name>/`, never over an existing one.
 
-    runs/<name>/config.json      the resolved config
-               metrics.jsonl     one line per epoch (with the stage that produced it)
-               metrics.json      final figures
-               plots/*.png       losses, schedules, metric curves
-               checkpoints/      checkpoint files (resume from `last.pth`)
+runs/<name>/config.json      the resolved config
+           metrics.jsonl     one line per epoch (with the stage that produced it)
+           metrics.json      final figures
+           plots/*.png       losses, schedules, metric curves
+           checkpoints/      checkpoint files (resume from `last.pth`)
 """
+
 import json
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ def write_config(run_dir, cfg):
 
 class RunLogger(Callback):
     "Appends each epoch's figures to metrics.jsonl and writes loss/schedule/metric plots after each fit."
+
     order = 65
 
     def __init__(self, run_dir, stage='train'):

@@ -4,6 +4,7 @@ A schedule is a plain function `f(pct) -> value`. One-cycle is a composition of 
 slanted triangular is a composition of two linear halves; each works without a Learner. `ParamScheduler`
 sets them on the optimizer each batch; `LRFinder` is the LR range test's exponential sweep.
 """
+
 import copy
 import math
 
@@ -40,30 +41,31 @@ def combine_scheds(pcts, scheds):
         raise ValueError(f"combine_scheds: {len(pcts)} fractions for {len(scheds)} schedules")
     if abs(sum(pcts) - 1) > 1e-6 or any(p < 0 for p in pcts):
         raise ValueError(f"combine_scheds: fractions must be >= 0 and sum to 1, got {pcts}")
-    bounds = [0.]
+    bounds = [0.0]
     for p in pcts:
         bounds.append(bounds[-1] + p)
 
     def _inner(pct):
-        pct = min(max(pct, 0.), 1.)
+        pct = min(max(pct, 0.0), 1.0)
         # The last phase that starts at or before pct (skipping zero-length phases).
         i = max(j for j in range(len(scheds)) if bounds[j] <= pct and (pcts[j] > 0 or j == len(scheds) - 1))
         if pcts[i] == 0:
-            return scheds[i](1.)
-        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.))
+            return scheds[i](1.0)
+        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.0))
+
     return _inner
 
 
-def one_cycle(lr_max, pct_start=0.25, div=25., div_final=1e5):
+def one_cycle(lr_max, pct_start=0.25, div=25.0, div_final=1e5):
     "LR of the one-cycle policy: cosine warm-up from lr_max/div to lr_max, then cosine down to lr_max/div_final."
-    return combine_scheds([pct_start, 1 - pct_start],
-                          [sched_cos(lr_max / div, lr_max), sched_cos(lr_max, lr_max / div_final)])
+    return combine_scheds(
+        [pct_start, 1 - pct_start], [sched_cos(lr_max / div, lr_max), sched_cos(lr_max, lr_max / div_final)]
+    )
 
 
 def one_cycle_mom(moms=(0.95, 0.85, 0.95), pct_start=0.25):
     "Momentum (or Adam's beta1) of the one-cycle policy: down while the LR rises, then back up."
-    return combine_scheds([pct_start, 1 - pct_start],
-                          [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
+    return combine_scheds([pct_start, 1 - pct_start], [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
 
 
 def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
@@ -73,8 +75,9 @@ def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
     after it; lr = lr_max * (1 + p*(ratio-1)) / ratio. In terms of pct = t/T that is a linear rise from
     lr_max/ratio to lr_max over `cut_frac`, then a linear fall back to lr_max/ratio.
     """
-    return combine_scheds([cut_frac, 1 - cut_frac],
-                          [sched_lin(lr_max / ratio, lr_max), sched_lin(lr_max, lr_max / ratio)])
+    return combine_scheds(
+        [cut_frac, 1 - cut_frac], [sched_lin(lr_max / ratio, lr_max), sched_lin(lr_max, lr_max / ratio)]
+    )
 
 
 def per_group(make_sched, values):
@@ -85,6 +88,7 @@ def per_group(make_sched, values):
 # ---- callbacks -------------------------------------------------------------------------------------------------
 class ParamScheduler(Callback):
     "Sets hyper-parameters each training batch: {'lr': sched or [sched per layer group], 'mom': ...}."
+
     order = 0
 
     def __init__(self, scheds):
@@ -106,15 +110,16 @@ class ParamScheduler(Callback):
 
 class LRFinder(Callback):
     "Exponential LR sweep from `start_lr` to `end_lr`; stops when the loss exceeds 4x its best."
+
     order = 5
 
-    def __init__(self, start_lr=1e-7, end_lr=10., num_it=100, stop_div=True, beta=0.98):
+    def __init__(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, beta=0.98):
         self.start_lr, self.end_lr, self.num_it, self.stop_div, self.beta = start_lr, end_lr, num_it, stop_div, beta
 
     def before_fit(self):
         self.saved_model = copy.deepcopy(self.learn.model.state_dict())
         self.saved_opt = copy.deepcopy(self.learn.opt.state_dict())
-        self.lrs, self.losses, self.best, self.avg = [], [], float('inf'), 0.
+        self.lrs, self.losses, self.best, self.avg = [], [], float('inf'), 0.0
 
     def before_batch(self):
         if self.learn.training:
@@ -134,8 +139,9 @@ class LRFinder(Callback):
         warm = len(self.losses) > max(5, self.num_it // 20)
         if warm:
             self.best = min(self.best, smooth)
-        if (self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))) \
-                or self.learn.train_iter >= self.num_it:
+        if (
+            self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))
+        ) or self.learn.train_iter >= self.num_it:
             raise CancelFitException()
 
     def before_validate(self):

@@ -1,4 +1,5 @@
 """When training stops and what it keeps: early stopping, save-best, checkpoints with resume, the time budget."""
+
 import os
 import time
 from pathlib import Path
@@ -13,12 +14,16 @@ from .schedule import lr_finding
 
 class _Monitor(Callback):
     "Shared logic: watch a recorder value at the end of each epoch."
+
     order = 70
 
-    def __init__(self, monitor='valid_loss', mode='auto', min_delta=0.):
+    def __init__(self, monitor='valid_loss', mode='auto', min_delta=0.0):
         self.monitor, self.min_delta = monitor, min_delta
-        self.mode = mode if mode != 'auto' else ('min' if 'loss' in monitor or 'error' in monitor
-                                                 or 'perplexity' in monitor else 'max')
+        self.mode = (
+            mode
+            if mode != 'auto'
+            else ('min' if 'loss' in monitor or 'error' in monitor or 'perplexity' in monitor else 'max')
+        )
 
     def before_fit(self):
         self.best, self.wait = (float('inf') if self.mode == 'min' else -float('inf')), 0
@@ -37,7 +42,7 @@ class _Monitor(Callback):
 class EarlyStopping(_Monitor):
     "Stop when `monitor` hasn't improved for `patience` epochs."
 
-    def __init__(self, monitor='valid_loss', mode='auto', min_delta=0., patience=1):
+    def __init__(self, monitor='valid_loss', mode='auto', min_delta=0.0, patience=1):
         super().__init__(monitor, mode, min_delta)
         self.patience = patience
 
@@ -54,7 +59,7 @@ class EarlyStopping(_Monitor):
 class SaveBest(_Monitor):
     "Save the model whenever `monitor` improves; optionally load the best back at the end."
 
-    def __init__(self, path, monitor='valid_loss', mode='auto', min_delta=0., load_at_end=True, config=None):
+    def __init__(self, path, monitor='valid_loss', mode='auto', min_delta=0.0, load_at_end=True, config=None):
         super().__init__(monitor, mode, min_delta)
         self.path, self.load_at_end, self.config = path, load_at_end, config
 
@@ -69,6 +74,7 @@ class SaveBest(_Monitor):
 
 class CheckpointCallback(Callback):
     "Checkpoint at each epoch end and every `every_minutes` (mid-epoch), with the exact training position."
+
     order = 70
 
     def __init__(self, path, every_minutes=None, every_epoch=True, config=None, extras=None):
@@ -93,16 +99,24 @@ class CheckpointCallback(Callback):
             return None
         L = self.learn
         n_done = L.iter + 1 if n_done is None else n_done
-        ts = {'epoch': L.epoch + 1 if at_epoch_end else L.epoch, 'iter': 0 if at_epoch_end else n_done,
-              'train_iter': L.train_iter, 'n_epoch': L.n_epoch,
-              'epoch_rng': get_rng_state() if at_epoch_end else self.epoch_rng}
+        ts = {
+            'epoch': L.epoch + 1 if at_epoch_end else L.epoch,
+            'iter': 0 if at_epoch_end else n_done,
+            'train_iter': L.train_iter,
+            'n_epoch': L.n_epoch,
+            'epoch_rng': get_rng_state() if at_epoch_end else self.epoch_rng,
+        }
         L.save(self.path, config=self.config, extras=self.extras, train_state=ts)
         self.last = time.time()
         return self.path
 
     def after_batch(self):
-        if (self.every_minutes and self.learn.training
-                and time.time() - self.last >= 60 * self.every_minutes and self.learn.iter + 1 < self.learn.n_iter):
+        if (
+            self.every_minutes
+            and self.learn.training
+            and time.time() - self.last >= 60 * self.every_minutes
+            and self.learn.iter + 1 < self.learn.n_iter
+        ):
             self.save_now()
 
     def after_epoch(self):
@@ -118,8 +132,11 @@ class CheckpointCallback(Callback):
         if isinstance(e, Interrupted) or lr_finding(L) or self.epoch_rng is None:
             return e
         if self.rng_epoch != L.epoch:  # between epochs: the last one ended with its own checkpoint
-            return Interrupted(f"the checkpoint of epoch {L.epoch} is kept: {self.path}", checkpoint=self.path) \
-                if self.every_epoch and Path(self.path).exists() else e
+            return (
+                Interrupted(f"the checkpoint of epoch {L.epoch} is kept: {self.path}", checkpoint=self.path)
+                if self.every_epoch and Path(self.path).exists()
+                else e
+            )
         if L.training:  # a batch cut short before its end (before `train_iter` counted it) is trained again on resume
             n_done = L.train_iter - self.train_iter0
         else:  # in validation: this epoch's training is done
@@ -137,6 +154,7 @@ class Resume(Callback):
     cut short is replayed: its data order is drawn again from the RNG state saved at its start, the batches already
     trained on are drawn and dropped, and the RNG then goes on exactly where it was when the checkpoint was written.
     """
+
     order = -30  # first: MixedPrecision and Recorder take the state it loads in their own `before_fit`
 
     def __init__(self, path):
@@ -147,8 +165,9 @@ class Resume(Callback):
         ck = L.load(self.path, with_opt=True)
         ts = ck.get('train_state')
         if not ts or 'epoch_rng' not in ts:
-            raise ValueError(f"{self.path} has no training position to resume from (was it saved by a "
-                             f"CheckpointCallback?)")
+            raise ValueError(
+                f"{self.path} has no training position to resume from (was it saved by a CheckpointCallback?)"
+            )
         L.epoch, L.train_iter = ts['epoch'], ts['train_iter']  # the loop starts at `L.epoch`
         for cb in L.cbs:
             if cb.name in ts.get('cbs', {}):
@@ -190,6 +209,7 @@ class _Replay:
 
 class TimeBudget(Callback):
     "End training cleanly after `max_minutes`, with a checkpoint if a CheckpointCallback is attached; sets `reached`."
+
     order = 75
 
     def __init__(self, max_minutes):
@@ -203,7 +223,9 @@ class TimeBudget(Callback):
             ck = getattr(self.learn, 'checkpoint', None)
             if ck is not None:
                 ck.save_now()
-            log.info(f'time budget of {self.max_minutes} min reached: stopping'
-                     + (f' (checkpoint: {ck.path})' if ck is not None else ''))
+            log.info(
+                f'time budget of {self.max_minutes} min reached: stopping'
+                + (f' (checkpoint: {ck.path})' if ck is not None else '')
+            )
             self.reached = True
             raise CancelFitException()

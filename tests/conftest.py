@@ -1,4 +1,5 @@
 "Test-wide settings: one intra-op thread (tiny tensors run faster so, and results don't depend on the core count)."
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 "Synthetic learners for the training-core tests: y = a*x + b, and a small classifier with BatchNorm."
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -6,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.learner import DataLoaders, Learner
 
 
-def linear_data(n=256, bs=16, a=2., b=1., seed=0, shuffle=True):
+def linear_data(n=256, bs=16, a=2.0, b=1.0, seed=0, shuffle=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, generator=g)
     y = a * x + b + 0.01 * torch.randn(n, 1, generator=g)
@@ -33,5 +34,13 @@ def two_group_splitter(m):
 
 def synth_learner(n=256, bs=16, lr=1e-2, seed=0, progress=False, data_seed=0, **kwargs):
     torch.manual_seed(seed)
-    return Learner(TwoLayer(), linear_data(n, bs, seed=data_seed), nn.MSELoss(), lr=lr, splitter=two_group_splitter,
-                   progress=progress, device='cpu', **kwargs)
+    return Learner(
+        TwoLayer(),
+        linear_data(n, bs, seed=data_seed),
+        nn.MSELoss(),
+        lr=lr,
+        splitter=two_group_splitter,
+        progress=progress,
+        device='cpu',
+        **kwargs,
+    )

@@ -1,4 +1,6 @@
-"Runs the Python example of README.md exactly as written (`make smoke` calls this after `make lm-pretrain PRESET=tiny`)."
+"""Runs the Python example of README.md exactly as written (`make smoke` calls this after
+`make lm-pretrain PRESET=tiny`)."""
+
 import re
 import shutil
 import sys

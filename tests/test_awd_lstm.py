@@ -1,4 +1,5 @@
 "AWD-LSTM language model and ULMFiT classifier: shapes, gradients, each dropout's arithmetic, pooling masks."
+
 import warnings
 
 import pytest
@@ -7,11 +8,30 @@ import torch.nn as nn
 
 from common.events import Callback, check_loss_roles
 from common.precision import MixedPrecision
-from ulmfit.awd_lstm import (PRESETS, ARTARCallback, AWDLSTMConfig, EmbeddingDropout, RNNCallback, RNNDropout,
-                             WeightDropout, ar_tar, clas_config, get_language_model, lm_accuracy, lm_loss,
-                             lm_splitter, lstm_with_weights)
-from ulmfit.classifier import (SentenceEncoder, clas_splitter, fit_thresholds, get_text_classifier, load_encoder,
-                               masked_concat_pool)
+from ulmfit.awd_lstm import (
+    PRESETS,
+    ARTARCallback,
+    AWDLSTMConfig,
+    EmbeddingDropout,
+    RNNCallback,
+    RNNDropout,
+    WeightDropout,
+    ar_tar,
+    clas_config,
+    get_language_model,
+    lm_accuracy,
+    lm_loss,
+    lm_splitter,
+    lstm_with_weights,
+)
+from ulmfit.classifier import (
+    SentenceEncoder,
+    clas_splitter,
+    fit_thresholds,
+    get_text_classifier,
+    load_encoder,
+    masked_concat_pool,
+)
 
 V = 50
 
@@ -33,8 +53,17 @@ def _seed_and_no_warnings():
 
 
 def test_presets_and_config_roundtrip():
-    assert PRESETS['paper'] == AWDLSTMConfig(emb_sz=400, n_hid=1152, n_layers=3, pad_id=1, output_p=0.1,
-                                             hidden_p=0.15, input_p=0.25, embed_p=0.02, weight_p=0.2)
+    assert PRESETS['paper'] == AWDLSTMConfig(
+        emb_sz=400,
+        n_hid=1152,
+        n_layers=3,
+        pad_id=1,
+        output_p=0.1,
+        hidden_p=0.15,
+        input_p=0.25,
+        embed_p=0.02,
+        weight_p=0.2,
+    )
     c = tiny(drop_mult=0.5)
     assert c.p('weight_p') == pytest.approx(0.1)
     assert AWDLSTMConfig.from_dict(c.to_dict()) == c
@@ -72,7 +101,7 @@ def test_embedding_dropout_drops_whole_rows_and_rescales():
     dropped = (y == 0).all(-1)
     assert torch.equal(dropped[0], dropped[1])  # a word is dropped everywhere in the batch
     assert 0 < dropped[0].sum() < V
-    assert torch.allclose(ratio[~dropped], torch.tensor(2.))  # kept rows scaled by 1/(1-p)
+    assert torch.allclose(ratio[~dropped], torch.tensor(2.0))  # kept rows scaled by 1/(1-p)
     assert torch.equal(dp.eval()(x), emb(x))
 
 
@@ -80,7 +109,7 @@ def test_rnn_dropout_mask_shared_across_time():
     dp = RNNDropout(0.5).train()
     y = dp(torch.ones(4, 9, 16))
     assert torch.equal(y, y[:, :1].expand_as(y))  # the same mask at every time step
-    assert set(y.unique().tolist()) == {0., 2.}
+    assert set(y.unique().tolist()) == {0.0, 2.0}
     assert torch.equal(dp.eval()(torch.ones(4, 9, 16)), torch.ones(4, 9, 16))
 
 
@@ -157,12 +186,13 @@ def test_ar_tar_exact_formula():
     raw, out = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
     ar = sum(out[b, t, j] ** 2 for b in range(2) for t in range(5) for j in range(3)) / 30
     tar = sum((raw[b, t + 1, j] - raw[b, t, j]) ** 2 for b in range(2) for t in range(4) for j in range(3)) / 24
-    assert torch.allclose(ar_tar(raw, out, alpha=2., beta=1.), 2 * ar + tar)
-    assert torch.allclose(ar_tar(raw, out, alpha=0., beta=3.), 3 * tar)
+    assert torch.allclose(ar_tar(raw, out, alpha=2.0, beta=1.0), 2 * ar + tar)
+    assert torch.allclose(ar_tar(raw, out, alpha=0.0, beta=3.0), 3 * tar)
 
 
 class _FakeLearn:
     "Just the attributes the RNN callbacks touch."
+
     def __init__(self, model):
         self.model, self.training = model, True
 
@@ -170,7 +200,7 @@ class _FakeLearn:
 def test_rnn_and_artar_callbacks():
     m = get_language_model(tiny())
     learn = _FakeLearn(m)
-    rnn, artar = RNNCallback(), ARTARCallback(alpha=2., beta=1.)
+    rnn, artar = RNNCallback(), ARTARCallback(alpha=2.0, beta=1.0)
     learn.rnn, rnn.learn, artar.learn = rnn, learn, learn
     x = ids(2, 6)
     rnn.before_train()
@@ -235,8 +265,10 @@ def test_sentence_encoder_keeps_only_last_max_len():
 
 
 def test_splitters_cover_every_parameter_once():
-    for model, split, n in [(get_language_model(tiny()), lm_splitter, 3),
-                            (get_text_classifier(clas_config(tiny()), 2), clas_splitter, 4)]:
+    for model, split, n in [
+        (get_language_model(tiny()), lm_splitter, 3),
+        (get_text_classifier(clas_config(tiny()), 2), clas_splitter, 4),
+    ]:
         groups = split(model)
         assert len(groups) == n
         ids_ = [id(p) for g in groups for p in g]
@@ -262,7 +294,8 @@ def test_sample_next_top_k_min_p_and_greedy():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
     from ulmfit.generate import sample_next
-    assert sample_next(logits, temperature=0.).item() == 0
+
+    assert sample_next(logits, temperature=0.0).item() == 0
     assert {sample_next(logits, top_k=2, generator=g).item() for _ in range(200)} == {0, 1}
     # min_p 0.4: keep tokens with p >= 0.4 * 0.5 = 0.2
     assert {sample_next(logits, min_p=0.4, generator=g).item() for _ in range(200)} == {0, 1}
@@ -272,6 +305,7 @@ def test_generate_from_model_folder(tmp_path):
     from ulmfit.generate import generate, generate_ids
     from ulmfit.model_io import load_model_folder, save_model_folder
     from ulmfit.tokenize import SPECIALS
+
     itos = SPECIALS + ['the', 'movie', 'was', 'good', '.', 'bad', 'a']
     c = AWDLSTMConfig.preset('tiny', vocab_sz=len(itos))
     save_model_folder(tmp_path, get_language_model(c), c, itos)
@@ -285,11 +319,21 @@ def test_generate_from_model_folder(tmp_path):
 
 def test_lm_trains_through_the_learner_with_rnn_callbacks():
     from common.learner import DataLoaders, Learner
+
     m = get_language_model(tiny())
     x = ids(4, 9)
     batches = [(x[:, :-1], x[:, 1:])] * 6
-    learn = Learner(m, DataLoaders(batches, batches[:1]), lm_loss, splitter=lm_splitter, clip=0.1,
-                    metrics=[lm_accuracy], cbs=[RNNCallback(), ARTARCallback()], progress=False, device='cpu')
+    learn = Learner(
+        m,
+        DataLoaders(batches, batches[:1]),
+        lm_loss,
+        splitter=lm_splitter,
+        clip=0.1,
+        metrics=[lm_accuracy],
+        cbs=[RNNCallback(), ARTARCallback()],
+        progress=False,
+        device='cpu',
+    )
     before = learn.validate()
     learn.fit(2, lr=1e-2)
     assert learn.validate()['valid_loss'] < before['valid_loss']
@@ -300,5 +344,6 @@ def test_lm_trains_through_the_learner_with_rnn_callbacks():
 def test_ar_tar_adds_to_the_loss_between_mixup_and_fp16_scaling():
     class Replace(Callback):
         order, loss_role = 8, 'replace'  # where MixUp/CutMix compute the loss afresh
+
     check_loss_roles(sorted([MixedPrecision('fp16'), ARTARCallback(), Replace()], key=lambda c: c.order))
     assert ARTARCallback.loss_role == 'add' and Replace.order < ARTARCallback.order < MixedPrecision.order

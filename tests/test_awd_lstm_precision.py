@@ -1,4 +1,5 @@
 "Under bf16 autocast the recurrent kernel runs in fp32 (CUDA autocast would run cuDNN RNNs in fp16, unscaled)."
+
 import torch
 from torch import nn
 

@@ -1,4 +1,5 @@
 "The command lines: every --help works, expected errors are one `error:` line with exit code 2, Ctrl-C exits 130."
+
 import pytest
 
 import ulmfit.__main__ as ulmfit_cli
@@ -44,8 +45,12 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert ulmfit_cli.main(['pretrain', '--corpus', str(tmp_path / 'missing.txt')]) == 2
     assert 'missing.txt' in _one_error_line(capsys)
     # a missing CSV
-    assert ulmfit_cli.main(['classify', '--csv', str(tmp_path / 'gone.csv'), '--pretrained', 'none',
-                            '--runs', str(tmp_path / 'runs')]) == 2
+    assert (
+        ulmfit_cli.main(
+            ['classify', '--csv', str(tmp_path / 'gone.csv'), '--pretrained', 'none', '--runs', str(tmp_path / 'runs')]
+        )
+        == 2
+    )
     assert 'gone.csv' in _one_error_line(capsys)
     # a vision setting
     assert vision_cli.main(['transfer', '--experiments', 'bogus']) == 2
@@ -58,6 +63,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path):
 
     def buggy(argv):
         return 1 / 0
+
     with pytest.raises(ZeroDivisionError):
         run_command(buggy, [])
 
@@ -65,6 +71,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path):
 def test_ctrl_c_exits_130_with_a_message(capsys):
     def interrupted(argv):
         raise KeyboardInterrupt()
+
     assert run_command(interrupted, []) == 130
     assert 'interrupted' in capsys.readouterr().err
 
@@ -76,26 +83,37 @@ def test_classify_checks_the_table_before_making_a_run_folder(tmp_path, capsys):
     for _ in range(2):
         assert ulmfit_cli.main(['classify', '--csv', str(csv), '--pretrained', 'none', '--runs', str(runs)]) == 2
         assert "one.csv: label column 'label' has 1 class" in _one_error_line(capsys)
-    assert ulmfit_cli.main(['classify', '--csv', str(csv), '--label-col', 'stars', '--pretrained', 'none',
-                            '--runs', str(runs)]) == 2
+    assert (
+        ulmfit_cli.main(
+            ['classify', '--csv', str(csv), '--label-col', 'stars', '--pretrained', 'none', '--runs', str(runs)]
+        )
+        == 2
+    )
     assert "one.csv: no column 'stars'" in _one_error_line(capsys)
     assert not runs.exists() or not any(runs.iterdir())
 
 
 def test_predict_checks_the_output_folder_first(tmp_path, capsys, monkeypatch):
     import ulmfit.api
+
     monkeypatch.setattr(ulmfit.api.TextClassifier, 'load', lambda *a, **k: pytest.fail('loaded the model first'))
     (tmp_path / 'new.csv').write_text('text\nhello\n')
     out = tmp_path / 'no' / 'such' / 'preds.csv'
-    assert ulmfit_cli.main(['predict', '--model', str(tmp_path), '--csv', str(tmp_path / 'new.csv'),
-                            '--out', str(out)]) == 2
+    assert (
+        ulmfit_cli.main(['predict', '--model', str(tmp_path), '--csv', str(tmp_path / 'new.csv'), '--out', str(out)])
+        == 2
+    )
     assert f"{out.parent} does not exist" in _one_error_line(capsys)
 
 
 # Every training entry point's --dry-run: synthetic data, a tiny model, a few batches, nothing left behind.
-DRY_RUNS = [(ulmfit_cli, ['pretrain', '--dry-run', 'true']), (ulmfit_cli, ['imdb', '--dry-run', 'true']),
-            (ulmfit_cli, ['classify', '--dry-run']), (vision_cli, ['train', '--dry-run', 'true']),
-            (vision_cli, ['transfer', '--dry-run', 'true'])]
+DRY_RUNS = [
+    (ulmfit_cli, ['pretrain', '--dry-run', 'true']),
+    (ulmfit_cli, ['imdb', '--dry-run', 'true']),
+    (ulmfit_cli, ['classify', '--dry-run']),
+    (vision_cli, ['train', '--dry-run', 'true']),
+    (vision_cli, ['transfer', '--dry-run', 'true']),
+]
 
 
 @pytest.mark.parametrize('cli,argv', DRY_RUNS, ids=[' '.join(a[:1]) for _, a in DRY_RUNS])
@@ -107,9 +125,9 @@ def test_every_training_command_has_a_dry_run(cli, argv, tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_quiet_and_verbose_are_global_flags_and_the_level_is_restored(capsys):
     from common.log import log
+
     level = log.level
     assert ulmfit_cli.main(['models', '--quiet']) == 0
     assert capsys.readouterr().out == '' and log.level == level
@@ -121,5 +139,6 @@ def test_process_setup_comes_before_torch_loads():
     "OMP_WAIT_POLICY only takes effect if set before torch loads libgomp: the front doors must not import torch."
     import subprocess
     import sys
+
     code = "import sys, ulmfit.__main__, vision.__main__; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'

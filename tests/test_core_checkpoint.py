@@ -1,4 +1,5 @@
 "Checkpoints: round trip, safe loading, clear errors; resume equivalence; run folders and configs."
+
 import errno
 import json
 import os
@@ -7,15 +8,21 @@ import stat
 
 import pytest
 import torch
+from core_utils import TwoLayer, synth_learner
 
-from common.checkpoint import (CheckpointError, DiskFullError, atomic_write_json, load_checkpoint, save_checkpoint,
-                               temp_files)
+from common.checkpoint import (
+    CheckpointError,
+    DiskFullError,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+    temp_files,
+)
 from common.cli import Interrupted
 from common.config import Setting, parse_run_config, resolve_config
 from common.events import Callback, CancelFitException
 from common.runs import RunLogger, new_run_dir, write_json
 from common.stopping import CheckpointCallback
-from core_utils import TwoLayer, synth_learner
 
 
 def test_round_trip(tmp_path):
@@ -48,7 +55,7 @@ def test_truncated_and_missing_files(tmp_path):
     save_checkpoint(p, TwoLayer().state_dict())
     data = p.read_bytes()
     bad = tmp_path / 'cut.pth'
-    bad.write_bytes(data[:len(data) // 2])
+    bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match='cut.pth'):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match='not found'):
@@ -67,6 +74,7 @@ def test_shape_mismatch_names_file_and_key(tmp_path):
 
 class Interrupt(Callback):
     "Simulates a crash right after a mid-epoch checkpoint."
+
     order = 80
 
     def __init__(self, at_iter):
@@ -95,6 +103,7 @@ def test_resume_matches_uninterrupted(tmp_path, stop_at):
 
 class StopAtEpochEnd(Callback):
     "Simulates a crash right after the checkpoint of the first epoch's end."
+
     order = 80  # after CheckpointCallback (70) saved it
 
     def after_epoch(self):
@@ -121,8 +130,12 @@ def test_resume_needs_training_position(tmp_path):
 
 
 def test_config_presets_and_overrides(capsys):
-    S = {'lr': Setting(1e-3, 'learning rate'), 'epochs': Setting(1, 'epochs'), 'name': Setting('run', 'name'),
-         'precision': Setting('fp32', 'precision', ('fp32', 'bf16', 'fp16'))}
+    S = {
+        'lr': Setting(1e-3, 'learning rate'),
+        'epochs': Setting(1, 'epochs'),
+        'name': Setting('run', 'name'),
+        'precision': Setting('fp32', 'precision', ('fp32', 'bf16', 'fp16')),
+    }
     P = {'tiny': {'epochs': 1}, 'cpu': {'epochs': 3}, 'paper': {'epochs': 10, 'lr': 1e-2}}
     cfg = parse_run_config(['--preset', 'paper', '--lr', '0.5', '--name', 'x'], S, P, 'prog', 'desc')
     assert cfg == {'lr': 0.5, 'epochs': 10, 'name': 'x', 'precision': 'fp32', 'preset': 'paper'}
@@ -164,6 +177,7 @@ def test_pickle_module_is_not_needed_to_load(tmp_path):
 
 class CtrlC(Callback):
     "Raises KeyboardInterrupt at training batch `at` (counted over the fit), as Ctrl-C would."
+
     order = 80
 
     def __init__(self, at, event='after_batch'):
@@ -184,7 +198,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_uninterrupted(tmp_path, st
     a = synth_learner(n=256, bs=16, seed=3)
     with pytest.raises(KeyboardInterrupt, match=f'batch {stop_at % 16}: .*last.pth') as e:
         a.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck, every_epoch=False), CtrlC(stop_at)])
-    assert isinstance(e.value, Interrupted) and e.value.checkpoint == ck and load_checkpoint(ck)['train_state']['iter'] == stop_at % 16
+    assert (
+        isinstance(e.value, Interrupted)
+        and e.value.checkpoint == ck
+        and load_checkpoint(ck)['train_state']['iter'] == stop_at % 16
+    )
     torch.manual_seed(1234)
     b = synth_learner(n=256, bs=16, seed=99)
     b.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(ck)], resume=ck)
@@ -247,9 +265,13 @@ def test_disk_full_names_the_file_and_leaves_nothing_partial(tmp_path, monkeypat
             self.f.close()
 
     monkeypatch.setattr(os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
-    for write in (lambda: save_checkpoint(p, TwoLayer().state_dict()),  # torch.save: 'unexpected pos ...'
-                  lambda: write_json(tmp_path / 'metrics.json', {'a': 1})):
-        with pytest.raises(DiskFullError, match=r'(last\.pth|metrics\.json): no space left on device \(the disk is full\)'):
+    for write in (
+        lambda: save_checkpoint(p, TwoLayer().state_dict()),  # torch.save: 'unexpected pos ...'
+        lambda: write_json(tmp_path / 'metrics.json', {'a': 1}),
+    ):
+        with pytest.raises(
+            DiskFullError, match=r'(last\.pth|metrics\.json): no space left on device \(the disk is full\)'
+        ):
             write()
     monkeypatch.undo()
     assert p.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ['last.pth']
@@ -295,7 +317,8 @@ def test_stale_temp_files_are_cleaned_and_rows_agree_with_the_checkpoint(tmp_pat
 def test_atomic_write_json_writes_utf8_and_leaves_no_temp_file(tmp_path):
     p = tmp_path / 'sub' / 'v.json'
     atomic_write_json(p, {'itos': ['café', 'naïve'], 'path': tmp_path})
-    assert p.read_bytes() == json.dumps({'itos': ['café', 'naïve'], 'path': str(tmp_path)}, indent=1,
-                                        ensure_ascii=False).encode('utf-8')
+    assert p.read_bytes() == json.dumps(
+        {'itos': ['café', 'naïve'], 'path': str(tmp_path)}, indent=1, ensure_ascii=False
+    ).encode('utf-8')
     atomic_write_json(p, [1, 2], indent=None)
     assert p.read_text(encoding='utf-8') == '[1, 2]' and temp_files(p) == []

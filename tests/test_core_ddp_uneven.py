@@ -1,4 +1,5 @@
 "DDP on two gloo processes: an uneven last batch trains like one process, and validation covers every rank's share."
+
 import os
 import socket
 
@@ -15,6 +16,7 @@ from common.metrics import F1Score
 
 class RankShards:
     "A validation loader that, like the LM loader, gives each rank only its own rows (`distributed_aware`)."
+
     distributed_aware = True
 
     def __init__(self, x, y, bs, rank=0, world=1):
@@ -25,13 +27,13 @@ class RankShards:
 
     def __iter__(self):
         for i in range(0, len(self.x), self.bs):
-            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+            yield self.x[i : i + self.bs], self.y[i : i + self.bs]
 
 
 def data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(67, 3, generator=g)  # 67 rows at bs 16: the last batch has 3 rows, split 1 + 2 over 2 ranks
-    return x, x @ torch.tensor([[1.], [-2.], [0.5]]) + 0.3
+    return x, x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
 
 
 def make_learner(rank=0, world=1):
@@ -43,10 +45,12 @@ def make_learner(rank=0, world=1):
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from common.distributed import cleanup_distributed, setup_distributed
+
     setup_distributed('gloo')
     learn = make_learner(rank, world)
     learn.fit_one_cycle(2, 1e-2)  # before: shard() raised on the 3-row batch
@@ -55,8 +59,14 @@ def _worker(rank, world, port, out):
     f1.preds, f1.targs = [torch.full((rank + 1,), rank)], [torch.ones(rank + 1, dtype=torch.long)]
     f1.sync()
     if rank == 0:
-        torch.save({'model': learn.model.state_dict(), 'valid_loss': learn.recorder.last_valid['valid_loss'],
-                    'f1_preds': f1.preds[0]}, out)
+        torch.save(
+            {
+                'model': learn.model.state_dict(),
+                'valid_loss': learn.recorder.last_valid['valid_loss'],
+                'f1_preds': f1.preds[0],
+            },
+            out,
+        )
     cleanup_distributed()
 
 

@@ -1,4 +1,5 @@
 "Two gloo processes with half the batch each take the same steps as one process with the whole batch."
+
 import os
 import socket
 
@@ -15,17 +16,19 @@ def make_learner():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(128, 3, generator=g)
-    y = x @ torch.tensor([[1.], [-2.], [0.5]]) + 0.3
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
     dls = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), None)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))  # no BatchNorm/dropout: per-rank stats differ
     return Learner(model, dls, nn.MSELoss(), lr=1e-2, progress=False, device='cpu')
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from common.distributed import cleanup_distributed, setup_distributed
+
     setup_distributed('gloo')
     learn = make_learner()
     assert any(type(c).__name__ == 'DistributedCallback' for c in learn.cbs)

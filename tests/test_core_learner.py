@@ -1,27 +1,56 @@
 "The loop: event order, cancel semantics, fit-scoped callbacks, learning, freezing, precision, NaN guard."
+
 import math
+from functools import partial
 
 import pytest
 import torch
+from core_utils import synth_learner
 from torch import nn
 
-from common.events import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                           CancelStepException, CancelTrainException, CancelValidateException, DebugCallback)
+from common.events import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidateException,
+    DebugCallback,
+)
 from common.precision import MixedPrecision
-from core_utils import synth_learner
 
 
 class EventLog(Callback):
     order = 100
-    EV = ['before_fit', 'before_epoch', 'before_train', 'before_batch', 'after_pred', 'after_loss', 'before_backward',
-          'before_step', 'after_step', 'after_batch', 'after_train', 'before_validate', 'after_validate',
-          'after_epoch', 'after_fit', 'after_cancel_fit', 'after_cancel_epoch', 'after_cancel_train',
-          'after_cancel_validate', 'after_cancel_batch', 'after_cancel_step']
+    EV = [
+        'before_fit',
+        'before_epoch',
+        'before_train',
+        'before_batch',
+        'after_pred',
+        'after_loss',
+        'before_backward',
+        'before_step',
+        'after_step',
+        'after_batch',
+        'after_train',
+        'before_validate',
+        'after_validate',
+        'after_epoch',
+        'after_fit',
+        'after_cancel_fit',
+        'after_cancel_epoch',
+        'after_cancel_train',
+        'after_cancel_validate',
+        'after_cancel_batch',
+        'after_cancel_step',
+    ]
 
     def __init__(self):
         self.log = []
         for e in self.EV:
-            setattr(self, e, (lambda e: lambda: self.log.append(e))(e))
+            setattr(self, e, partial(self.log.append, e))
 
 
 def run_log(learn, n_epoch=1, cbs=()):
@@ -34,18 +63,24 @@ def run_log(learn, n_epoch=1, cbs=()):
 def test_event_order_one_epoch():
     learn = synth_learner(n=32, bs=16)
     log = run_log(learn)
-    batch = ['before_batch', 'after_pred', 'after_loss', 'before_backward', 'before_step', 'after_step',
-             'after_batch']
+    batch = ['before_batch', 'after_pred', 'after_loss', 'before_backward', 'before_step', 'after_step', 'after_batch']
     vbatch = ['before_batch', 'after_pred', 'after_loss', 'after_batch']
-    expected = (['before_fit', 'before_epoch', 'before_train'] + batch * 2 + ['after_train', 'before_validate']
-                + vbatch + ['after_validate', 'after_epoch', 'after_fit'])
+    expected = (
+        ['before_fit', 'before_epoch', 'before_train']
+        + batch * 2
+        + ['after_train', 'before_validate']
+        + vbatch
+        + ['after_validate', 'after_epoch', 'after_fit']
+    )
     assert log == expected
 
 
 def test_unknown_event_fails_loudly():
     with pytest.raises(AttributeError, match='not a training event'):
+
         class Typo(Callback):
             def before_btach(self): ...
+
     learn = synth_learner()
     with pytest.raises(ValueError, match='unknown event'):
         learn.emit('after_everything')
@@ -56,34 +91,46 @@ def test_unknown_event_fails_loudly():
 def _raiser(event, exc, when=lambda learn: True):
     class R(Callback):
         order = 50
+
     def fn(self):
         if self.learn.training and when(self.learn):
             raise exc()
+
     setattr(R, event, fn)
     return R()
 
 
-@pytest.mark.parametrize('event,exc,skipped,must_follow', [
-    ('before_step', CancelStepException, 'after_step_missing', ['after_cancel_step', 'after_step', 'after_batch']),
-    ('after_pred', CancelBatchException, 'after_loss', ['after_cancel_batch', 'after_batch']),
-    ('before_train', CancelTrainException, 'before_batch', ['after_cancel_train', 'after_train', 'before_validate']),
-    ('before_epoch', CancelEpochException, 'before_train', ['after_cancel_epoch', 'after_epoch']),
-    ('before_fit', CancelFitException, 'before_epoch', ['after_cancel_fit', 'after_fit']),
-])
+@pytest.mark.parametrize(
+    'event,exc,skipped,must_follow',
+    [
+        ('before_step', CancelStepException, 'after_step_missing', ['after_cancel_step', 'after_step', 'after_batch']),
+        ('after_pred', CancelBatchException, 'after_loss', ['after_cancel_batch', 'after_batch']),
+        (
+            'before_train',
+            CancelTrainException,
+            'before_batch',
+            ['after_cancel_train', 'after_train', 'before_validate'],
+        ),
+        ('before_epoch', CancelEpochException, 'before_train', ['after_cancel_epoch', 'after_epoch']),
+        ('before_fit', CancelFitException, 'before_epoch', ['after_cancel_fit', 'after_fit']),
+    ],
+)
 def test_cancel_guarantees(event, exc, skipped, must_follow):
     learn = synth_learner(n=32, bs=16)
     if event in ('before_train', 'before_epoch', 'before_fit'):
+
         class R(Callback):
             order = 50
+
         setattr(R, event, lambda self: (_ for _ in ()).throw(exc()))
         cb = R()
     else:
         cb = _raiser(event, exc)
     log = run_log(learn, cbs=[cb])
-    train_part = log[:log.index('after_train')] if 'after_train' in log else log
+    train_part = log[: log.index('after_train')] if 'after_train' in log else log
     assert skipped not in train_part
     i = log.index(must_follow[0])
-    assert log[i:i + len(must_follow)] == must_follow
+    assert log[i : i + len(must_follow)] == must_follow
     assert log[-1] == 'after_fit'
 
 
@@ -101,8 +148,9 @@ def test_cancel_validate():
     class R(Callback):
         def before_validate(self):
             raise CancelValidateException()
+
     log = run_log(learn, cbs=[R()])
-    valid_part = log[log.index('after_train') + 1:]
+    valid_part = log[log.index('after_train') + 1 :]
     assert valid_part == ['after_cancel_validate', 'after_validate', 'after_epoch', 'after_fit']
 
 
@@ -209,7 +257,7 @@ def test_fp16_scaler_skips_step_on_inf_and_lowers_scale():
     learn = synth_learner(n=64, bs=16, precision='fp16')
     mp = learn.mixed_precision
     assert isinstance(mp, MixedPrecision)
-    mp.init_scale = 2. ** 8  # small enough that the ordinary steps don't overflow fp16
+    mp.init_scale = 2.0**8  # small enough that the ordinary steps don't overflow fp16
     snapshots = []
 
     class InjectInf(Callback):
@@ -224,12 +272,16 @@ def test_fp16_scaler_skips_step_on_inf_and_lowers_scale():
         order = 90
 
         def after_step(self):
-            snapshots[-1] = (snapshots[-1], [p.detach().clone() for p in self.learn.model.parameters()],
-                             mp.scaler.get_scale())
+            snapshots[-1] = (
+                snapshots[-1],
+                [p.detach().clone() for p in self.learn.model.parameters()],
+                mp.scaler.get_scale(),
+            )
+
     learn.fit(1, cbs=[InjectInf(), After()])
     (b0, a0, s0), (b1, a1, s1) = snapshots[0], snapshots[1]
-    assert any(not torch.equal(x, y) for x, y in zip(b0, a0))      # a normal step moved the weights
-    assert all(torch.equal(x, y) for x, y in zip(b1, a1))          # the inf step was skipped
+    assert any(not torch.equal(x, y) for x, y in zip(b0, a0))  # a normal step moved the weights
+    assert all(torch.equal(x, y) for x, y in zip(b1, a1))  # the inf step was skipped
     assert s1 == s0 / 2 and mp.n_skipped == 1
     assert math.isfinite(learn.recorder.losses[1]) and learn.recorder.losses[1] < 1e3  # logged loss is unscaled
 
@@ -247,6 +299,7 @@ def test_nan_guard_fires_with_clear_message():
         def after_loss(self):
             if self.learn.training and self.learn.iter == 2:
                 self.learn.loss = self.learn.loss * float('nan')
+
     with pytest.raises(FloatingPointError, match='epoch 1, batch 3'):
         learn.fit(1, cbs=[Poison()])
 
@@ -260,22 +313,25 @@ def test_gradient_clip_bounds_norm():
 
         def before_step(self):
             norms.append(torch.nn.utils.get_total_norm([p.grad for p in self.learn.model.parameters()]).item())
+
     learn.fit(1, cbs=[Measure()])
     assert max(norms) <= 1e-3 * 1.001
 
 
 def test_metrics_and_get_preds():
     from common.metrics import AvgMetric, F1Score, accuracy, f1_score
+
     torch.manual_seed(0)
     x = torch.randn(200, 2)
     y = (x[:, 0] > 0).long()
     from torch.utils.data import DataLoader, TensorDataset
 
     from common.learner import DataLoaders, Learner
-    dls = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=20, shuffle=True),
-                      DataLoader(TensorDataset(x, y), batch_size=30))
-    learn = Learner(nn.Linear(2, 2), dls, nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy, F1Score()],
-                    progress=False)
+
+    dls = DataLoaders(
+        DataLoader(TensorDataset(x, y), batch_size=20, shuffle=True), DataLoader(TensorDataset(x, y), batch_size=30)
+    )
+    learn = Learner(nn.Linear(2, 2), dls, nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy, F1Score()], progress=False)
     learn.fit(3)
     res = learn.validate()
     preds, targs = learn.get_preds()
@@ -292,10 +348,11 @@ def test_early_stopping_and_save_best(tmp_path):
 
     class FakeValid(Callback):  # valid losses 3, 2, 2.5, 2.6, 1 ...: best at epoch 2, no gain for 2 epochs after
         order = 51
-        seq = [3., 2., 2.5, 2.6, 1.]
+        seq = [3.0, 2.0, 2.5, 2.6, 1.0]
 
         def after_validate(self):
             self.learn.recorder.last_valid['valid_loss'] = self.seq[self.learn.epoch]
+
     learn = synth_learner(n=64)
     snap = {}
 
@@ -304,6 +361,7 @@ def test_early_stopping_and_save_best(tmp_path):
 
         def after_epoch(self):
             snap[self.learn.epoch] = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+
     learn.fit(5, cbs=[FakeValid(), SaveBest(tmp_path / 'best.pth'), EarlyStopping(patience=2), Snap()])
     assert len(learn.recorder.history) == 4  # stopped after two epochs without improvement
     for k, v in learn.model.state_dict().items():  # the best epoch's weights were loaded back
@@ -312,15 +370,17 @@ def test_early_stopping_and_save_best(tmp_path):
 
 def test_time_budget_stops_with_checkpoint(tmp_path):
     from common.stopping import CheckpointCallback, TimeBudget
+
     learn = synth_learner(n=256, bs=8)
     ck = tmp_path / 'last.pth'
-    budget = TimeBudget(max_minutes=0.)
+    budget = TimeBudget(max_minutes=0.0)
     learn.fit(3, cbs=[CheckpointCallback(ck), budget])
     assert budget.reached and learn.train_iter == 1 and ck.exists()
 
 
 class AddTerm(Callback):
     "Adds zero to the loss backward sees, as AR/TAR adds its term."
+
     loss_role = 'add'
 
     def __init__(self, order):
@@ -329,7 +389,7 @@ class AddTerm(Callback):
     def after_loss(self):
         if self.learn.training:
             self.seen.append(self.learn.loss_grad)
-            self.learn.loss_grad = self.learn.loss_grad + 0.
+            self.learn.loss_grad = self.learn.loss_grad + 0.0
 
 
 def test_loss_grad_roles_must_run_replace_add_scale():
@@ -340,6 +400,7 @@ def test_loss_grad_roles_must_run_replace_add_scale():
 
     class Replace(Callback):
         order, loss_role = 15, 'replace'
+
     with pytest.raises(ValueError, match='Replace'):
         synth_learner(cbs=[AddTerm(5), Replace()])  # a replacement would drop the added term
     add = AddTerm(5)
@@ -349,11 +410,13 @@ def test_loss_grad_roles_must_run_replace_add_scale():
 
 def test_layer_groups_are_split_once_per_freeze_and_optimizer():
     from core_utils import two_group_splitter
+
     calls = []
 
     def splitter(m):
         calls.append(1)
         return two_group_splitter(m)
+
     learn = synth_learner(n=32, bs=16)
     learn.splitter = splitter
     learn.freeze_to(-1)

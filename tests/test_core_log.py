@@ -1,11 +1,11 @@
 import io
 
 import pytest
+from core_utils import synth_learner
 
 from common.log import log, set_verbosity, show_progress
 from common.recorder import ProgressCallback
 from common.stopping import TimeBudget
-from core_utils import synth_learner
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,6 @@ def test_training_output_follows_the_verbosity(capsys):
         table = io.StringIO()
         learn = synth_learner(n=32, bs=16, cbs=[ProgressCallback(file=table)])
         learn.fit(1)
-        learn.fit(1, cbs=[TimeBudget(0.)])
+        learn.fit(1, cbs=[TimeBudget(0.0)])
         assert ('train_loss' in table.getvalue()) == shown  # the per-epoch table
         assert ('time budget of 0.0 min reached' in capsys.readouterr().out) == shown

@@ -1,11 +1,20 @@
 "Schedules against exact values; discriminative LR helpers."
+
 import math
 
 import pytest
 
 from common.optim import discriminative_lrs, lrs_for
-from common.schedule import (combine_scheds, one_cycle, one_cycle_mom, sched_const, sched_cos, sched_exp, sched_lin,
-                             slanted_triangular)
+from common.schedule import (
+    combine_scheds,
+    one_cycle,
+    one_cycle_mom,
+    sched_const,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    slanted_triangular,
+)
 
 
 def test_basic_schedules():
@@ -51,18 +60,18 @@ def test_lrs_for():
     assert lrs_for(slice(1e-2), 3) == [1e-3, 1e-3, 1e-2]
     lo, hi = 1e-5, 1e-3
     assert lrs_for(slice(lo, hi), 3) == pytest.approx([1e-5, 1e-4, 1e-3])
-    assert lrs_for(1e-2, 4, div=2.6) == pytest.approx([1e-2 / 2.6 ** 3, 1e-2 / 2.6 ** 2, 1e-2 / 2.6, 1e-2])
+    assert lrs_for(1e-2, 4, div=2.6) == pytest.approx([1e-2 / 2.6**3, 1e-2 / 2.6**2, 1e-2 / 2.6, 1e-2])
     with pytest.raises(ValueError):
         lrs_for([1, 2], 3)
 
 
 def test_discriminative_lrs_is_the_ulmfit_rule_exactly():
     lr = 1e-2
-    assert discriminative_lrs(lr, 5) == [lr / 2.6 ** 4, lr / 2.6 ** 3, lr / 2.6 ** 2, lr / 2.6, lr]
+    assert discriminative_lrs(lr, 5) == [lr / 2.6**4, lr / 2.6**3, lr / 2.6**2, lr / 2.6, lr]
     assert discriminative_lrs(lr, 1) == [lr]
     assert discriminative_lrs(lr, 3, factor=10) == [lr / 100, lr / 10, lr]
     # fastai writes the same rule as a geometric spread, even_mults(lr / 2.6**4, lr, 5)
-    start, n = lr / 2.6 ** 4, 5
+    start, n = lr / 2.6**4, 5
     step = (lr / start) ** (1 / (n - 1))
-    assert discriminative_lrs(lr, n) == pytest.approx([start * step ** i for i in range(n)], rel=1e-12)
+    assert discriminative_lrs(lr, n) == pytest.approx([start * step**i for i in range(n)], rel=1e-12)
     assert lrs_for(lr, 5, div=2.6) == discriminative_lrs(lr, 5)

@@ -1,4 +1,5 @@
 "The classifier's validation reviews come from the training reviews; the test reviews are read once, at the end."
+
 import io
 import random
 import tarfile
@@ -42,12 +43,31 @@ def sample_mirror(tmp_path, n=48, n_test=12):
     return mirror
 
 
-TINY = ['--min-freq', '1', '--lm-bs', '4', '--lm-bptt', '8', '--lm-epochs', '0', '--clas-bs', '4',
-        '--clas-epochs', '1,1,1,1', '--max-len', '32', '--bptt', '16', '--pretrained', 'none']
+TINY = [
+    '--min-freq',
+    '1',
+    '--lm-bs',
+    '4',
+    '--lm-bptt',
+    '8',
+    '--lm-epochs',
+    '0',
+    '--clas-bs',
+    '4',
+    '--clas-epochs',
+    '1,1,1,1',
+    '--max-len',
+    '32',
+    '--bptt',
+    '16',
+    '--pretrained',
+    'none',
+]
 
 
 def test_imdb_validates_on_held_out_training_reviews_and_tests_once(tmp_path, monkeypatch):
     from ulmfit.imdb import main
+
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
     loaders, evaluated = [], []
@@ -64,8 +84,22 @@ def test_imdb_validates_on_held_out_training_reviews_and_tests_once(tmp_path, mo
 
     monkeypatch.setattr(recipe, 'clas_loader', clas_loader)
     monkeypatch.setattr(recipe, 'predict_probs', predict_probs)
-    assert main(['--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '8', '--train-docs', '20',
-                 *TINY]) is not None
+    assert (
+        main(
+            [
+                '--preset',
+                'tiny',
+                '--runs',
+                str(tmp_path / 'runs'),
+                '--clas-valid-docs',
+                '8',
+                '--train-docs',
+                '20',
+                *TINY,
+            ]
+        )
+        is not None
+    )
     store = loaders[0][3]
     test = set(store.labeled_idx('valid').tolist())
     train_all = set(store.labeled_idx('train').tolist())
@@ -80,6 +114,7 @@ def test_imdb_validates_on_held_out_training_reviews_and_tests_once(tmp_path, mo
 
 def test_holding_out_every_training_review_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     from ulmfit.__main__ import main
+
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
     assert main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '36', *TINY]) == 2

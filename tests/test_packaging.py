@@ -1,5 +1,6 @@
 """What a fresh machine needs: every third-party import is a declared dependency, torch's floor fits the code,
 CI installs into a virtual environment of its own."""
+
 import ast
 import re
 import sys
@@ -52,6 +53,7 @@ def test_ci_builds_its_own_virtual_environment():
 
 def test_console_scripts_name_the_main_functions():
     import importlib
+
     block = re.search(r'^\[project\.scripts\]\n(.*?)^\[', (ROOT / 'pyproject.toml').read_text(), re.S | re.M).group(1)
     scripts = dict(re.findall(r'^([\w-]+) = "([^"]+)"', block, re.M))
     assert set(scripts) == {'ulmfit', 'ulmfit-vision'}

@@ -1,5 +1,6 @@
 """The classifier's recipe against fastai: full batches only, sortish batches that stay whole, whole documents read,
 AR/TAR on the encoder outputs, and why the head's Linear keeps its bias."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,16 +24,24 @@ def store(tmp_path_factory):
     words = 'the a film movie good bad great awful plot actor scene music long short fun dull'.split()
     n = 73
     texts = [' '.join(rng.choice(words, rng.integers(3, 41))) for _ in range(n)]
-    df = pd.DataFrame(dict(text=texts, label=['pos' if 'good' in t else 'neg' for t in texts],
-                           is_valid=[0] * 65 + [1] * 8))
-    return build_store(TableReader(df, label_cols='label'), min_freq=1, n_workers=1,
-                       root=tmp_path_factory.mktemp('store'), progress=False)
+    df = pd.DataFrame(
+        dict(text=texts, label=['pos' if 'good' in t else 'neg' for t in texts], is_valid=[0] * 65 + [1] * 8)
+    )
+    return build_store(
+        TableReader(df, label_cols='label'),
+        min_freq=1,
+        n_workers=1,
+        root=tmp_path_factory.mktemp('store'),
+        progress=False,
+    )
 
 
 def _learner(store, bs=32, **kw):
     cfg = AWDLSTMConfig.preset('tiny', vocab_sz=len(store.vocab))
-    dls = DataLoaders(recipe.clas_loader(store, store.labeled_idx('train'), bs, train=True),
-                      recipe.clas_loader(store, store.labeled_idx('valid'), bs))
+    dls = DataLoaders(
+        recipe.clas_loader(store, store.labeled_idx('train'), bs, train=True),
+        recipe.clas_loader(store, store.labeled_idx('valid'), bs),
+    )
     return recipe.clas_learner(cfg, 2, dls, **kw)
 
 
@@ -50,7 +59,7 @@ def test_sortish_partial_batch_goes_last():
         torch.manual_seed(seed)
         idx = list(SortishSampler(lengths, bs=8))
         assert sorted(idx) == list(range(100))
-        chunks = [idx[i:i + 8] for i in range(0, 100, 8)]  # how the DataLoader cuts the stream
+        chunks = [idx[i : i + 8] for i in range(0, 100, 8)]  # how the DataLoader cuts the stream
         assert len(chunks[-1]) == 4
         for c in chunks:  # every cut is one sorted run of the megabatch, not two halves of neighbours
             ls = lengths[c]
@@ -78,8 +87,8 @@ def test_masked_ar_tar_exact():
     rows = [(0, [2, 3, 4]), (1, [0, 1, 2, 3])]
     ar = torch.cat([out[b, r].reshape(-1) for b, r in rows]).pow(2).mean()
     tar = torch.cat([(raw[b, r][1:] - raw[b, r][:-1]).reshape(-1) for b, r in rows]).pow(2).mean()
-    assert torch.allclose(ar_tar(raw, out, 2., 1., mask), 2 * ar + tar)
-    assert torch.allclose(ar_tar(raw, out, 2., 1., torch.zeros(2, 5, dtype=torch.bool)), ar_tar(raw, out))
+    assert torch.allclose(ar_tar(raw, out, 2.0, 1.0, mask), 2 * ar + tar)
+    assert torch.allclose(ar_tar(raw, out, 2.0, 1.0, torch.zeros(2, 5, dtype=torch.bool)), ar_tar(raw, out))
 
 
 def test_classifier_loss_gets_ar_tar_over_real_positions(store):
@@ -91,15 +100,16 @@ def test_classifier_loss_gets_ar_tar_over_real_positions(store):
         if L.training and not seen:
             rnn = L.rnn
             assert rnn.mask is not None and rnn.mask.shape == rnn.out.shape[:2]
-            reg = ar_tar(rnn.raw_out, rnn.out, 2., 1., rnn.mask)
+            reg = ar_tar(rnn.raw_out, rnn.out, 2.0, 1.0, rnn.mask)
             seen.append(float((L.loss_grad - L.loss - reg).detach()))
+
     learn.fit(1, lr=1e-3, cbs=[DebugCallback('after_loss', check)])
     assert seen and abs(seen[0]) < 1e-5
 
 
 def test_classifier_ar_tar_unchanged_by_more_padding():
     torch.manual_seed(0)
-    cfg = clas_config(AWDLSTMConfig.preset('tiny', vocab_sz=50), drop_mult=0.)
+    cfg = clas_config(AWDLSTMConfig.preset('tiny', vocab_sz=50), drop_mult=0.0)
     m = get_text_classifier(cfg, 2, bptt=4, max_len=12).train()
     x = torch.randint(2, 50, (3, 9))
     x[1, :3] = cfg.pad_id
@@ -112,7 +122,7 @@ def test_classifier_ar_tar_unchanged_by_more_padding():
 def test_head_bias_is_redundant_after_batchnorm():
     "What v2's LinBnDrop(bias=False) can express, ours can, and back: BatchNorm's shift absorbs the Linear's bias."
     torch.manual_seed(0)
-    bn, _, lin = lin_bn_drop(12, 5, 0., act=False)
+    bn, _, lin = lin_bn_drop(12, 5, 0.0, act=False)
     with torch.no_grad():
         bn.bias.normal_(), bn.running_mean.normal_(), lin.bias.normal_()
     x = torch.randn(7, 12)

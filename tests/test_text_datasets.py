@@ -1,4 +1,5 @@
 "Readers: IMDB folder/archive, WikiText articles, plain text modes, tables; each bad-input case errors clearly."
+
 import gzip
 import tarfile
 
@@ -9,8 +10,12 @@ from ulmfit.datasets import DataError, ImdbReader, TableReader, TextCorpusReader
 
 
 def _imdb(root):
-    for split, folder, name, text in [('train', 'pos', '0_9.txt', 'Great!'), ('train', 'neg', '1_2.txt', 'Awful.'),
-                                      ('train', 'unsup', '5_0.txt', 'Hmm.'), ('test', 'pos', '3_8.txt', 'Nice.')]:
+    for split, folder, name, text in [
+        ('train', 'pos', '0_9.txt', 'Great!'),
+        ('train', 'neg', '1_2.txt', 'Awful.'),
+        ('train', 'unsup', '5_0.txt', 'Hmm.'),
+        ('test', 'pos', '3_8.txt', 'Nice.'),
+    ]:
         d = root / 'imdb' / split / folder
         d.mkdir(parents=True, exist_ok=True)
         (d / name).write_text(text)
@@ -21,9 +26,14 @@ def test_imdb_folder_and_archive(tmp_path):
     path = _imdb(tmp_path)
     docs = list(ImdbReader(path))
     assert [(d.text, d.label, d.split) for d in docs] == [
-        ('Great!', 'pos', 'train'), ('Awful.', 'neg', 'train'), ('Hmm.', None, 'unsup'), ('Nice.', 'pos', 'test')]
+        ('Great!', 'pos', 'train'),
+        ('Awful.', 'neg', 'train'),
+        ('Hmm.', None, 'unsup'),
+        ('Nice.', 'pos', 'test'),
+    ]
     assert [d.label for d in ImdbReader(path, splits=('test',), label='rating')] == [8]
-    with tarfile.open(tmp_path / 'imdb.tgz', 'w:gz') as tf: tf.add(path, 'imdb')
+    with tarfile.open(tmp_path / 'imdb.tgz', 'w:gz') as tf:
+        tf.add(path, 'imdb')
     assert sorted(d.text for d in ImdbReader(tmp_path / 'imdb.tgz')) == sorted(d.text for d in docs)
 
 
@@ -34,14 +44,18 @@ def test_imdb_bad_bytes_and_empty(tmp_path):
         list(ImdbReader(path))
     assert next(iter(ImdbReader(path, errors='replace'))).text == 'ok \ufffd bad'
     (path / 'train' / 'pos' / '0_9.txt').write_bytes(b'')
-    with pytest.raises(DataError, match='0_9.txt: empty file'): list(ImdbReader(path))
+    with pytest.raises(DataError, match='0_9.txt: empty file'):
+        list(ImdbReader(path))
 
 
 def test_wikitext_articles_and_gz(tmp_path):
-    text = (' \n = Alpha = \n \n Alpha is a letter . \n \n = = History = = \n \n Old . \n = 1 rad / s = \n \n'
-            ' = Beta = \n \n B @-@ side . \n')  # the formula line inside a paragraph is not a heading
+    text = (
+        ' \n = Alpha = \n \n Alpha is a letter . \n \n = = History = = \n \n Old . \n = 1 rad / s = \n \n'
+        ' = Beta = \n \n B @-@ side . \n'
+    )  # the formula line inside a paragraph is not a heading
     p = tmp_path / 'wiki.valid.raw.gz'
-    with gzip.open(p, 'wt') as f: f.write(text)
+    with gzip.open(p, 'wt') as f:
+        f.write(text)
     docs = list(WikiTextReader(p))
     assert len(docs) == 2 and docs[0].split == 'valid'
     assert docs[0].text.startswith('= Alpha =') and 'History' in docs[0].text and docs[1].text.startswith('= Beta =')
@@ -52,20 +66,25 @@ def test_plain_text_modes(tmp_path):
     lines.write_text('doc one\ndoc two\n')
     assert [d.text for d in TextCorpusReader(lines)] == ['doc one', 'doc two']
     blank = tmp_path / 'blank.txt.gz'
-    with gzip.open(blank, 'wt') as f: f.write('Title A\npara 1\npara 2\n\nTitle B\npara\n')
+    with gzip.open(blank, 'wt') as f:
+        f.write('Title A\npara 1\npara 2\n\nTitle B\npara\n')
     assert [d.text for d in TextCorpusReader(blank)] == ['Title A\npara 1\npara 2', 'Title B\npara']
     folder = tmp_path / 'folder'
-    folder.mkdir(); (folder / 'a.txt').write_text('first'); (folder / 'b.txt').write_text('second')
+    folder.mkdir()
+    (folder / 'a.txt').write_text('first')
+    (folder / 'b.txt').write_text('second')
     assert [d.text for d in TextCorpusReader(folder)] == ['first', 'second']
 
 
 def test_plain_text_errors(tmp_path):
     empty = tmp_path / 'empty.txt'
     empty.write_text('')
-    with pytest.raises(DataError, match='empty.txt: empty file'): list(TextCorpusReader(empty))
+    with pytest.raises(DataError, match='empty.txt: empty file'):
+        list(TextCorpusReader(empty))
     bad = tmp_path / 'bad.txt'
     bad.write_bytes(b'fine line\nsecond \xc3\x28 line\n')
-    with pytest.raises(DataError, match=r'bad\.txt.*byte offset 17'): list(TextCorpusReader(bad, mode='lines'))
+    with pytest.raises(DataError, match=r'bad\.txt.*byte offset 17'):
+        list(TextCorpusReader(bad, mode='lines'))
     assert find_bad_utf8(bad) == 17
     assert len(list(TextCorpusReader(bad, mode='lines', errors='replace'))) == 2
 
@@ -89,7 +108,8 @@ def test_table_errors(tmp_path):
     with pytest.raises(DataError, match="label column 'label' has a missing value at row 1"):
         list(TableReader(df, label_cols='label'))
     (tmp_path / 'e.csv').write_text('')
-    with pytest.raises(DataError, match='e.csv: empty file'): TableReader(tmp_path / 'e.csv')
+    with pytest.raises(DataError, match='e.csv: empty file'):
+        TableReader(tmp_path / 'e.csv')
     (tmp_path / 'b.csv').write_bytes(b'text,label\nok,x\nbad \xff,y\n')
     with pytest.raises(DataError, match=r'b\.csv: undecodable bytes at byte offset 20'):
         list(TableReader(tmp_path / 'b.csv', label_cols='label'))

@@ -1,4 +1,5 @@
 "Token store: round trip, reuse, existing vocab, labels/splits, loaders built from it."
+
 import numpy as np
 import pandas as pd
 import torch
@@ -8,8 +9,13 @@ from ulmfit.loaders import LMLoader, class_loaders
 from ulmfit.store import TokenStore, build_store
 from ulmfit.tokenize import SpacyTokenizer
 
-DF = pd.DataFrame(dict(text=['Great movie!', 'Bad bad film.', 'The END', 'great great film', 'meh', 'Loved it'],
-                       label=['pos', 'neg', 'neg', 'pos', 'neg', 'pos'], is_valid=[0, 0, 0, 0, 1, 1]))
+DF = pd.DataFrame(
+    dict(
+        text=['Great movie!', 'Bad bad film.', 'The END', 'great great film', 'meh', 'Loved it'],
+        label=['pos', 'neg', 'neg', 'pos', 'neg', 'pos'],
+        is_valid=[0, 0, 0, 0, 1, 1],
+    )
+)
 
 
 def test_round_trip_and_reuse(tmp_path):
@@ -31,8 +37,9 @@ def test_round_trip_and_reuse(tmp_path):
 def test_existing_vocab_and_parallel_identical(tmp_path):
     lm = build_store(TableReader(DF, label_cols='label'), min_freq=2, n_workers=2, root=tmp_path, progress=False)
     other = DF.assign(text=DF.text + ' unseenword')
-    clas = build_store(TableReader(other, label_cols='label'), vocab=lm.vocab, n_workers=1, root=tmp_path,
-                       progress=False)
+    clas = build_store(
+        TableReader(other, label_cols='label'), vocab=lm.vocab, n_workers=1, root=tmp_path, progress=False
+    )
     assert clas.vocab == lm.vocab and clas.path != lm.path
     assert all(clas[i][-1] == 0 for i in range(len(clas)))  # unseen -> xxunk
     assert clas.meta['n_unk'] >= 6
@@ -53,8 +60,9 @@ def test_loaders_from_store(tmp_path):
 
 def test_multi_label(tmp_path):
     df = pd.DataFrame(dict(text=['a b', 'c d', 'e'], x=[1, 0, 1], y=[0, 1, 1]))
-    s = build_store(TableReader(df, label_cols=['x', 'y'], valid_col=None), min_freq=1, n_workers=1,
-                    root=tmp_path, progress=False)
+    s = build_store(
+        TableReader(df, label_cols=['x', 'y'], valid_col=None), min_freq=1, n_workers=1, root=tmp_path, progress=False
+    )
     assert s.multi_label and s.label_names == ['x', 'y'] and s.labels.tolist() == [[1, 0], [0, 1], [1, 1]]
 
 
@@ -68,6 +76,7 @@ def test_disk_full_while_building_names_the_cache_and_keeps_nothing(tmp_path, mo
 
     def full(self, path):
         raise OSError(errno.ENOSPC, 'No space left on device')
+
     monkeypatch.setattr(Vocab, 'save', full)
     with pytest.raises(DiskFullError, match=r'cache: no space left on device .*the disk is full'):
         build_store(TableReader(DF, label_cols='label'), min_freq=1, n_workers=1, root=tmp_path, progress=False)
@@ -81,6 +90,7 @@ def test_empty_corpora_are_refused_naming_the_source(tmp_path):
     import pytest
 
     from ulmfit.datasets import DataError, ImdbReader
+
     (tmp_path / 'blank.txt').write_text('   \n\n  \t\n')
     with pytest.raises(DataError, match=r'blank\.txt: no text'):
         build_store(TextCorpusReader(tmp_path / 'blank.txt'), n_workers=1, root=tmp_path, progress=False)

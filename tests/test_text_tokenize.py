@@ -1,13 +1,29 @@
 "Tokenizer rules on hand-written strings, the memoized path against plain spaCy, SentencePiece, parallel order."
+
 import pytest
 
-from ulmfit.tokenize import (SPECIALS, SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts, fix_html,
-                             lowercase, reference, replace_all_caps, replace_maj, replace_rep, replace_wrep,
-                             rm_useless_spaces, spec_add_spaces, tokenize_texts)
+from ulmfit.tokenize import (
+    SPECIALS,
+    SentencePieceTokenizer,
+    SpacyTokenizer,
+    TokenTable,
+    encode_texts,
+    fix_html,
+    lowercase,
+    reference,
+    replace_all_caps,
+    replace_maj,
+    replace_rep,
+    replace_wrep,
+    rm_useless_spaces,
+    spec_add_spaces,
+    tokenize_texts,
+)
 
 
 @pytest.fixture(scope='module')
-def tok(): return SpacyTokenizer()
+def tok():
+    return SpacyTokenizer()
 
 
 def test_specials_fixed():
@@ -24,7 +40,7 @@ def test_fix_html():
 
 def test_replace_rep():
     assert replace_rep('wow!!!!!') == 'wow xxrep 5 ! '
-    assert replace_rep('hmmm') == 'hmmm'        # 3 is not a repetition
+    assert replace_rep('hmmm') == 'hmmm'  # 3 is not a repetition
     assert replace_rep('zzzz zzzz') == ' xxrep 4 z   xxrep 4 z '
 
 
@@ -38,14 +54,34 @@ def test_rep_rules_match_the_plain_regexes_on_random_text():
     "The pre-check and possessive quantifiers are shortcuts: the output must equal the plain fastai regexes'."
     import random
     import re
+
     plain_rep, plain_wrep = re.compile(r'(\S)(\1{3,})'), re.compile(r'(\b\w+\W+)(\1{3,})')
     rng = random.Random(0)
-    alphabet = ['a', 'b', 'no', 'é', '!', '.', ',', ' ', '\n', '  ', '-', '\ud800', 'x1', 'no ', 'no no no ', 'ha, ha, ', '!!!']
+    alphabet = [
+        'a',
+        'b',
+        'no',
+        'é',
+        '!',
+        '.',
+        ',',
+        ' ',
+        '\n',
+        '  ',
+        '-',
+        '\ud800',
+        'x1',
+        'no ',
+        'no no no ',
+        'ha, ha, ',
+        '!!!',
+    ]
     for _ in range(3000):
         t = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         assert replace_rep(t) == plain_rep.sub(lambda m: f' xxrep {len(m.group(0))} {m.group(1)} ', t), repr(t)
-        assert replace_wrep(t) == plain_wrep.sub(lambda m: f' xxwrep {len(m.group(2).split()) + 1} {m.group(1)} ',
-                                                 t), repr(t)
+        assert replace_wrep(t) == plain_wrep.sub(lambda m: f' xxwrep {len(m.group(2).split()) + 1} {m.group(1)} ', t), (
+            repr(t)
+        )
 
 
 def test_spaces():
@@ -60,25 +96,76 @@ def test_post_rules():
 
 
 def test_full_rules(tok):
-    assert tok('The MOVIE was great!!!!') == ['xxbos', 'xxmaj', 'the', 'xxup', 'movie', 'was', 'great', 'xxrep',
-                                               '4', '!']
+    assert tok('The MOVIE was great!!!!') == [
+        'xxbos',
+        'xxmaj',
+        'the',
+        'xxup',
+        'movie',
+        'was',
+        'great',
+        'xxrep',
+        '4',
+        '!',
+    ]
     assert tok("I don't know.") == ['xxbos', 'i', 'do', "n't", 'know', '.']
     assert SpacyTokenizer(include_bos=False, include_eos=True)('Hi') == ['xxmaj', 'hi', 'xxeos']
     assert reference('Hi', include_bos=False, include_eos=True) == ['xxmaj', 'hi', 'xxeos']  # the plain path
 
 
-TRICKY = ['Hello  world', 'a\tb\t\tc', 'New\n\nline \n end', 'WOW!!!!! so  GOOD', 'http://example.com/a#b?c=d',
-          'e-mail: Foo@bar.com.', '(nested (parens))...', 'U.S.A. vs U.K.', 'emoji 😀😀😀😀 :) :-( <3',
-          'no no no no no way', "it's don't can't", '  leading', 'trailing  ', '\n\nstart', 'tab\t', '', ' ',
-          'a/b#c', '&amp; &lt;tag&gt; <br /><br />x', '\u00a0nbsp\u2003em', "'quoted' \"double\"", '$10.50, 1,000.5km',
-          "Mr. Smith's dog.", 'ÉCOLE école', '---', '....', 'x | y', 'a|', '|', 'a\n \tb', 'end.\n', 'x \n y',
-          'a \n\n b', 'foo\n bar', 'a\nb c\n d', 'a \n', 'a\t \tb c', 'x\u3000y z', 'q ', 'q  ', 'x x x x x x',
-          "Back'' ''Return", 'Hi :-) there :- )', "rock 'n' roll 'cause", '10a.m. 5 p.m. ok',
-          # one bracket/quote before a word and/or one mark after it: split without spaCy unless a special case
-          # could be involved
-          '(Mr. Smith', 'cannot, (cannot gonna! (Dr. Mr., (film, film. DVD. tX. 日本. 日本, (a. a. i. I.',
-          "goin' \"film\" 'film' (Mr.",
-          "(etc. etc., e.g., Gray's 'em 'cause dogs' ol' nothin', x; x: ?x x? (x)"]
+TRICKY = [
+    'Hello  world',
+    'a\tb\t\tc',
+    'New\n\nline \n end',
+    'WOW!!!!! so  GOOD',
+    'http://example.com/a#b?c=d',
+    'e-mail: Foo@bar.com.',
+    '(nested (parens))...',
+    'U.S.A. vs U.K.',
+    'emoji 😀😀😀😀 :) :-( <3',
+    'no no no no no way',
+    "it's don't can't",
+    '  leading',
+    'trailing  ',
+    '\n\nstart',
+    'tab\t',
+    '',
+    ' ',
+    'a/b#c',
+    '&amp; &lt;tag&gt; <br /><br />x',
+    '\u00a0nbsp\u2003em',
+    "'quoted' \"double\"",
+    '$10.50, 1,000.5km',
+    "Mr. Smith's dog.",
+    'ÉCOLE école',
+    '---',
+    '....',
+    'x | y',
+    'a|',
+    '|',
+    'a\n \tb',
+    'end.\n',
+    'x \n y',
+    'a \n\n b',
+    'foo\n bar',
+    'a\nb c\n d',
+    'a \n',
+    'a\t \tb c',
+    'x\u3000y z',
+    'q ',
+    'q  ',
+    'x x x x x x',
+    "Back'' ''Return",
+    'Hi :-) there :- )',
+    "rock 'n' roll 'cause",
+    '10a.m. 5 p.m. ok',
+    # one bracket/quote before a word and/or one mark after it: split without spaCy unless a special case
+    # could be involved
+    '(Mr. Smith',
+    'cannot, (cannot gonna! (Dr. Mr., (film, film. DVD. tX. 日本. 日本, (a. a. i. I.',
+    "goin' \"film\" 'film' (Mr.",
+    "(etc. etc., e.g., Gray's 'em 'cause dogs' ol' nothin', x; x: ?x x? (x)",
+]
 
 
 def test_memo_matches_plain_spacy(tok):
@@ -107,7 +194,9 @@ def test_parallel_order_and_table():
     got = []
     for ids, lens in encode_texts(texts, tok, n_workers=2, chunk=7, table=table):
         pos = 0
-        for n in lens: got.append([table.itos[i] for i in ids[pos:pos + n]]); pos += n
+        for n in lens:
+            got.append([table.itos[i] for i in ids[pos : pos + n]])
+            pos += n
     assert got == want
     counts = table.counter()
     assert counts['xxbos'] == 60 and counts['end'] == 60

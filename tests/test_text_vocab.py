@@ -1,4 +1,5 @@
 "Vocab: specials first, min_freq, max_vocab, padding to 8, unknowns, round trips, JSON."
+
 from ulmfit.tokenize import SPECIALS, SpacyTokenizer
 from ulmfit.vocab import Vocab, undo_caps
 

@@ -1,4 +1,5 @@
 "Entry points on tiny synthetic corpora: pretrain writes a loadable model folder, generation reads it, DDP = 1 process."
+
 import json
 import os
 import random
@@ -9,18 +10,20 @@ import torch
 import torch.multiprocessing as mp
 
 import ulmfit.__main__ as ulmfit_cli
+from common.config import resolve_config
 from ulmfit.generate import generate
 from ulmfit.model_io import load_model_folder
 from ulmfit.pretrain import PRESETS, SETTINGS, pretrain, spm_key
-from common.config import resolve_config
 
 WORDS = 'the cat dog sat on a mat and ran to house tree sun moon big small red blue'.split()
 
 
 def write_corpus(path, n_docs, seed):
     rnd = random.Random(seed)
-    docs = ['\n'.join(' '.join(rnd.choice(WORDS) for _ in range(rnd.randint(8, 20))).capitalize() + '.'
-                      for _ in range(3)) for _ in range(n_docs)]
+    docs = [
+        '\n'.join(' '.join(rnd.choice(WORDS) for _ in range(rnd.randint(8, 20))).capitalize() + '.' for _ in range(3))
+        for _ in range(n_docs)
+    ]
     path.write_text('\n\n'.join(docs) + '\n')
     return path
 
@@ -28,9 +31,23 @@ def write_corpus(path, n_docs, seed):
 def tiny_cfg(tmp_path, **over):
     corpus = write_corpus(tmp_path / 'train.txt', 60, 0)
     valid = write_corpus(tmp_path / 'valid.txt', 6, 1)
-    return resolve_config(SETTINGS, PRESETS, 'tiny', {
-        'corpus': str(corpus), 'valid': str(valid), 'max_docs': 0, 'max_valid_docs': 0, 'min_freq': 1, 'bs': 4,
-        'bptt': 8, 'runs': str(tmp_path / 'runs'), 'n_workers': 1, **over})
+    return resolve_config(
+        SETTINGS,
+        PRESETS,
+        'tiny',
+        {
+            'corpus': str(corpus),
+            'valid': str(valid),
+            'max_docs': 0,
+            'max_valid_docs': 0,
+            'min_freq': 1,
+            'bs': 4,
+            'bptt': 8,
+            'runs': str(tmp_path / 'runs'),
+            'n_workers': 1,
+            **over,
+        },
+    )
 
 
 def test_pretrain_writes_loadable_model_folder_and_generates(tmp_path, monkeypatch):
@@ -50,10 +67,17 @@ def test_pretrain_writes_loadable_model_folder_and_generates(tmp_path, monkeypat
 
 
 def _ddp_worker(rank, world, port, cfg, data_root):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
-                      MASTER_PORT=str(port), ULMFIT_DATA=data_root)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+        ULMFIT_DATA=data_root,
+    )
     torch.set_num_threads(1)
     from common.distributed import cleanup_distributed, setup_distributed
+
     r, ws = setup_distributed('gloo')
     pretrain(cfg, r, ws)
     cleanup_distributed()
@@ -64,7 +88,7 @@ def test_two_process_pretraining_matches_one(tmp_path, monkeypatch):
     data_root = str(tmp_path / 'data')
     monkeypatch.setenv('ULMFIT_DATA', data_root)
     # No dropout and fixed bptt: the per-rank random draws are then the only difference, and there are none.
-    cfg = tiny_cfg(tmp_path, drop_mult=0.0, var_bptt=False, epochs=1, checkpoint_minutes=0.)
+    cfg = tiny_cfg(tmp_path, drop_mult=0.0, var_bptt=False, epochs=1, checkpoint_minutes=0.0)
     single = pretrain({**cfg, 'name': 'single'})
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -90,15 +114,37 @@ def _main(argv):
 def _cli(tmp_path, *extra):
     corpus = write_corpus(tmp_path / 'train.txt', 60, 0)
     valid = write_corpus(tmp_path / 'valid.txt', 6, 1)
-    return ['pretrain', '--preset', 'tiny', '--corpus', str(corpus), '--valid', str(valid), '--max-docs', '0',
-            '--max-valid-docs', '0', '--min-freq', '1', '--bs', '4', '--bptt', '8', '--runs', str(tmp_path / 'runs'),
-            '--n-workers', '1', *extra]
+    return [
+        'pretrain',
+        '--preset',
+        'tiny',
+        '--corpus',
+        str(corpus),
+        '--valid',
+        str(valid),
+        '--max-docs',
+        '0',
+        '--max-valid-docs',
+        '0',
+        '--min-freq',
+        '1',
+        '--bs',
+        '4',
+        '--bptt',
+        '8',
+        '--runs',
+        str(tmp_path / 'runs'),
+        '--n-workers',
+        '1',
+        *extra,
+    ]
 
 
 def test_ctrl_c_in_pretrain_checkpoints_prints_resume_and_resume_finishes(tmp_path, monkeypatch, capsys):
     import ulmfit.pretrain as pretrain_mod
     from common.checkpoint import load_checkpoint
     from common.runs import RunLogger
+
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
 
     class CtrlC(RunLogger):
@@ -127,8 +173,10 @@ def test_resume_refuses_settings_it_cannot_change(tmp_path, capsys):
     (run / 'checkpoints' / 'last.pth').write_bytes(b'x')
     (run / 'config.json').write_text('{"lr": 0.01, "bs": 16, "corpus": "c.txt"}')
     assert ulmfit_cli.main(['pretrain', '--resume', str(run), '--lr', '0.1', '--bs', '8', '--corpus', 'c.txt']) == 2
-    assert '--lr, --bs can\'t change (only --max-minutes, --checkpoint-minutes, --n-workers can)' in \
-        capsys.readouterr().err  # the same value as the run's (--corpus c.txt) is no change
+    assert (
+        '--lr, --bs can\'t change (only --max-minutes, --checkpoint-minutes, --n-workers can)'
+        in capsys.readouterr().err
+    )  # the same value as the run's (--corpus c.txt) is no change
 
 
 def test_pretrain_offers_errors_replace(tmp_path, monkeypatch, capsys):
@@ -144,10 +192,27 @@ def test_pretrain_offers_errors_replace(tmp_path, monkeypatch, capsys):
 
 def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
     from ulmfit.prepare import prepare_dataset
+
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     corpus = write_corpus(tmp_path / 'c.txt', 40, 3)
-    assert ulmfit_cli.main(['prepare', '--corpus', str(corpus), '--tokenizer', 'spm', '--spm-vocab-size', '60',
-                            '--n-workers', '1', '--min-freq', '1']) == 0
+    assert (
+        ulmfit_cli.main(
+            [
+                'prepare',
+                '--corpus',
+                str(corpus),
+                '--tokenizer',
+                'spm',
+                '--spm-vocab-size',
+                '60',
+                '--n-workers',
+                '1',
+                '--min-freq',
+                '1',
+            ]
+        )
+        == 0
+    )
     store = prepare_dataset(None, [str(corpus)], 'spm', min_freq=1, n_workers=1, spm_vocab_size=60, progress=False)
     assert len(store) == 40 and store.meta['tokenizer']['kind'] == 'spm'
     args = _cli(tmp_path, '--tokenizer', 'spm', '--max-vocab', '80', '--dry-run', 'true')
@@ -169,6 +234,7 @@ def test_ctrl_c_in_imdb_names_the_resume_command(tmp_path, monkeypatch, capsys):
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt()
+
     monkeypatch.setattr(imdb, 'imdb_store', lambda cfg: (Store(), 'test'))
     monkeypatch.setattr(imdb, 'one_direction', ctrl_c)
     assert _main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs')]) == 130

@@ -1,4 +1,5 @@
 "Importing fastai's AWD-LSTM LM files: key names, shapes, the vocab pickle, and logits against a reference forward."
+
 import pickle
 
 import pytest
@@ -56,8 +57,19 @@ def test_import_matches_reference_forward(tmp_path, v1, wrapped):
     torch.save({'model': sd, 'opt': {'state': {}}} if wrapped else sd, tmp_path / 'lm.pth')
     with open(tmp_path / 'itos.pkl', 'wb') as f:
         pickle.dump(itos(), f)
-    assert main(['--weights', str(tmp_path / 'lm.pth'), '--vocab', str(tmp_path / 'itos.pkl'),
-                 '--out', str(tmp_path / 'out')]) == 0
+    assert (
+        main(
+            [
+                '--weights',
+                str(tmp_path / 'lm.pth'),
+                '--vocab',
+                str(tmp_path / 'itos.pkl'),
+                '--out',
+                str(tmp_path / 'out'),
+            ]
+        )
+        == 0
+    )
     model, config, vocab = load_model_folder(tmp_path / 'out')
     assert (config.vocab_sz, config.emb_sz, config.n_hid, config.n_layers) == (V, EMB, HID, N)
     assert config.tie_weights and vocab == itos()
@@ -104,14 +116,22 @@ def test_vocab_size_mismatch(tmp_path):
 
 def test_out_folder_is_not_overwritten_unless_asked(tmp_path, capsys):
     import ulmfit.__main__ as ulmfit_cli
+
     torch.save(fastai_state(), tmp_path / 'lm.pth')
     with open(tmp_path / 'itos.pkl', 'wb') as f:
         pickle.dump(itos(), f)
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'vocab.json').write_text('{"itos": ["mine"]}')
-    argv = ['import-fastai', '--weights', str(tmp_path / 'lm.pth'), '--vocab', str(tmp_path / 'itos.pkl'),
-            '--out', str(out)]
+    argv = [
+        'import-fastai',
+        '--weights',
+        str(tmp_path / 'lm.pth'),
+        '--vocab',
+        str(tmp_path / 'itos.pkl'),
+        '--out',
+        str(out),
+    ]
     assert ulmfit_cli.main(argv) == 2
     assert f'error: {out} exists' in capsys.readouterr().err
     assert (out / 'vocab.json').read_text() == '{"itos": ["mine"]}'

@@ -1,4 +1,5 @@
 "Named pretrained LMs: a fixture archive in fastai's layout served from 127.0.0.1 (no network), checks, default order."
+
 import io
 import pickle
 import tarfile
@@ -55,7 +56,7 @@ class Server:
                 self.send_header('Content-Length', str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
-                self.wfile.write(body[:len(body) // 2] if srv.cut else body)  # a cut: the peer closes early
+                self.wfile.write(body[: len(body) // 2] if srv.cut else body)  # a cut: the peer closes early
 
             def log_message(self, *a):
                 pass
@@ -75,9 +76,11 @@ def server(monkeypatch, tmp_path):
     s = Server()
     for d in ('fwd', 'bwd'):
         s.files[f'/wt103-{d}.tgz'], _ = fastai_archive(bwd=d == 'bwd')
-        monkeypatch.setitem(download.REGISTRY, f'wt103-{d}', dict(url=f'{s.url}/wt103-{d}.tgz',
-                                                                 archive=f'wt103-{d}.tgz', folder=f'wt103-{d}',
-                                                                 known={}))
+        monkeypatch.setitem(
+            download.REGISTRY,
+            f'wt103-{d}',
+            dict(url=f'{s.url}/wt103-{d}.tgz', archive=f'wt103-{d}.tgz', folder=f'wt103-{d}', known={}),
+        )
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.delenv('ULMFIT_MIRROR', raising=False)
     yield s
@@ -106,6 +109,7 @@ def test_named_model_is_downloaded_imported_cached_and_exact(server, tmp_path, c
     server.close()
     assert resolve_pretrained('fastai-wt103', tmp_path / 'runs') == path and server.requests == ['/wt103-fwd.tgz']
     from ulmfit.api import TextClassifier
+
     clf = TextClassifier.from_pretrained('fastai-wt103', verbose=False)
     assert clf.itos == itos() and len(server.requests) == 1
     assert models_main([]) == 0 and 'fastai-wt103       forward   yes' in capsys.readouterr().out
@@ -134,13 +138,14 @@ class Evil:
         return (open, (str(self.marker), 'w'))
 
 
-@pytest.mark.parametrize('case', ['truncated', 'wrong_size', 'no_pth', 'pkl_with_code', 'pth_with_code',
-                                  'cut_transfer'])
+@pytest.mark.parametrize(
+    'case', ['truncated', 'wrong_size', 'no_pth', 'pkl_with_code', 'pth_with_code', 'cut_transfer']
+)
 def test_bad_archives_give_one_clear_error_and_cache_nothing(server, tmp_path, monkeypatch, case):
     marker = tmp_path / 'pwned'
     good = server.files['/wt103-fwd.tgz']
     if case == 'truncated':
-        server.files['/wt103-fwd.tgz'], match = good[:len(good) // 2], 'damaged or partial archive'
+        server.files['/wt103-fwd.tgz'], match = good[: len(good) // 2], 'damaged or partial archive'
     elif case == 'wrong_size':
         monkeypatch.setitem(download.REGISTRY['wt103-fwd'], 'size', len(good) + 1)
         match = f'size {len(good)} bytes, expected {len(good) + 1}'
@@ -207,6 +212,7 @@ def test_default_order_local_then_named_for_paper_then_none(server, tmp_path, ca
 
 def test_help_states_the_default_order(capsys):
     from ulmfit.imdb import main
+
     with pytest.raises(SystemExit):
         main(['--help'])
     out = capsys.readouterr().out
@@ -217,7 +223,9 @@ def test_help_states_the_default_order(capsys):
 def test_imdb_paper_preset_takes_published_weights_both_directions(tmp_path, monkeypatch):
     "`make imdb-classify PRESET=paper BIDIR=1` with no local LM: both fastai models come from the mirror and are used."
     import random
+
     from ulmfit.__main__ import main
+
     mirror = tmp_path / 'mirror'
     mirror.mkdir()
     for d in ('fwd', 'bwd'):
@@ -233,13 +241,44 @@ def test_imdb_paper_preset_takes_published_weights_both_directions(tmp_path, mon
         tf.addfile(info, io.BytesIO(csv))
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
-    assert main(['imdb', '--preset', 'paper', '--dataset', 'imdb_sample', '--bidirectional', 'true', '--precision',
-                 'fp32', '--runs', str(tmp_path / 'runs'), '--min-freq', '1', '--lm-bs', '4', '--lm-bptt', '8',
-                 '--lm-epochs', '0', '--clas-bs', '8', '--clas-epochs', '1,1,1,1', '--max-len', '32', '--bptt',
-                 '16']) == 0
+    assert (
+        main(
+            [
+                'imdb',
+                '--preset',
+                'paper',
+                '--dataset',
+                'imdb_sample',
+                '--bidirectional',
+                'true',
+                '--precision',
+                'fp32',
+                '--runs',
+                str(tmp_path / 'runs'),
+                '--min-freq',
+                '1',
+                '--lm-bs',
+                '4',
+                '--lm-bptt',
+                '8',
+                '--lm-epochs',
+                '0',
+                '--clas-bs',
+                '8',
+                '--clas-epochs',
+                '1,1,1,1',
+                '--max-len',
+                '32',
+                '--bptt',
+                '16',
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / 'data' / 'models').iterdir()) == ['fastai-wt103', 'fastai-wt103-bwd']
     for seed, d in enumerate(('fwd', 'bwd')):  # LSTM weights untouched by the frozen LM stage: the published ones
         lm, config, _ = load_model_folder(tmp_path / 'runs' / 'imdb-paper' / f'lm_{d}')
         assert (config.emb_sz, config.n_hid) == (EMB, HID)
-        assert torch.equal(lm.state_dict()['0.rnns.1.module.weight_hh_l0'],
-                           fastai_state(seed=seed)['0.rnns.1.weight_hh_l0_raw'])
+        assert torch.equal(
+            lm.state_dict()['0.rnns.1.module.weight_hh_l0'], fastai_state(seed=seed)['0.rnns.1.weight_hh_l0_raw']
+        )

@@ -1,4 +1,5 @@
 "ULMFiT recipe: vocab transfer, gradual unfreezing, a classifier that must read word order, the TextClassifier API."
+
 import random
 
 import numpy as np
@@ -6,14 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+from common.checkpoint import CheckpointError
 from ulmfit import recipe
 from ulmfit.api import TextClassifier
+from ulmfit.awd_lstm import AWDLSTMConfig, clas_config, get_language_model
+from ulmfit.classifier import get_text_classifier
 from ulmfit.datasets import DataError
 from ulmfit.model_io import load_classifier, load_encoder_folder, load_model_folder, save_model_folder
-from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
-from common.checkpoint import CheckpointError
-from ulmfit.awd_lstm import clas_config
-from ulmfit.classifier import get_text_classifier
 
 
 def test_match_embeds_copies_shared_rows_and_means_new_ones():
@@ -42,14 +42,19 @@ def test_gradual_unfreezing_schedule(monkeypatch):
     def fake_fit(n_epoch, lrs, moms=None):
         trainable = [any(p.requires_grad for p in g) for g in learn.layer_groups()]
         calls.append((n_epoch, lrs, trainable))
+
     monkeypatch.setattr(learn, 'fit_one_cycle', fake_fit)
     recipe.train_classifier(learn, None, verbose=False)
     # groups: embedding, LSTM 0, LSTM 1, head (tiny has 2 layers)
-    assert [c[2] for c in calls] == [[False, False, False, True], [False, False, True, True],
-                                     [False, True, True, True], [True, True, True, True]]
+    assert [c[2] for c in calls] == [
+        [False, False, False, True],
+        [False, False, True, True],
+        [False, True, True, True],
+        [True, True, True, True],
+    ]
     assert [c[0] for c in calls] == [1, 1, 1, 2]
     for (_, lrs, _), top in zip(calls, (2e-2, 1e-2, 5e-3, 1e-3)):
-        assert lrs == [top / 2.6 ** 3, top / 2.6 ** 2, top / 2.6, top]
+        assert lrs == [top / 2.6**3, top / 2.6**2, top / 2.6, top]
 
 
 def order_corpus(n, seed):
@@ -87,8 +92,13 @@ def test_classifier_learns_word_order(trained):
 
 def test_predict_keeps_input_order_and_handles_empty(trained):
     clf, _ = trained
-    texts = ['red alpha dog omega', '', 'omega big big big cat sleeps very very small alpha', '   ',
-             'alpha ' + 'red ' * 3000 + 'omega']  # very long: the last max_len tokens are read
+    texts = [
+        'red alpha dog omega',
+        '',
+        'omega big big big cat sleeps very very small alpha',
+        '   ',
+        'alpha ' + 'red ' * 3000 + 'omega',
+    ]  # very long: the last max_len tokens are read
     with pytest.warns(UserWarning, match='2 empty'):
         preds = clf.predict(texts)
     assert len(preds) == 5
@@ -113,9 +123,11 @@ def test_load_rejects_vocab_mismatch(trained, tmp_path):
     clf, _ = trained
     d = clf.save(tmp_path / 'clf')
     import json
+
     (d / 'config.json').write_text(json.dumps({'tampered': True}))  # the checkpoint, not config.json, is the truth
     load_classifier(d)
     from common.checkpoint import load_checkpoint, save_checkpoint
+
     ck = load_checkpoint(d / 'clas.pth')
     ck['extras']['itos'] = ck['extras']['itos'][:-8]
     save_checkpoint(d / 'clas.pth', ck['model'], ck['config'], extras=ck['extras'])
@@ -196,6 +208,7 @@ def test_save_refuses_to_overwrite_unless_asked(trained, tmp_path):
 
 def test_encoder_state_is_the_encoders_part_of_an_lm_state_and_keeps_an_encoder_state():
     from ulmfit.classifier import encoder_state
+
     lm = get_language_model(AWDLSTMConfig.preset('tiny', vocab_sz=20))
     enc = encoder_state(lm.state_dict())
     assert enc.keys() == lm[0].state_dict().keys()

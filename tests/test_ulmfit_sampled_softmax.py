@@ -1,21 +1,25 @@
 "Sampled softmax against exact formulas, and pretraining with it (plus size overrides, token budget, snapshots)."
+
 import json
 import math
 
 import torch
 import torch.nn.functional as F
+from test_ulmfit_entrypoints import tiny_cfg
 
 from ulmfit.model_io import load_model_folder
 from ulmfit.pretrain import pretrain
 from ulmfit.sampled_softmax import UnigramSampler, sampled_softmax_logits
 
-from test_ulmfit_entrypoints import tiny_cfg
-
 
 def _setup(n=6, e=5, v=9, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, e, generator=g), torch.randn(v, e, generator=g), torch.randn(v, generator=g),
-            torch.randint(0, v, (n,), generator=g))
+    return (
+        torch.randn(n, e, generator=g),
+        torch.randn(v, e, generator=g),
+        torch.randn(v, generator=g),
+        torch.randint(0, v, (n,), generator=g),
+    )
 
 
 def test_every_word_once_with_unit_weight_is_the_exact_cross_entropy():
@@ -33,15 +37,15 @@ def test_one_draw_estimates_the_partition_without_bias():
     q = torch.softmax(torch.randn(7, generator=torch.Generator().manual_seed(1)), 0)
     expected = torch.zeros(len(y))
     for j in range(7):
-        logits = sampled_softmax_logits(h, w, b, y, torch.tensor([j]), torch.log(q[j:j + 1]))
+        logits = sampled_softmax_logits(h, w, b, y, torch.tensor([j]), torch.log(q[j : j + 1]))
         expected += q[j] * logits.exp().sum(1)
     assert torch.allclose(expected, (h @ w.t() + b).exp().sum(1), rtol=1e-5)
 
 
 def test_sampler_counts_duplicates_into_the_correction():
     torch.manual_seed(0)
-    s = UnigramSampler(torch.tensor([0., 1., 4., 16.]), alpha=0.5)  # q = [0, 1, 2, 4] / 7
-    assert torch.allclose(s.q, torch.tensor([0., 1., 2., 4.]) / 7)
+    s = UnigramSampler(torch.tensor([0.0, 1.0, 4.0, 16.0]), alpha=0.5)  # q = [0, 1, 2, 4] / 7
+    assert torch.allclose(s.q, torch.tensor([0.0, 1.0, 2.0, 4.0]) / 7)
     ids, log_w = s(1000)
     assert ids.tolist() == [1, 2, 3]  # distinct, sorted, never a zero-count word
     counts = torch.exp(torch.log(1000 * s.q[ids]) - log_w)
@@ -50,8 +54,17 @@ def test_sampler_counts_duplicates_into_the_correction():
 
 def test_pretrain_with_sampled_softmax_sizes_token_budget_and_snapshots(tmp_path, monkeypatch):
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
-    cfg = tiny_cfg(tmp_path, sampled_softmax=8, emb_sz=24, n_hid=40, n_layers=3, epochs=2, epoch_tokens=320,
-                   snapshot_mtokens=[0.0003, 0.0006], var_bptt=False)
+    cfg = tiny_cfg(
+        tmp_path,
+        sampled_softmax=8,
+        emb_sz=24,
+        n_hid=40,
+        n_layers=3,
+        epochs=2,
+        epoch_tokens=320,
+        snapshot_mtokens=[0.0003, 0.0006],
+        var_bptt=False,
+    )
     run = pretrain(cfg)
     _, config, _ = load_model_folder(run / 'model')
     assert (config.emb_sz, config.n_hid, config.n_layers) == (24, 40, 3)
@@ -68,6 +81,7 @@ def test_pretrain_with_sampled_softmax_sizes_token_budget_and_snapshots(tmp_path
 def test_probe_separates_a_linear_signal_and_reads_the_frozen_encoder():
     from bench import probe
     from ulmfit.awd_lstm import AWDLSTMConfig, AWDLSTMEncoder
+
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (600,), generator=g)
     x = torch.randn(600, 12, generator=g)
@@ -87,7 +101,9 @@ def test_probe_separates_a_linear_signal_and_reads_the_frozen_encoder():
 
 def test_pretrain_on_an_imdb_folder_holds_out_reviews_and_shares_the_prepared_store(tmp_path, monkeypatch):
     import random
+
     from ulmfit.prepare import prepare_dataset
+
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     mirror = tmp_path / 'mirror' / 'wikitext-103'
     mirror.mkdir(parents=True)

@@ -1,4 +1,5 @@
 "Image data on small images drawn here: folder and Pets labelling, splits, bad files, transform shapes."
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,9 +7,22 @@ import pytest
 import torch
 from PIL import Image
 
-from vision.data import (BadImageError, BatchTransform, ImageDataset, check_images, flip_batch, folder_items,
-                         imagenet_folder_dls, normalize, pets_items, pets_label, random_resized_crop,
-                         resize_centre_crop, train_tfm, valid_tfm)
+from vision.data import (
+    BadImageError,
+    BatchTransform,
+    ImageDataset,
+    check_images,
+    flip_batch,
+    folder_items,
+    imagenet_folder_dls,
+    normalize,
+    pets_items,
+    pets_label,
+    random_resized_crop,
+    resize_centre_crop,
+    train_tfm,
+    valid_tfm,
+)
 
 COLOURS = {'n01': (255, 0, 0), 'n02': (0, 255, 0), 'n03': (0, 0, 255)}
 
@@ -42,15 +56,20 @@ def test_imagenet_folder_dls_yield_uint8_batches(woof):
     dls, classes = imagenet_folder_dls(woof, size=16, bs=4, num_workers=0)
     xb, yb = next(iter(dls.train))
     assert xb.dtype == torch.uint8 and xb.shape == (4, 3, 16, 16) and yb.shape == (4,)
-    xb, yb = next(iter(dls.valid))                      # validation: centre crops of solid images keep the colour
+    xb, yb = next(iter(dls.valid))  # validation: centre crops of solid images keep the colour
     for x, y in zip(xb, yb):
         assert tuple(x[:, 8, 8].tolist()) == pytest.approx(COLOURS[classes[y]], abs=3)
-    assert len(dls.train) == 3                          # 12 images, bs 4, last partial batch dropped
+    assert len(dls.train) == 3  # 12 images, bs 4, last partial batch dropped
 
 
-@pytest.mark.parametrize('name,label', [('great_pyrenees_173.jpg', 'great_pyrenees'),
-                                        ('Abyssinian_1.jpg', 'Abyssinian'),
-                                        ('american_pit_bull_terrier_10.jpg', 'american_pit_bull_terrier')])
+@pytest.mark.parametrize(
+    'name,label',
+    [
+        ('great_pyrenees_173.jpg', 'great_pyrenees'),
+        ('Abyssinian_1.jpg', 'Abyssinian'),
+        ('american_pit_bull_terrier_10.jpg', 'american_pit_bull_terrier'),
+    ],
+)
 def test_pets_label(name, label):
     assert pets_label(name) == label
 
@@ -96,7 +115,7 @@ def test_crops_are_square_of_the_requested_size(wh):
 
 def test_centre_crop_takes_the_middle():
     a = np.zeros((10, 30, 3), np.uint8)
-    a[:, 10:20] = 255                                   # white middle third of a wide image
+    a[:, 10:20] = 255  # white middle third of a wide image
     out = np.asarray(resize_centre_crop(Image.fromarray(a), 10))
     assert out.min() == 255
 
@@ -109,9 +128,11 @@ def test_image_pipelines_give_uint8_chw(tmp_path):
 
 def test_flip_and_normalize_on_the_batch():
     xb = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
-    assert torch.equal(flip_batch(xb, p=1.), xb.flip(-1)) and torch.equal(flip_batch(xb, p=0.), xb)
+    assert torch.equal(flip_batch(xb, p=1.0), xb.flip(-1)) and torch.equal(flip_batch(xb, p=0.0), xb)
     u8 = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    assert torch.allclose(normalize(u8, (0.5, 0.5, 0.5), (0.25, 0.5, 1.)), torch.tensor([2., 1., .5])[None, :, None, None])
+    assert torch.allclose(
+        normalize(u8, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0)), torch.tensor([2.0, 1.0, 0.5])[None, :, None, None]
+    )
 
 
 def test_batch_transform_flips_only_in_training():

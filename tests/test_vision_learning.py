@@ -1,4 +1,5 @@
 "The vision stack end to end on synthetic images: it learns, and freezing leaves BatchNorm as asked."
+
 import pytest
 import torch
 
@@ -7,7 +8,7 @@ from common.metrics import accuracy
 from vision.data import BatchTransform
 from vision.transfer import body_width, transfer_model
 from vision.tricks import LabelSmoothingCrossEntropy, MixUp
-from vision.xresnet import BN_TYPES, body, bn_splitter, splitter, xresnet18
+from vision.xresnet import BN_TYPES, bn_splitter, body, splitter, xresnet18
 
 STATS = ((0.5,) * 3, (0.5,) * 3)
 
@@ -15,18 +16,18 @@ STATS = ((0.5,) * 3, (0.5,) * 3)
 def squares(n, size=16, sq=5, seed=0):
     "uint8 images of noise with a bright sq x sq square somewhere in one quadrant; the label is the quadrant."
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)     # (n, 3, size, size)
+    x = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)  # (n, 3, size, size)
     y = torch.randint(0, 4, (n,), generator=g)
     h = size // 2
     for i in range(n):
         r, c = divmod(int(y[i]), 2)
         oy, ox = torch.randint(0, h - sq + 1, (2,), generator=g).tolist()
-        x[i, :, r * h + oy:r * h + oy + sq, c * h + ox:c * h + ox + sq] = 255
+        x[i, :, r * h + oy : r * h + oy + sq, c * h + ox : c * h + ox + sq] = 255
     return x, y
 
 
 def batches(x, y, bs):
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
 
 
 @pytest.fixture
@@ -45,8 +46,16 @@ def small_dls(n_train=192, n_valid=128, bs=32):
 def test_xresnet_learns_where_the_square_is(one_thread):
     torch.manual_seed(0)
     model = xresnet18(n_out=4, width=0.125)
-    learn = Learner(model, small_dls(), LabelSmoothingCrossEntropy(0.1), lr=1e-2, metrics=[accuracy],
-                    cbs=[BatchTransform(STATS, flip=False), MixUp(0.2)], progress=False, device='cpu')
+    learn = Learner(
+        model,
+        small_dls(),
+        LabelSmoothingCrossEntropy(0.1),
+        lr=1e-2,
+        metrics=[accuracy],
+        cbs=[BatchTransform(STATS, flip=False), MixUp(0.2)],
+        progress=False,
+        device='cpu',
+    )
     learn.fit_one_cycle(3, 1e-2)
     assert learn.recorder.history[-1]['accuracy'] > 0.9
 
@@ -54,8 +63,16 @@ def test_xresnet_learns_where_the_square_is(one_thread):
 def frozen_learner(split, train_bn):
     torch.manual_seed(0)
     model = transfer_model(xresnet18(n_out=10, width=0.125), n_out=4, size=16)
-    learn = Learner(model, small_dls(64, 32), LabelSmoothingCrossEntropy(0.1), splitter=split, train_bn=train_bn,
-                    cbs=[BatchTransform(STATS)], progress=False, device='cpu')
+    learn = Learner(
+        model,
+        small_dls(64, 32),
+        LabelSmoothingCrossEntropy(0.1),
+        splitter=split,
+        train_bn=train_bn,
+        cbs=[BatchTransform(STATS)],
+        progress=False,
+        device='cpu',
+    )
     learn.freeze()
     return learn, model
 
@@ -68,11 +85,13 @@ def test_new_head_width_found_by_running_the_body_without_touching_bn_stats():
     pre = xresnet18(n_out=10, width=0.25)
     stats = [m.running_mean.clone() for m in body(pre).modules() if isinstance(m, BN_TYPES)]
     assert body_width(body(pre), 3, 32) == 128
-    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, [m for m in body(pre).modules()
-                                                                       if isinstance(m, BN_TYPES)]))
+    assert all(
+        torch.equal(s, m.running_mean)
+        for s, m in zip(stats, [m for m in body(pre).modules() if isinstance(m, BN_TYPES)])
+    )
     model = transfer_model(pre, n_out=5, size=32)
     assert model[1][-1].in_features == 256 and model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    assert body(model) is not body(pre)                 # a copy: the pretrained model is left as it was
+    assert body(model) is not body(pre)  # a copy: the pretrained model is left as it was
 
 
 def test_frozen_body_except_bn_trains_only_bn_and_head():
@@ -107,6 +126,7 @@ def test_frozen_body_including_bn():
 @pytest.mark.parametrize('entry', ['train', 'transfer'])
 def test_presets_resolve_and_unknown_keys_fail(entry):
     from common.config import resolve_config
+
     mod = __import__(f'vision.{entry}', fromlist=['SETTINGS'])
     for preset in ('tiny', 'cpu', 'paper'):
         assert resolve_config(mod.SETTINGS, mod.PRESETS, preset)['preset'] == preset

@@ -1,4 +1,5 @@
 "xresnet: every registered variant runs forward and backward, and the Bag-of-Tricks details are in place."
+
 from dataclasses import asdict
 
 import pytest
@@ -6,8 +7,20 @@ import torch
 from torch import nn
 
 from common.optim import check_split
-from vision.xresnet import (BN_TYPES, AdaptiveConcatPool2d, ResBlock, body, bn_splitter, create_model, head,
-                            list_models, make_head, model_from_dict, set_head, splitter)
+from vision.xresnet import (
+    BN_TYPES,
+    AdaptiveConcatPool2d,
+    ResBlock,
+    bn_splitter,
+    body,
+    create_model,
+    head,
+    list_models,
+    make_head,
+    model_from_dict,
+    set_head,
+    splitter,
+)
 
 # Narrow widths keep the deep variants fast; depth, expansion and wiring are what these tests are about.
 SMALL = dict(n_out=3, width=0.125)
@@ -26,7 +39,8 @@ def test_forward_backward_every_param_gets_a_gradient(name):
     # With gamma = 0 at the end of each branch the convs before it get exactly-zero gradients; set gamma to 1
     # so a missing connection shows up as a zero gradient.
     for mod in m.modules():
-        if isinstance(mod, BN_TYPES): nn.init.ones_(mod.weight)
+        if isinstance(mod, BN_TYPES):
+            nn.init.ones_(mod.weight)
     out = m(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 3)
     out.pow(2).sum().backward()
@@ -67,7 +81,7 @@ def test_stem_widths_follow_c_in(c_in):
 def test_resnet_b_and_d_downsampling():
     "Stride on the 3x3 conv of a bottleneck; the identity path average-pools before its 1x1 conv."
     m = create_model('xresnet50', **SMALL)
-    down = body(m)[5][0]                          # first block of stage 2
+    down = body(m)[5][0]  # first block of stage 2
     assert [c[0].stride for c in down.convs] == [(1, 1), (2, 2), (1, 1)]
     assert [c[0].kernel_size for c in down.convs] == [(1, 1), (3, 3), (1, 1)]
     assert isinstance(down.pool, nn.AvgPool2d) and down.idconv[0].kernel_size == (1, 1)
@@ -92,11 +106,11 @@ def test_concat_pool_is_max_then_avg():
 def test_interface_body_head_and_swap():
     m = create_model('xresnet18', **SMALL)
     feats = body(m)(torch.randn(2, 3, 64, 64))
-    assert feats.shape == (2, 64, 2, 2)                 # width 0.125: 512 * 0.125 channels, stride 32
+    assert feats.shape == (2, 64, 2, 2)  # width 0.125: 512 * 0.125 channels, stride 32
     assert head(m)(feats).shape == (2, 3)
     set_head(m, make_head(64, 7, concat_pool=True))
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 7)
-    assert isinstance(m[:-1][0], nn.Sequential)         # plain nn.Sequential: slicing works
+    assert isinstance(m[:-1][0], nn.Sequential)  # plain nn.Sequential: slicing works
 
 
 def test_splitters_cover_every_parameter_once():
@@ -107,7 +121,7 @@ def test_splitters_cover_every_parameter_once():
         check_split(m, groups)
     bn_ids = {id(p) for mod in m.modules() if isinstance(mod, BN_TYPES) for p in mod.parameters()}
     first3 = [id(p) for g in bn_splitter(m)[:3] for p in g]
-    assert not bn_ids & set(first3)                     # every BN is in the last (head) group
+    assert not bn_ids & set(first3)  # every BN is in the last (head) group
     assert bn_ids <= {id(p) for p in bn_splitter(m)[-1]}
     assert {id(p) for p in splitter(m)[-1]} == {id(p) for p in head(m).parameters()}
 

@@ -1,5 +1,6 @@
 """`ulmfit <command> ...` (or `python -m ulmfit <command> ...`): the ULMFiT command line. `<command> --help` explains
 each command."""
+
 import sys
 
 from common.entry import dispatch
@@ -9,8 +10,10 @@ COMMANDS = {
     'pretrain': ('ulmfit.pretrain:main', 'pretrain an AWD-LSTM language model (WikiText-103 or any corpus)'),
     'generate': ('ulmfit.generate:main', 'generate text from a language-model folder'),
     'import-fastai': ('ulmfit.fastai_import:main', "convert fastai's published WT103 weights into a model folder"),
-    'models': ('ulmfit.pretrained:models_main', 'list the pretrained LMs known by name (fastai-wt103, ...) and '
-                                                'whether cached'),
+    'models': (
+        'ulmfit.pretrained:models_main',
+        'list the pretrained LMs known by name (fastai-wt103, ...) and whether cached',
+    ),
     'imdb': ('ulmfit.imdb:main', 'ULMFiT end to end on IMDB: fine-tune the LM, train the classifier, evaluate'),
     'classify': ('ulmfit.cli:classify_main', 'fine-tune and train a classifier on your own CSV/TSV/Parquet file'),
     'predict': ('ulmfit.cli:predict_main', 'predict labels for a CSV of texts with a saved classifier'),
@@ -19,6 +22,7 @@ COMMANDS = {
 
 def _expected():
     from .datasets import DataError
+
     return (DataError,)
 
 

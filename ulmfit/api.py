@@ -19,6 +19,7 @@ Defined behaviours:
   `config.json`; loading checks that vocab, config and weights agree. `save` refuses an existing non-empty folder
   unless given `overwrite=True`.
 """
+
 import warnings
 from collections import namedtuple
 from dataclasses import replace
@@ -56,8 +57,19 @@ def _text_reader(texts, text_col='text'):
 class TextClassifier:
     "ULMFiT: a pretrained AWD-LSTM language model, fine-tuned on your texts, then a classifier on top."
 
-    def __init__(self, lm_state=None, config=None, itos=None, tokenizer=None, precision='fp32', bs=32, bptt=72,
-                 max_len=72 * 20, data_root=None, verbose=True):
+    def __init__(
+        self,
+        lm_state=None,
+        config=None,
+        itos=None,
+        tokenizer=None,
+        precision='fp32',
+        bs=32,
+        bptt=72,
+        max_len=72 * 20,
+        data_root=None,
+        verbose=True,
+    ):
         self.lm_state, self.config, self.itos = lm_state, config or AWDLSTMConfig.preset('cpu'), itos
         self.tok = tokenizer or SpacyTokenizer()
         self.precision, self.bs, self.bptt, self.max_len = precision, bs, bptt, max_len
@@ -77,21 +89,42 @@ class TextClassifier:
 
     # ---- stage 2: the language model ----------------------------------------------------------------
     def _vocab_for(self, reader):
-        store = build_store(reader, self.tok, root=self.data_root, progress=self.verbose and show_progress(),
-                            name='texts')
+        store = build_store(
+            reader, self.tok, root=self.data_root, progress=self.verbose and show_progress(), name='texts'
+        )
         return store
 
-    def fine_tune_lm(self, texts, text_col='text', frozen_epochs=1, epochs=2, lr=2e-3, frozen_lr=2e-2, bs=32,
-                     bptt=70, valid_pct=0.1, drop_mult=0.3):
+    def fine_tune_lm(
+        self,
+        texts,
+        text_col='text',
+        frozen_epochs=1,
+        epochs=2,
+        lr=2e-3,
+        frozen_lr=2e-2,
+        bs=32,
+        bptt=70,
+        valid_pct=0.1,
+        drop_mult=0.3,
+    ):
         "Fine-tune the language model on `texts` (no labels needed); builds the vocab from them."
         store = self._vocab_for(_text_reader(texts, text_col))
         self.vocab = store.vocab
         state = self._matched_lm_state()
         config = replace(self.config, vocab_sz=len(self.vocab))
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
-        learn = recipe.finetune_lm(state, config, dls, frozen_epochs=frozen_epochs, frozen_lr=frozen_lr, epochs=epochs,
-                                   lr=lr, precision=self.precision, drop_mult=drop_mult,
-                                   verbose=self.verbose)
+        learn = recipe.finetune_lm(
+            state,
+            config,
+            dls,
+            frozen_epochs=frozen_epochs,
+            frozen_lr=frozen_lr,
+            epochs=epochs,
+            lr=lr,
+            precision=self.precision,
+            drop_mult=drop_mult,
+            verbose=self.verbose,
+        )
         self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
         self.enc_state = encoder_state(self.lm_state)
         self.lm_results = learn.validate()
@@ -99,7 +132,9 @@ class TextClassifier:
 
     def _matched_lm_state(self):
         if self.lm_state is None:
-            warnings.warn('no pretrained language model: training from scratch (expect much lower accuracy)')
+            warnings.warn(
+                'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=2
+            )
             return None
         state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
         self._log(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
@@ -108,13 +143,24 @@ class TextClassifier:
     def save_lm(self, path):
         "Write the (fine-tuned) language model as a model folder."
         from .awd_lstm import get_language_model
+
         m = get_language_model(self.config)
         m.load_state_dict(self.lm_state)
         return save_model_folder(path, m, self.config, self.itos)
 
     # ---- stage 3: the classifier -------------------------------------------------------------------
-    def fit(self, data, text_col='text', label_col='label', valid_col=None, valid_pct=0.1, stages=None,
-            label_smoothing=0., drop_mult=0.5, seed=42):
+    def fit(
+        self,
+        data,
+        text_col='text',
+        label_col='label',
+        valid_col=None,
+        valid_pct=0.1,
+        stages=None,
+        label_smoothing=0.0,
+        drop_mult=0.5,
+        seed=42,
+    ):
         """Train the classifier with gradual unfreezing. `label_col` may be a list of 0/1 columns (multi-label).
         Without `valid_col`, a random `valid_pct` of the rows is held out."""
         df = as_frame(data, text_col).copy()
@@ -129,9 +175,12 @@ class TextClassifier:
             train_labels = set(df.loc[~df[valid_col].astype(bool), label_cols[0]].dropna().unique())
             unseen = set(df.loc[df[valid_col].astype(bool), label_cols[0]].dropna().unique()) - train_labels
             if unseen:
-                raise DataError(f"{table_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}")
-        reader = TableReader(df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0],
-                             valid_col=valid_col)
+                raise DataError(
+                    f"{table_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}"
+                )
+        reader = TableReader(
+            df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0], valid_col=valid_col
+        )
         if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
             vstore = self._vocab_for(_text_reader(df, text_col))
             self.vocab = vstore.vocab
@@ -139,26 +188,42 @@ class TextClassifier:
             self.config = replace(self.config, vocab_sz=len(self.vocab))
             self.enc_state = encoder_state(state) if state is not None else None
             self.itos = list(self.vocab.itos)
-        store = build_store(reader, self.tok, vocab=self.vocab, root=self.data_root,
-                            progress=self.verbose and show_progress(),
-                            name='labelled')
+        store = build_store(
+            reader,
+            self.tok,
+            vocab=self.vocab,
+            root=self.data_root,
+            progress=self.verbose and show_progress(),
+            name='labelled',
+        )
         self.classes = list(store.label_names)
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
         if len(tr) == 0 or len(va) == 0:
             raise ValueError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
         dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True), recipe.clas_loader(store, va, self.bs))
-        learn = recipe.clas_learner(self.config, len(self.classes), dls, multi_label=self.multi_label,
-                                    label_smoothing=label_smoothing, drop_mult=drop_mult, bptt=self.bptt,
-                                    max_len=self.max_len, precision=self.precision)
-        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages or recipe.CLAS_STAGES,
-                                                     verbose=self.verbose)
+        learn = recipe.clas_learner(
+            self.config,
+            len(self.classes),
+            dls,
+            multi_label=self.multi_label,
+            label_smoothing=label_smoothing,
+            drop_mult=drop_mult,
+            bptt=self.bptt,
+            max_len=self.max_len,
+            precision=self.precision,
+        )
+        self.stage_times = recipe.train_classifier(
+            learn, self.enc_state, stages or recipe.CLAS_STAGES, verbose=self.verbose
+        )
         self.model, self.drop_mult = learn.model.eval(), drop_mult
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:
             from .classifier import fit_thresholds
+
             self.thresholds = fit_thresholds(probs, targs).tolist()
-            self.results = {'accuracy_multi': ((probs >= torch.tensor(self.thresholds)) == targs.bool())
-                            .float().mean().item()}
+            self.results = {
+                'accuracy_multi': ((probs >= torch.tensor(self.thresholds)) == targs.bool()).float().mean().item()
+            }
         else:
             self.results = recipe.classification_report(probs, targs, self.classes)
         return self
@@ -168,23 +233,30 @@ class TextClassifier:
     def predict(self, texts, bs=64):
         "Labels and probabilities for each text, in input order (internally sorted by length for speed)."
         if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts, not one string (it would classify each character): "
-                            "use predict([text])")
+            raise TypeError(
+                "predict() takes a list of texts, not one string (it would classify each character): "
+                "use predict([text])"
+            )
         texts = list(texts)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
-            raise TypeError(f"predict() takes strings; not a string at position(s) {bad[:10]}"
-                            f"{' ...' if len(bad) > 10 else ''} (the first is {type(texts[bad[0]]).__name__})")
+            raise TypeError(
+                f"predict() takes strings; not a string at position(s) {bad[:10]}"
+                f"{' ...' if len(bad) > 10 else ''} (the first is {type(texts[bad[0]]).__name__})"
+            )
         if self.model is None:
             raise RuntimeError("the classifier isn't trained: call fit() or TextClassifier.load() first")
         empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
-            warnings.warn(f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
-                          f"predicted as label None")
+            warnings.warn(
+                f"{len(empty)} empty or whitespace-only text(s) (first at position {empty[0]}): "
+                "predicted as label None",
+                stacklevel=2,
+            )
         keep = [i for i, t in enumerate(texts) if t.strip()]
         ids = [self.vocab.numericalize(toks) for toks in self.tok.batch([texts[i] for i in keep])]
         if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
-            ids = [t[-self.truncate:] for t in ids]
+            ids = [t[-self.truncate :] for t in ids]
         out = [Prediction(None, {})] * len(texts)
         if not keep:
             return out
@@ -204,11 +276,24 @@ class TextClassifier:
             raise RuntimeError("nothing to save: the classifier isn't trained")
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-            raise FileExistsError(f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it")
-        return save_classifier(path, self.model, self.config, self.itos, self.classes,
-                               {'multi_label': self.multi_label, 'thresholds': self.thresholds, 'bptt': self.bptt,
-                                'max_len': self.max_len, 'drop_mult': getattr(self, 'drop_mult', 0.5),
-                                'tokenizer': self.tok.config()})
+            raise FileExistsError(
+                f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it"
+            )
+        return save_classifier(
+            path,
+            self.model,
+            self.config,
+            self.itos,
+            self.classes,
+            {
+                'multi_label': self.multi_label,
+                'thresholds': self.thresholds,
+                'bptt': self.bptt,
+                'max_len': self.max_len,
+                'drop_mult': getattr(self, 'drop_mult', 0.5),
+                'tokenizer': self.tok.config(),
+            },
+        )
 
     @classmethod
     def load(cls, path, **kwargs):
@@ -219,4 +304,3 @@ class TextClassifier:
         clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
         clf.truncate = settings.get('truncate', 0)
         return clf
-

@@ -10,6 +10,7 @@ Four small dropout modules, a stack of LSTMs and a tied decoder:
 The language model returns `(logits, raw, out)`: AR/TAR need the last layer's raw and dropped outputs.
 `RNNCallback` unpacks that tuple at `after_pred`, so losses and metrics see plain logits.
 """
+
 import contextlib
 from dataclasses import asdict, dataclass, replace
 
@@ -24,6 +25,7 @@ from common.events import Callback
 @dataclass
 class AWDLSTMConfig:
     "Model hyperparameters; defaults are fastai's `awd_lstm_lm_config` (the ULMFiT WikiText-103 model)."
+
     vocab_sz: int = 0  # set from the vocab when the model is built
     emb_sz: int = 400
     n_hid: int = 1152
@@ -94,7 +96,7 @@ class RNNDropout(nn.Module):
         self.p = p
 
     def forward(self, x):  # (bs, sl, n)
-        if not self.training or self.p == 0.:
+        if not self.training or self.p == 0.0:
             return x
         return x * dropout_mask(x.detach(), (x.size(0), 1, x.size(2)), self.p)  # mask (bs, 1, n)
 
@@ -108,7 +110,7 @@ class EmbeddingDropout(nn.Module):
 
     def forward(self, words):  # (bs, sl) -> (bs, sl, emb_sz)
         out = self.emb(words)  # (bs, sl, emb_sz)
-        if self.training and self.embed_p != 0.:
+        if self.training and self.embed_p != 0.0:
             # One mask value per vocab row, looked up per token: the same as scaling the whole matrix's rows,
             # without materialising a (vocab_sz, emb_sz) copy every batch.
             mask = dropout_mask(out.detach(), (self.emb.num_embeddings, 1), self.embed_p)  # (vocab_sz, 1)
@@ -130,7 +132,7 @@ def lstm_with_weights(lstm, x, hidden, weights):
             flat = flat.to(torch.get_autocast_dtype('cuda'))
         weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
     # has_biases, num_layers, dropout, train, bidirectional, batch_first
-    out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0., True, False, lstm.batch_first)
+    out, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0.0, True, False, lstm.batch_first)
     return out, (h, c)
 
 
@@ -153,7 +155,7 @@ class WeightDropout(nn.Module):
         with torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext():
             if fp32:
                 x, hidden = x.float(), tuple(h.float() for h in hidden)
-            if not self.training or self.weight_p == 0.:
+            if not self.training or self.weight_p == 0.0:
                 return m(x, hidden)
             w_hh = F.dropout(m.weight_hh_l0, self.weight_p, training=True)
             return lstm_with_weights(m, x, hidden, [m.weight_ih_l0, w_hh, m.bias_ih_l0, m.bias_hh_l0])
@@ -178,8 +180,11 @@ def _lstm_fp32(x):
     if dt not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dt):
         return False
     dtype = torch.get_autocast_dtype(dt)
-    has = dt != 'cpu' or (torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
-                          else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    has = dt != 'cpu' or (
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if dtype == torch.bfloat16
+        else torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    )
     return lstm_in_fp32(dt, dtype, has)
 
 
@@ -199,8 +204,9 @@ class AWDLSTMEncoder(nn.Module):
         self.input_dp = RNNDropout(c.p('input_p'))
         # The last layer outputs emb_sz so the decoder can share the embedding matrix.
         sizes = [c.emb_sz] + [c.n_hid] * (c.n_layers - 1) + [c.emb_sz]
-        self.rnns = nn.ModuleList([WeightDropout(nn.LSTM(ni, nh, batch_first=True), c.p('weight_p'))
-                                   for ni, nh in zip(sizes[:-1], sizes[1:])])
+        self.rnns = nn.ModuleList(
+            [WeightDropout(nn.LSTM(ni, nh, batch_first=True), c.p('weight_p')) for ni, nh in zip(sizes[:-1], sizes[1:])]
+        )
         self.hidden_dps = nn.ModuleList([RNNDropout(c.p('hidden_p')) for _ in range(c.n_layers - 1)])
 
     def step(self, x, hidden):
@@ -225,8 +231,10 @@ class AWDLSTMEncoder(nn.Module):
     def init_hidden(self, bs):
         "Zero (h, c) for every layer."
         w = self.embed.emb.weight
-        return [(w.new_zeros(1, bs, rnn.module.hidden_size), w.new_zeros(1, bs, rnn.module.hidden_size))
-                for rnn in self.rnns]
+        return [
+            (w.new_zeros(1, bs, rnn.module.hidden_size), w.new_zeros(1, bs, rnn.module.hidden_size))
+            for rnn in self.rnns
+        ]
 
     def reset(self, bs=None):
         "Forget the hidden state (between epochs, documents, or when the batch size changes)."
@@ -237,6 +245,7 @@ class AWDLSTMEncoder(nn.Module):
 class LinearDecoder(nn.Module):
     """Output dropout, then a linear layer to the vocab whose weight may be the embedding's. With `skip_logits`
     set (by `SampledSoftmax`), training returns no logits: the loss is computed from `out` on a sample of words."""
+
     skip_logits = False
 
     def __init__(self, config, tie_to=None):
@@ -286,7 +295,7 @@ def lm_accuracy(pred, y):
     return (pred.argmax(-1) == y).float().mean()
 
 
-def ar_tar(raw_out, out, alpha=2., beta=1., mask=None):
+def ar_tar(raw_out, out, alpha=2.0, beta=1.0, mask=None):
     """Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n).
 
     With `mask` (bs, sl), True at padding, the means run over real positions (and pairs of adjacent real positions)
@@ -312,6 +321,7 @@ def reset_model(model):
 
 class RNNCallback(Callback):
     "Resets hidden state before each train/valid pass; unpacks (logits, raw, out[, mask]) so losses see logits."
+
     order = -5
 
     def before_train(self):
@@ -334,11 +344,12 @@ class ARTARCallback(Callback):
     Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
     beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
     adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
+
     # After MixUp-like callbacks (8), which compute the loss afresh, and before MixedPrecision (10), which scales it.
     order = 9
     loss_role = 'add'
 
-    def __init__(self, alpha=2., beta=1.):
+    def __init__(self, alpha=2.0, beta=1.0):
         self.alpha, self.beta = alpha, beta
 
     @property
@@ -352,5 +363,6 @@ class ARTARCallback(Callback):
     def after_loss(self):
         rnn = self.learn.rnn
         if self.learn.training and rnn.raw_out is not None:
-            self.learn.loss_grad = self.learn.loss_grad + ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta,
-                                                                 getattr(rnn, 'mask', None))
+            self.learn.loss_grad = self.learn.loss_grad + ar_tar(
+                rnn.raw_out, rnn.out, self.alpha, self.beta, getattr(rnn, 'mask', None)
+            )

@@ -7,6 +7,7 @@
 The model returns `(logits, output, output, mask)`, as the language model returns `(logits, raw, out)`: AR/TAR
 regularise the classifier's encoder outputs too (`RNNCallback` unpacks the tuple, so losses see plain logits).
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class SentenceEncoder(nn.Module):
             # Does any running row have one of its last max_len tokens in [s, s+bptt)?
             keep = s + self.bptt > lens[n - 1] - self.max_len
             with torch.set_grad_enabled(keep and torch.is_grad_enabled()):
-                out, hidden = self.encoder.step(x[:n, s:s + self.bptt], hidden)  # (n, chunk, emb_sz)
+                out, hidden = self.encoder.step(x[:n, s : s + self.bptt], hidden)  # (n, chunk, emb_sz)
             hidden = [(h.detach(), c.detach()) for h, c in hidden]  # no gradient across chunks
             if keep:
                 outs.append(F.pad(out, (0, 0, 0, 0, 0, bs - n)))  # finished rows: zeros, masked below
@@ -71,7 +72,7 @@ def masked_concat_pool(output, mask):
     last_idx = (pos * real).argmax(1)  # (bs,) the last real position, wherever the padding is
     last = output[torch.arange(output.size(0), device=output.device), last_idx]  # (bs, n)
     mx = output.masked_fill(mask[..., None], float('-inf')).max(1).values  # (bs, n)
-    mean = output.masked_fill(mask[..., None], 0.).sum(1) / real.sum(1, keepdim=True).to(output.dtype)
+    mean = output.masked_fill(mask[..., None], 0.0).sum(1) / real.sum(1, keepdim=True).to(output.dtype)
     return torch.cat([last, mx, mean], 1)  # (bs, 3n)
 
 

@@ -1,9 +1,10 @@
 """`python -m ulmfit classify` and `python -m ulmfit predict`: ULMFiT on your own CSV/TSV/Parquet files.
 
-    python -m ulmfit classify --csv reviews.csv --text-col text --label-col label [--pretrained runs/lm-cpu/model]
-    python -m ulmfit classify --csv reviews.csv --pretrained fastai-wt103     # fastai's published WT103 weights
-    python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out preds.csv
+python -m ulmfit classify --csv reviews.csv --text-col text --label-col label [--pretrained runs/lm-cpu/model]
+python -m ulmfit classify --csv reviews.csv --pretrained fastai-wt103     # fastai's published WT103 weights
+python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out preds.csv
 """
+
 import argparse
 import json
 import time
@@ -19,32 +20,55 @@ ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'repl
 
 
 def classify_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m ulmfit classify', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog='python -m ulmfit classify', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--csv', help='labelled data: .csv, .tsv or .parquet (required)')
     p.add_argument('--text-col', default='text', help='text column (default: text)')
-    p.add_argument('--label-col', default='label',
-                   help='label column; several comma-separated 0/1 columns make a multi-label task (default: label)')
+    p.add_argument(
+        '--label-col',
+        default='label',
+        help='label column; several comma-separated 0/1 columns make a multi-label task (default: label)',
+    )
     p.add_argument('--valid-col', default=None, help='boolean column marking validation rows (default: random split)')
     p.add_argument('--valid-pct', type=float, default=0.1, help='validation fraction without --valid-col')
-    p.add_argument('--pretrained', default='', help="language-model folder or fastai-wt103 (fastai's published "
-                                                    "WikiText-103 weights); default: newest runs/lm-*/model, else "
-                                                    "from scratch; 'none' = from scratch")
+    p.add_argument(
+        '--pretrained',
+        default='',
+        help="language-model folder or fastai-wt103 (fastai's published "
+        "WikiText-103 weights); default: newest runs/lm-*/model, else "
+        "from scratch; 'none' = from scratch",
+    )
     p.add_argument('--lm-epochs', type=int, default=1, help='LM fine-tuning epochs with all layers (0 = skip)')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
     p.add_argument('--bs', type=int, default=32, help='classifier batch size')
     p.add_argument('--name', default='', help='run folder name (default: clf-<file stem>)')
     p.add_argument('--runs', default='runs', help='where run folders go')
     p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
-    p.add_argument('--dry-run', action='store_true', help='fine-tune and train on a synthetic table with the tiny '
-                                                           'model, in a temporary folder: a quick check')
+    p.add_argument(
+        '--dry-run',
+        action='store_true',
+        help='fine-tune and train on a synthetic table with the tiny model, in a temporary folder: a quick check',
+    )
     a = p.parse_args(argv)
     if a.dry_run:
         with dry_run_folder() as tmp:
             csv = write_table(tmp / 'texts.csv', 48)
-            classify(argparse.Namespace(**{**vars(a), 'csv': str(csv), 'valid_col': 'is_valid', 'pretrained': 'none',
-                                           'bs': 8, 'name': 'clf-dry-run', 'runs': str(tmp / 'runs')}),
-                     config=AWDLSTMConfig.preset('tiny'), lm=dict(bs=8, bptt=16))
+            classify(
+                argparse.Namespace(
+                    **{
+                        **vars(a),
+                        'csv': str(csv),
+                        'valid_col': 'is_valid',
+                        'pretrained': 'none',
+                        'bs': 8,
+                        'name': 'clf-dry-run',
+                        'runs': str(tmp / 'runs'),
+                    }
+                ),
+                config=AWDLSTMConfig.preset('tiny'),
+                lm=dict(bs=8, bptt=16),
+            )
         return 0
     if not a.csv:
         p.error('the following arguments are required: --csv')
@@ -57,31 +81,42 @@ def classify(a, config=None, lm=None):
     from .api import TextClassifier
     from .datasets import as_frame, check_labelled
     from .pretrained import resolve_pretrained
+
     t0 = time.time()
     # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
     df = as_frame(a.csv, a.text_col, a.errors)
     labels = a.label_col.split(',')
     check_labelled(df, a.text_col, labels, a.valid_col)
     src = resolve_pretrained(a.pretrained, a.runs)
-    clf = TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs) if src else \
-        TextClassifier(config=config, precision=a.precision, bs=a.bs)
+    clf = (
+        TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs)
+        if src
+        else TextClassifier(config=config, precision=a.precision, bs=a.bs)
+    )
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
     log.info(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
     if a.lm_epochs and (src or a.dry_run):
         clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
-    clf.fit(df, text_col=a.text_col, label_col=labels if len(labels) > 1 else labels[0], valid_col=a.valid_col,
-            valid_pct=a.valid_pct)
+    clf.fit(
+        df,
+        text_col=a.text_col,
+        label_col=labels if len(labels) > 1 else labels[0],
+        valid_col=a.valid_col,
+        valid_pct=a.valid_pct,
+    )
     out = clf.save(run_dir / 'classifier')
     res = {k: v for k, v in clf.results.items() if k != 'confusion'}
     write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})
-    log.info(f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; "
-             f"classifier folder: {out}")
+    log.info(
+        f"validation: {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}; classifier folder: {out}"
+    )
 
 
 def predict_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m ulmfit predict', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog='python -m ulmfit predict', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--model', required=True, help='classifier folder (from classify, imdb or TextClassifier.save)')
     p.add_argument('--csv', required=True, help='texts to classify: .csv, .tsv or .parquet')
     p.add_argument('--text-col', default='text')
@@ -90,6 +125,7 @@ def predict_main(argv=None) -> int:
     a = p.parse_args(argv)
     from .api import TextClassifier
     from .datasets import DataError, as_frame
+
     out = Path(a.out)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose another --out (existing files are never overwritten)")
@@ -106,4 +142,3 @@ def predict_main(argv=None) -> int:
     df.to_csv(out, index=False)
     log.info(f'wrote {len(df):,} predictions to {out}')
     return 0
-

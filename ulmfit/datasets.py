@@ -1,4 +1,5 @@
 "Lazy readers that yield `Doc(text, label, split, name)` from IMDB, WikiText, plain-text corpora and tables."
+
 import codecs
 import gzip
 import hashlib
@@ -14,6 +15,7 @@ from ulmfit.tokenize import FLD
 
 class Doc(NamedTuple):
     "One document: its text, label (None when unlabeled), split name and a name for error messages."
+
     text: str
     label: object = None
     split: str | None = None
@@ -37,10 +39,13 @@ REPLACE_HINT = "rerun with --errors replace (errors='replace' in Python) to subs
 
 def decode(raw: bytes, name: str, errors: str = 'strict', base: int = 0) -> str:
     "UTF-8 decode with an error naming the file and byte offset."
-    try: return raw.decode('utf-8', errors=errors)
+    try:
+        return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
-        raise DataError(f"{name}: undecodable bytes {raw[e.start:e.start + 4]!r} at byte offset {base + e.start} "
-                        f"(not UTF-8); {REPLACE_HINT}") from None
+        raise DataError(
+            f"{name}: undecodable bytes {raw[e.start : e.start + 4]!r} at byte offset {base + e.start} "
+            f"(not UTF-8); {REPLACE_HINT}"
+        ) from None
 
 
 def find_bad_utf8(path) -> int | None:
@@ -49,9 +54,12 @@ def find_bad_utf8(path) -> int | None:
     with _open_bin(path) as f:
         while True:
             b, pend = f.read(1 << 20), len(dec.getstate()[0])  # bytes held over from the last block
-            try: dec.decode(b, final=not b)
-            except UnicodeDecodeError as e: return pos - pend + e.start
-            if not b: return None
+            try:
+                dec.decode(b, final=not b)
+            except UnicodeDecodeError as e:
+                return pos - pend + e.start
+            if not b:
+                return None
             pos += len(b)
 
 
@@ -61,7 +69,8 @@ def _open_bin(path):
 
 
 def _check_nonempty(path):
-    if os.path.getsize(path) == 0: raise DataError(f'{path}: empty file')
+    if os.path.getsize(path) == 0:
+        raise DataError(f'{path}: empty file')
 
 
 def _lines(path, errors='strict') -> Iterator[str]:
@@ -73,7 +82,8 @@ def _lines(path, errors='strict') -> Iterator[str]:
             n += 1
             yield decode(raw, str(path), errors, pos)
             pos += len(raw)
-    if n == 0: raise DataError(f'{path}: empty file (nothing after decompression)')
+    if n == 0:
+        raise DataError(f'{path}: empty file (nothing after decompression)')
 
 
 # ---------------------------------------------------------------- IMDB
@@ -85,28 +95,39 @@ class ImdbReader:
     """IMDB reviews from the extracted folder or the .tgz itself; label = folder (pos/neg, None for unsup).
 
     `label='rating'` gives the rating from the file name `{id}_{rating}.txt` instead (unsup reviews have 0)."""
-    def __init__(self, path, splits: Sequence[str] = ('train', 'test', 'unsup'), label: str = 'sentiment',
-                 errors: str = 'strict'):
+
+    def __init__(
+        self, path, splits: Sequence[str] = ('train', 'test', 'unsup'), label: str = 'sentiment', errors: str = 'strict'
+    ):
         self.path, self.splits, self.label, self.errors = Path(path), tuple(splits), label, errors
-        if not self.path.exists(): raise FileNotFoundError(f'IMDB data not found: {self.path}')
-        if label not in ('sentiment', 'rating'): raise ValueError(f"label must be 'sentiment' or 'rating', not {label!r}")
+        if not self.path.exists():
+            raise FileNotFoundError(f'IMDB data not found: {self.path}')
+        if label not in ('sentiment', 'rating'):
+            raise ValueError(f"label must be 'sentiment' or 'rating', not {label!r}")
 
     def _want(self, split, folder):
         return (split if folder != 'unsup' else 'unsup') in self.splits
 
     def _doc(self, m, raw, name):
         split, folder, _, rating = m.groups()
-        if folder == 'unsup': split, lbl = 'unsup', None
-        else: lbl = folder if self.label == 'sentiment' else int(rating)
-        if not raw: raise DataError(f'{name}: empty file')
+        if folder == 'unsup':
+            split, lbl = 'unsup', None
+        else:
+            lbl = folder if self.label == 'sentiment' else int(rating)
+        if not raw:
+            raise DataError(f'{name}: empty file')
         return Doc(decode(raw, name, self.errors), lbl, split, name)
 
     def __iter__(self) -> Iterator[Doc]:
         n = 0
-        for n, d in enumerate(self._docs(), 1): yield d
+        for d in self._docs():
+            n += 1
+            yield d
         if n == 0:
-            raise DataError(f"{self.path}: no IMDB reviews in splits {list(self.splits)} (expected "
-                            f"train|test/pos|neg|unsup/<id>_<rating>.txt files)")
+            raise DataError(
+                f"{self.path}: no IMDB reviews in splits {list(self.splits)} (expected "
+                f"train|test/pos|neg|unsup/<id>_<rating>.txt files)"
+            )
 
     def _docs(self) -> Iterator[Doc]:
         if self.path.is_file():  # stream straight out of the archive, in archive order
@@ -119,20 +140,30 @@ class ImdbReader:
         for split in ('train', 'test'):
             for folder in ('pos', 'neg', 'unsup'):
                 d = self.path / split / folder
-                if not d.is_dir() or not self._want(split, folder): continue
+                if not d.is_dir() or not self._want(split, folder):
+                    continue
                 # sort by numeric id so the order is the same on every machine
                 files = sorted(os.listdir(d), key=lambda f: (len(f), f))
                 for f in files:
                     m = _re_imdb.search(f'{split}/{folder}/{f}')
-                    if not m: continue
-                    with open(d / f, 'rb') as fh: raw = fh.read()
+                    if not m:
+                        continue
+                    with open(d / f, 'rb') as fh:
+                        raw = fh.read()
                     yield self._doc(m, raw, str(d / f))
 
     def fingerprint(self) -> dict:
         p = self.path
-        fp = _fingerprint_path(p) if p.is_file() else [
-            _fingerprint_path(p / s / f) for s in ('train', 'test') for f in ('pos', 'neg', 'unsup')
-            if (p / s / f).is_dir() and self._want(s, f)]
+        fp = (
+            _fingerprint_path(p)
+            if p.is_file()
+            else [
+                _fingerprint_path(p / s / f)
+                for s in ('train', 'test')
+                for f in ('pos', 'neg', 'unsup')
+                if (p / s / f).is_dir() and self._want(s, f)
+            ]
+        )
         return dict(reader='imdb', splits=self.splits, label=self.label, errors=self.errors, files=fp)
 
 
@@ -144,28 +175,36 @@ _re_title = re.compile(r'^ = [^=].* = \n?$')
 def _wiki_split(path) -> str:
     name = Path(path).name
     for s in ('train', 'valid', 'test'):
-        if f'.{s}.' in name or name.startswith(s): return s
+        if f'.{s}.' in name or name.startswith(s):
+            return s
     return 'train'
 
 
 class WikiTextReader:
     "WikiText `.raw`/`.tokens` files (or a folder of them, `.gz` too), one Doc per article (` = Title = ` heading)."
+
     def __init__(self, paths, errors: str = 'strict'):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         files = []
         for p in map(Path, paths):
             if p.is_dir():
                 files += sorted(f for f in p.iterdir() if re.search(r'\.(raw|tokens)(\.gz)?$', f.name))
-            elif p.exists(): files.append(p)
-            else: raise FileNotFoundError(f'WikiText file not found: {p}')
-        if not files: raise FileNotFoundError(f'no WikiText .raw/.tokens files in {paths}')
+            elif p.exists():
+                files.append(p)
+            else:
+                raise FileNotFoundError(f'WikiText file not found: {p}')
+        if not files:
+            raise FileNotFoundError(f'no WikiText .raw/.tokens files in {paths}')
         self.files, self.errors = files, errors
 
     def __iter__(self) -> Iterator[Doc]:
         for f in self.files:
             n = 0
-            for n, d in enumerate(self._file_docs(f), 1): yield d
-            if n == 0: raise DataError(f'{f}: no text (empty or whitespace only)')
+            for d in self._file_docs(f):
+                n += 1
+                yield d
+            if n == 0:
+                raise DataError(f'{f}: no text (empty or whitespace only)')
 
     def _file_docs(self, f) -> Iterator[Doc]:
         split, buf, title, prev = _wiki_split(f), [], None, ''
@@ -176,11 +215,13 @@ class WikiTextReader:
             # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
             # inside a paragraph is not one)
             if _re_title.match(line) and not prev.strip() and (nxt is None or not nxt.strip()):
-                if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
+                if buf and ''.join(buf).strip():
+                    yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
                 buf, title = [], line.strip(' =\n')
             buf.append(line)
             prev, line = line, nxt
-        if buf and ''.join(buf).strip(): yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
+        if buf and ''.join(buf).strip():
+            yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
 
     def fingerprint(self) -> dict:
         return dict(reader='wikitext', errors=self.errors, files=[_fingerprint_path(f) for f in self.files])
@@ -188,82 +229,124 @@ class WikiTextReader:
 
 # ---------------------------------------------------------------- plain text
 
+
 class TextCorpusReader:
     """Plain-text corpora: one doc per line (`mode='lines'`), docs separated by blank lines (`mode='blank'`),
     a folder of `.txt` files (one doc per file), `.gz` transparently. `mode='auto'` picks 'blank' when the first
     1000 lines hold a blank line."""
+
     def __init__(self, paths, mode: str = 'auto', split: str = 'train', errors: str = 'strict'):
-        if mode not in ('auto', 'lines', 'blank'): raise ValueError(f"mode must be auto|lines|blank, not {mode!r}")
+        if mode not in ('auto', 'lines', 'blank'):
+            raise ValueError(f"mode must be auto|lines|blank, not {mode!r}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self.paths, self.mode, self.split, self.errors = [Path(p) for p in paths], mode, split, errors
         for p in self.paths:
-            if not p.exists(): raise FileNotFoundError(f'corpus not found: {p}')
+            if not p.exists():
+                raise FileNotFoundError(f'corpus not found: {p}')
 
     def _mode(self, f):
-        if self.mode != 'auto': return self.mode
+        if self.mode != 'auto':
+            return self.mode
         lines = []
         for line in _lines(f, self.errors):
             lines.append(line)
-            if len(lines) >= 1000: break
+            if len(lines) >= 1000:
+                break
         return 'blank' if any(not x.strip() for x in lines[:-1]) else 'lines'
 
     def _file_docs(self, f):
         mode = self._mode(f)
         if mode == 'lines':
             for i, line in enumerate(_lines(f, self.errors)):
-                if line.strip(): yield Doc(line.rstrip('\n'), None, self.split, f'{f}:{i + 1}')
+                if line.strip():
+                    yield Doc(line.rstrip('\n'), None, self.split, f'{f}:{i + 1}')
             return
         buf, start = [], 1
         for i, line in enumerate(_lines(f, self.errors)):
-            if line.strip(): buf.append(line)
-            elif buf: yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}'); buf = []
-            if not buf: start = i + 2
-        if buf: yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
+            if line.strip():
+                buf.append(line)
+            elif buf:
+                yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
+                buf = []
+            if not buf:
+                start = i + 2
+        if buf:
+            yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
 
     def __iter__(self) -> Iterator[Doc]:
         for p in self.paths:
             n = 0
-            for n, d in enumerate(self._path_docs(p), 1): yield d
+            for d in self._path_docs(p):
+                n += 1
+                yield d
             if n == 0:
-                raise DataError(f'{p}: no text (no .txt files in the folder)' if p.is_dir() else
-                                f'{p}: no text (empty or whitespace only)')
+                raise DataError(
+                    f'{p}: no text (no .txt files in the folder)'
+                    if p.is_dir()
+                    else f'{p}: no text (empty or whitespace only)'
+                )
 
     def _path_docs(self, p) -> Iterator[Doc]:
-        if not p.is_dir(): yield from self._file_docs(p); return
+        if not p.is_dir():
+            yield from self._file_docs(p)
+            return
         for f in sorted(p.rglob('*')):
             if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
                 raw = b''.join(_open_bin(f))
-                if not raw: raise DataError(f'{f}: empty file')
+                if not raw:
+                    raise DataError(f'{f}: empty file')
                 yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
     def fingerprint(self) -> dict:
-        return dict(reader='text', mode=self.mode, split=self.split, errors=self.errors,
-                    files=[_fingerprint_path(p) for p in self.paths])
+        return dict(
+            reader='text',
+            mode=self.mode,
+            split=self.split,
+            errors=self.errors,
+            files=[_fingerprint_path(p) for p in self.paths],
+        )
 
 
 # ---------------------------------------------------------------- tables
 
+
 def join_fields(values: Sequence[str], mark_fields: bool) -> str:
     "Several text columns -> one text: `['a', 'b']` -> `'xxfld 1 a xxfld 2 b'` (fastai's field markers)."
-    if not mark_fields: return ' '.join(values)
+    if not mark_fields:
+        return ' '.join(values)
     return ' '.join(f'{FLD} {i + 1} {v}' for i, v in enumerate(values))
 
 
 class TableReader:
     """CSV/TSV/Parquet files or a pandas DataFrame: text column(s) joined with `xxfld N` markers, label column(s)
     (several label columns = multi-label 0/1 columns), optional `is_valid` column (-> split 'valid'/'train')."""
-    def __init__(self, src, text_cols='text', label_cols=None, valid_col: str | None = 'is_valid',
-                 mark_fields: bool | None = None, label_delim: str | None = None, errors: str = 'strict',
-                 chunksize: int = 10_000):
+
+    def __init__(
+        self,
+        src,
+        text_cols='text',
+        label_cols=None,
+        valid_col: str | None = 'is_valid',
+        mark_fields: bool | None = None,
+        label_delim: str | None = None,
+        errors: str = 'strict',
+        chunksize: int = 10_000,
+    ):
         self.src = src
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
-        self.label_cols = [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
+        self.label_cols = (
+            [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
+        )
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
-        self.name = getattr(src, 'attrs', {}).get('source', 'DataFrame') if not isinstance(src, (str, os.PathLike)) \
+        self.name = (
+            getattr(src, 'attrs', {}).get('source', 'DataFrame')
+            if not isinstance(src, (str, os.PathLike))
             else str(src)
+        )
         if isinstance(src, (str, os.PathLike)):
-            if not Path(src).exists(): raise FileNotFoundError(f'table not found: {src}')
+            if not Path(src).exists():
+                raise FileNotFoundError(f'table not found: {src}')
             _check_nonempty(src)
         self._check_columns(self._columns())
 
@@ -277,40 +360,61 @@ class TableReader:
 
     def _columns(self):
         import pandas as pd
-        if isinstance(self.src, pd.DataFrame): return list(self.src.columns)
+
+        if isinstance(self.src, pd.DataFrame):
+            return list(self.src.columns)
         if self._kind() == 'parquet':
             import pyarrow.parquet as pq
+
             return list(pq.ParquetFile(self.src).schema_arrow.names)
         return list(next(iter(self._chunks(nrows=1))).columns)
 
     def _check_columns(self, cols):
         need = [('text', c) for c in self.text_cols] + [('label', c) for c in self.label_cols]
         for what, c in need:
-            if c not in cols: raise DataError(f'{self.name}: missing {what} column {c!r}; columns are {cols}')
+            if c not in cols:
+                raise DataError(f'{self.name}: missing {what} column {c!r}; columns are {cols}')
 
     def _chunks(self, nrows=None):
         import pandas as pd
-        if isinstance(self.src, pd.DataFrame): yield self.src; return
+
+        if isinstance(self.src, pd.DataFrame):
+            yield self.src
+            return
         kind = self._kind()
-        if kind == 'parquet': yield pd.read_parquet(self.src); return
+        if kind == 'parquet':
+            yield pd.read_parquet(self.src)
+            return
         try:
-            yield from pd.read_csv(self.src, sep='\t' if kind == 'tsv' else ',', chunksize=self.chunksize,
-                                   nrows=nrows, encoding='utf-8', encoding_errors=self.errors, keep_default_na=True)
+            yield from pd.read_csv(
+                self.src,
+                sep='\t' if kind == 'tsv' else ',',
+                chunksize=self.chunksize,
+                nrows=nrows,
+                encoding='utf-8',
+                encoding_errors=self.errors,
+                keep_default_na=True,
+            )
         except UnicodeDecodeError:
             off = find_bad_utf8(self.src)
             raise DataError(f"{self.src}: undecodable bytes at byte offset {off} (not UTF-8); {REPLACE_HINT}") from None
-        except pd.errors.EmptyDataError: raise DataError(f'{self.src}: empty file (no header)') from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f'{self.src}: empty file (no header)') from None
 
     def _label(self, row, rowno):
         vals = [row[c] for c in self.label_cols]
         for c, v in zip(self.label_cols, vals):
             if v is None or v != v:  # None or NaN
-                raise DataError(f'{self.name}: label column {c!r} has a missing value at row {rowno} '
-                                f'(0-based, header not counted)')
-        if not self.label_cols: return None
-        if len(vals) > 1: return tuple(int(v) for v in vals)  # one 0/1 column per label
+                raise DataError(
+                    f'{self.name}: label column {c!r} has a missing value at row {rowno} (0-based, header not counted)'
+                )
+        if not self.label_cols:
+            return None
+        if len(vals) > 1:
+            return tuple(int(v) for v in vals)  # one 0/1 column per label
         v = vals[0]
-        if self.label_delim is not None: return tuple(str(v).split(self.label_delim))
+        if self.label_delim is not None:
+            return tuple(str(v).split(self.label_delim))
         return v.item() if hasattr(v, 'item') else v
 
     def __iter__(self) -> Iterator[Doc]:
@@ -325,22 +429,34 @@ class TableReader:
                 lbl = self._label(labels[i], row0 + i) if labels else None
                 yield Doc(join_fields(t, self.mark_fields), lbl, split, f'{self.name} row {row0 + i}')
             row0 += len(df)
-        if row0 == 0: raise DataError(f'{self.name}: no rows')
+        if row0 == 0:
+            raise DataError(f'{self.name}: no rows')
 
     def fingerprint(self) -> dict:
         import pandas as pd
+
         if isinstance(self.src, pd.DataFrame):
             h = hashlib.sha256(pd.util.hash_pandas_object(self.src, index=True).values.tobytes()).hexdigest()
             files = [['DataFrame', h, list(map(str, self.src.columns))]]
-        else: files = _fingerprint_path(self.src)
-        return dict(reader='table', text_cols=self.text_cols, label_cols=self.label_cols, valid_col=self.valid_col,
-                    mark_fields=self.mark_fields, label_delim=self.label_delim, errors=self.errors, files=files)
+        else:
+            files = _fingerprint_path(self.src)
+        return dict(
+            reader='table',
+            text_cols=self.text_cols,
+            label_cols=self.label_cols,
+            valid_col=self.valid_col,
+            mark_fields=self.mark_fields,
+            label_delim=self.label_delim,
+            errors=self.errors,
+            files=files,
+        )
 
 
 def as_frame(data, text_col, errors='strict'):
     "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings (a file's name is kept in attrs)."
     import numpy as np
     import pandas as pd
+
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, (str, Path)):
@@ -353,8 +469,9 @@ def as_frame(data, text_col, errors='strict'):
             else:
                 df = pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',', encoding_errors=errors)
         except UnicodeDecodeError:
-            raise DataError(f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); "
-                            f"{REPLACE_HINT}") from None
+            raise DataError(
+                f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); {REPLACE_HINT}"
+            ) from None
         except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
             raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
         df.attrs['source'] = str(p)
@@ -377,20 +494,37 @@ def check_labelled(df, text_col, label_cols, valid_col=None):
     if len(label_cols) == 1:
         classes = df[label_cols[0]].dropna().unique()
         if len(classes) < 2:
-            raise DataError(f"{table_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
-                            f"{sorted(map(str, classes))}; a classifier needs at least 2")
+            raise DataError(
+                f"{table_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
+                f"{sorted(map(str, classes))}; a classifier needs at least 2"
+            )
 
 
 def _truthy(v) -> bool:
-    if isinstance(v, str): return v.strip().lower() in ('true', '1', 'yes', 'valid')
+    if isinstance(v, str):
+        return v.strip().lower() in ('true', '1', 'yes', 'valid')
     return bool(v)
 
 
 def read_text(path, errors: str = 'strict') -> str:
     "Whole file as text (`.gz` transparently), with the file and byte offset on bad bytes."
-    with _open_bin(path) as f: raw = f.read()
+    with _open_bin(path) as f:
+        raw = f.read()
     return decode(raw, str(path), errors)
 
 
-__all__ = ['Doc', 'DataError', 'REPLACE_HINT', 'ImdbReader', 'WikiTextReader', 'TextCorpusReader', 'TableReader', 'join_fields',
-           'find_bad_utf8', 'read_text', 'as_frame', 'table_source', 'check_labelled']
+__all__ = [
+    'Doc',
+    'DataError',
+    'REPLACE_HINT',
+    'ImdbReader',
+    'WikiTextReader',
+    'TextCorpusReader',
+    'TableReader',
+    'join_fields',
+    'find_bad_utf8',
+    'read_text',
+    'as_frame',
+    'table_source',
+    'check_labelled',
+]

@@ -1,5 +1,6 @@
 """Synthetic data for `--dry-run`: a training command runs every stage on it in seconds, with a tiny model, nothing
 downloaded, and everything (data, token stores, run folder) in a temporary folder that is removed at the end."""
+
 import contextlib
 import csv
 import os

@@ -10,6 +10,7 @@ fastai key                                   ours
 0.rnns.{i}.module.weight_hh_l0 (v1 only)     dropped: a weight-dropped copy from the last training step
 1.decoder.weight / 1.decoder.bias            1.decoder.weight / 1.decoder.bias
 """
+
 import argparse
 import io
 import pickle
@@ -85,8 +86,15 @@ def convert_fastai_state(sd, pad_id=1):
     tied = dec_w is None or torch.equal(dec_w, out['0.embed.emb.weight'])
     if tied and dec_w is not None:
         out['1.decoder.weight'] = out['0.embed.emb.weight']
-    config = AWDLSTMConfig(vocab_sz=vocab_sz, emb_sz=emb_sz, n_hid=n_hid, n_layers=n_layers, pad_id=pad_id,
-                           tie_weights=tied, out_bias='1.decoder.bias' in out)
+    config = AWDLSTMConfig(
+        vocab_sz=vocab_sz,
+        emb_sz=emb_sz,
+        n_hid=n_hid,
+        n_layers=n_layers,
+        pad_id=pad_id,
+        tie_weights=tied,
+        out_bias='1.decoder.bias' in out,
+    )
     if tied and dec_w is None:
         out['1.decoder.weight'] = out['0.embed.emb.weight']
     return out, config
@@ -116,6 +124,8 @@ def main(argv=None):
     ap.add_argument('--overwrite', action='store_true', help='replace the model in an existing --out folder')
     a = ap.parse_args(argv)
     _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
-    log.info(f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
-             f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}")
+    log.info(
+        f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
+        f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}"
+    )
     return 0

@@ -1,7 +1,8 @@
 """Text generation from a language-model folder.
 
-    python -m ulmfit generate --model DIR "The movie was" --words 50 --temperature 0.8 [--top-k 40 | --min-p 0.05]
+python -m ulmfit generate --model DIR "The movie was" --words 50 --temperature 0.8 [--top-k 40 | --min-p 0.05]
 """
+
 import argparse
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from .awd_lstm import reset_model
 
 
-def sample_next(logits, temperature=1., top_k=None, min_p=None, generator=None):
+def sample_next(logits, temperature=1.0, top_k=None, min_p=None, generator=None):
     "Sample one id per row of logits (bs, vocab_sz); temperature 0 is greedy."
     if temperature == 0:
         return logits.argmax(-1)
@@ -20,12 +21,12 @@ def sample_next(logits, temperature=1., top_k=None, min_p=None, generator=None):
         logits = logits.masked_fill(logits < kth, float('-inf'))
     probs = logits.softmax(-1)  # (bs, vocab_sz)
     if min_p is not None:  # keep tokens at least min_p times as likely as the most likely one
-        probs = probs.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, 0.)
+        probs = probs.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, 0.0)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (bs,)
 
 
 @torch.no_grad()
-def generate_ids(model, ids, n_words, temperature=1., top_k=None, min_p=None, ban_ids=(), generator=None):
+def generate_ids(model, ids, n_words, temperature=1.0, top_k=None, min_p=None, ban_ids=(), generator=None):
     "Feed the prompt `ids` to the LM in one pass, then sample `n_words` ids one at a time; returns the new ids."
     model.eval()
     reset_model(model)
@@ -45,6 +46,7 @@ def generate_ids(model, ids, n_words, temperature=1., top_k=None, min_p=None, ba
 def _tokenizer_for(model_dir, extras):
     "The tokenizer a model folder was trained with (extras['tokenizer'] in lm.pth; spaCy rules if not recorded)."
     from .tokenize import SentencePieceTokenizer, SpacyTokenizer
+
     cfg = extras.get('tokenizer') or {}
     if cfg.get('kind') == 'spm':
         spm_path = Path(model_dir) / 'spm.model'  # a copy in the folder wins over a recorded path
@@ -58,6 +60,7 @@ def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=Non
     "Continue `prompt` with `words` sampled tokens from the LM in `model_dir`; returns readable text."
     from .model_io import load_model_folder
     from .tokenize import PAD, UNK
+
     model, config, itos, extras = load_model_folder(model_dir, with_extras=True)
     if extras.get('backwards'):
         raise ValueError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
@@ -74,6 +77,7 @@ def detokenize(toks):
     "Tokens -> display text: case markers applied, BOS/EOS dropped, no space before punctuation."
     from .tokenize import BOS, EOS
     from .vocab import undo_caps
+
     toks = [t for t in undo_caps(toks) if t not in (BOS, EOS)]
     text = ''
     for t in toks:

@@ -12,6 +12,7 @@ The run folder gets report.md, metrics.json (accuracy, per-class precision/recal
 metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matrix. `--resume RUN_DIR`
 skips the stages whose outputs are already in that folder.
 """
+
 import json
 import shlex
 import time
@@ -39,13 +40,20 @@ from .store import build_store
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
-    'dataset': Setting('imdb', 'imdb (50k labelled + 50k unlabelled reviews) or imdb_sample (1,000 rows)',
-                       ('imdb', 'imdb_sample')),
-    'pretrained': Setting('', "forward LM: a model folder, fastai-wt103, or 'none' (from scratch); empty = newest "
-                              "runs/lm-*/model, else fastai-wt103 with the paper preset, else from scratch"),
-    'pretrained_bwd': Setting('', "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest "
-                                  "runs/lm-*-bwd/model, else fastai-wt103-bwd with the paper preset or when "
-                                  "--pretrained is fastai-wt103, else from scratch"),
+    'dataset': Setting(
+        'imdb', 'imdb (50k labelled + 50k unlabelled reviews) or imdb_sample (1,000 rows)', ('imdb', 'imdb_sample')
+    ),
+    'pretrained': Setting(
+        '',
+        "forward LM: a model folder, fastai-wt103, or 'none' (from scratch); empty = newest "
+        "runs/lm-*/model, else fastai-wt103 with the paper preset, else from scratch",
+    ),
+    'pretrained_bwd': Setting(
+        '',
+        "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest "
+        "runs/lm-*-bwd/model, else fastai-wt103-bwd with the paper preset or when "
+        "--pretrained is fastai-wt103, else from scratch",
+    ),
     'bidirectional': Setting(False, 'also train the backward model and report the ensemble'),
     'model': Setting('cpu', 'AWD-LSTM size when there is no pretrained model', ('tiny', 'cpu', 'paper')),
     'max_vocab': Setting(60000, 'largest vocab size'),
@@ -64,65 +72,110 @@ SETTINGS = {
     'clas_epochs': Setting([1, 1, 1, 2], 'epochs of the four unfreezing stages: head, -2, -3, all'),
     'clas_drop_mult': Setting(0.5, 'classifier dropout multiplier'),
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
-    'clas_valid_docs': Setting(2500, 'hold out this many labelled training reviews (at random, each label in '
-                                     'proportion) to validate after each classifier epoch; the classifier never trains '
-                                     'on them (0 = no per-epoch validation). The test reviews are read once, for the '
-                                     'final accuracy'),
+    'clas_valid_docs': Setting(
+        2500,
+        'hold out this many labelled training reviews (at random, each label in '
+        'proportion) to validate after each classifier epoch; the classifier never trains '
+        'on them (0 = no per-epoch validation). The test reviews are read once, for the '
+        'final accuracy',
+    ),
     'bptt': Setting(72, 'classifier chunk length'),
-    'max_len': Setting(72 * 20, 'classifier pools over (and back-propagates through) the last max_len tokens; it '
-                                'reads the whole document before them, as fastai does'),
-    'truncate': Setting(0, 'cut each document to its last N tokens (in reading order) before the classifier reads '
-                           'it: cheaper, but the hidden state no longer sees the beginning (0 = read whole documents)'),
+    'max_len': Setting(
+        72 * 20,
+        'classifier pools over (and back-propagates through) the last max_len tokens; it '
+        'reads the whole document before them, as fastai does',
+    ),
+    'truncate': Setting(
+        0,
+        'cut each document to its last N tokens (in reading order) before the classifier reads '
+        'it: cheaper, but the hidden state no longer sees the beginning (0 = read whole documents)',
+    ),
     'label_smoothing': Setting(0.0, 'label smoothing of the classifier loss'),
     'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
-    'budget_minutes': Setting(0.0, 'plan the run to fit this many minutes, data included: the time left is shared '
-                                   'among the stages by budget_split, and each stage measures its step time over its '
-                                   'first steps, then runs its complete schedule over the steps that fit its share '
-                                   '(0 = the epochs as set)'),
-    'budget_split': Setting([0.4, 0.5, 0.1], 'with budget_minutes: the shares of LM fine-tuning, the classifier and the '
-                                             'test evaluation (per direction; within a part in proportion to the '
-                                             "stages' epochs). The evaluation's share is replaced by an estimate from "
-                                             'measured forward speed once the classifier has trained a stage'),
+    'budget_minutes': Setting(
+        0.0,
+        'plan the run to fit this many minutes, data included: the time left is shared '
+        'among the stages by budget_split, and each stage measures its step time over its '
+        'first steps, then runs its complete schedule over the steps that fit its share '
+        '(0 = the epochs as set)',
+    ),
+    'budget_split': Setting(
+        [0.4, 0.5, 0.1],
+        'with budget_minutes: the shares of LM fine-tuning, the classifier and the '
+        'test evaluation (per direction; within a part in proportion to the '
+        "stages' epochs). The evaluation's share is replaced by an estimate from "
+        'measured forward speed once the classifier has trained a stage',
+    ),
     'seed': Setting(42, 'random seed'),
     'name': Setting('', 'run folder name under runs/ (default: imdb-<preset>)'),
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
-    'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
-                                "them", ('strict', 'replace')),
-    'dry_run': Setting(False, 'every stage on a synthetic labelled table with the tiny model, a few batches each, in '
-                              'a temporary folder: a quick check'),
+    'errors': Setting(
+        'strict',
+        "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
+        ('strict', 'replace'),
+    ),
+    'dry_run': Setting(
+        False,
+        'every stage on a synthetic labelled table with the tiny model, a few batches each, in '
+        'a temporary folder: a quick check',
+    ),
 }
 
 PRESETS = {
-    'tiny': dict(dataset='imdb_sample', model='tiny', max_vocab=8000, min_freq=2, lm_docs=400, lm_bs=32, lm_bptt=35,
-                 lm_epochs=1, clas_bs=16, clas_epochs=[1, 1, 1, 1], max_len=72 * 4, lm_valid_pct=0.1,
-                 clas_valid_docs=100),
+    'tiny': dict(
+        dataset='imdb_sample',
+        model='tiny',
+        max_vocab=8000,
+        min_freq=2,
+        lm_docs=400,
+        lm_bs=32,
+        lm_bptt=35,
+        lm_epochs=1,
+        clas_bs=16,
+        clas_epochs=[1, 1, 1, 1],
+        max_len=72 * 4,
+        lm_valid_pct=0.1,
+        clas_valid_docs=100,
+    ),
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
     # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
     # tokens, one epoch per unfreezing stage, per-epoch validation on 2,500 held-out training reviews.
     # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
     # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
     # measurement. budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
-    'cpu': dict(max_vocab=30000, lm_docs=2000, lm_bs=32, lm_epochs=1, clas_bs=32, clas_epochs=[1, 1, 1, 1],
-                train_docs=8000, max_len=72 * 4, truncate=72 * 4, budget_minutes=120.),
+    'cpu': dict(
+        max_vocab=30000,
+        lm_docs=2000,
+        lm_bs=32,
+        lm_epochs=1,
+        clas_bs=32,
+        clas_epochs=[1, 1, 1, 1],
+        train_docs=8000,
+        max_len=72 * 4,
+        truncate=72 * 4,
+        budget_minutes=120.0,
+    ),
     # The fastai ULMFiT IMDB recipe, for a GPU: fastbook 10_nlp.ipynb (fastai v2), whose stages match v1's
     # course-v3 lesson3-imdb.ipynb; the other settings' defaults above are that recipe too.
     'paper': dict(
-        model='paper',       # the WT103 AWD-LSTM (used only when no pretrained folder is found)
-        lm_bs=128,           # dls_lm = ...dataloaders(path, path=path, bs=128, seq_len=80)
-        lm_bptt=80,          # ...seq_len=80
-        lm_drop_mult=0.3,    # language_model_learner(dls_lm, AWD_LSTM, drop_mult=0.3, ...)
-        lm_frozen_epochs=1, lm_frozen_lr=2e-2,  # learn.fit_one_cycle(1, 2e-2)
-        lm_epochs=10, lm_lr=2e-3,  # learn.unfreeze(); learn.fit_one_cycle(10, 2e-3)
-        lm_valid_pct=0.1,    # splitter=RandomSplitter(0.1) over train + test + unsup reviews
-        clas_bs=128,         # dls_clas = ...dataloaders(path, path=path, bs=128, seq_len=72)
-        bptt=72,             # ...seq_len=72
-        max_len=72 * 20,     # v2 text/learner.py `text_classifier_learner(max_len=72*20)`
-        truncate=0,          # whole documents, as fastai's SentenceEncoder reads them
+        model='paper',  # the WT103 AWD-LSTM (used only when no pretrained folder is found)
+        lm_bs=128,  # dls_lm = ...dataloaders(path, path=path, bs=128, seq_len=80)
+        lm_bptt=80,  # ...seq_len=80
+        lm_drop_mult=0.3,  # language_model_learner(dls_lm, AWD_LSTM, drop_mult=0.3, ...)
+        lm_frozen_epochs=1,
+        lm_frozen_lr=2e-2,  # learn.fit_one_cycle(1, 2e-2)
+        lm_epochs=10,
+        lm_lr=2e-3,  # learn.unfreeze(); learn.fit_one_cycle(10, 2e-3)
+        lm_valid_pct=0.1,  # splitter=RandomSplitter(0.1) over train + test + unsup reviews
+        clas_bs=128,  # dls_clas = ...dataloaders(path, path=path, bs=128, seq_len=72)
+        bptt=72,  # ...seq_len=72
+        max_len=72 * 20,  # v2 text/learner.py `text_classifier_learner(max_len=72*20)`
+        truncate=0,  # whole documents, as fastai's SentenceEncoder reads them
         clas_drop_mult=0.5,  # text_classifier_learner(dls_clas, AWD_LSTM, drop_mult=0.5, ...)
-        clas_lr=2e-2,        # fit_one_cycle(1, 2e-2); then 1e-2, 5e-3, 1e-3 (each a slice(lr/2.6**4, lr))
+        clas_lr=2e-2,  # fit_one_cycle(1, 2e-2); then 1e-2, 5e-3, 1e-3 (each a slice(lr/2.6**4, lr))
         clas_epochs=[1, 1, 1, 2],  # freeze_to(-2): 1 epoch, freeze_to(-3): 1, unfreeze(): 2
-        precision='fp16',    # .to_fp16() on both learners
+        precision='fp16',  # .to_fp16() on both learners
     ),
 }
 
@@ -130,6 +183,7 @@ PRESETS = {
 def imdb_store(cfg):
     "The token store of the dataset: labels, splits and the vocab built from its text."
     from common.download import untar_data
+
     tok, errors = SpacyTokenizer(), cfg.get('errors', 'strict')  # runs saved before the setting existed: strict
     if cfg['dataset'] == 'imdb':
         folder = untar_data('imdb')
@@ -144,10 +198,30 @@ def imdb_store(cfg):
 
 
 # --dry-run: synthetic reviews, no pretrained LM, the tiny model, every stage for one epoch of a few batches.
-DRY_RUN = dict(dataset='imdb_sample', pretrained='none', pretrained_bwd='none', model='tiny', max_vocab=1000,
-               min_freq=1, lm_docs=0, lm_bs=8, lm_bptt=16, lm_frozen_epochs=1, lm_epochs=1, clas_bs=8,
-               clas_epochs=[1, 1, 1, 1], train_docs=0, clas_valid_docs=0, bptt=16, max_len=32, truncate=0,
-               precision='fp32', name='imdb-dry-run', resume='', budget_minutes=0.)
+DRY_RUN = dict(
+    dataset='imdb_sample',
+    pretrained='none',
+    pretrained_bwd='none',
+    model='tiny',
+    max_vocab=1000,
+    min_freq=1,
+    lm_docs=0,
+    lm_bs=8,
+    lm_bptt=16,
+    lm_frozen_epochs=1,
+    lm_epochs=1,
+    clas_bs=8,
+    clas_epochs=[1, 1, 1, 1],
+    train_docs=0,
+    clas_valid_docs=0,
+    bptt=16,
+    max_len=32,
+    truncate=0,
+    precision='fp32',
+    name='imdb-dry-run',
+    resume='',
+    budget_minutes=0.0,
+)
 
 
 def main(argv=None) -> int:
@@ -174,19 +248,24 @@ def run(cfg):
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
-    log.info(f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
-             f"{len(store.vocab):,}; run folder {run_dir}")
+    log.info(
+        f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
+        f"{len(store.vocab):,}; run folder {run_dir}"
+    )
     write_config(run_dir, {**cfg, 'store': str(store.path)})
     classes = list(store.label_names)
     directions = ['fwd', 'bwd'] if cfg['bidirectional'] else ['fwd']
     results, probs = {}, {}
     for d in directions:
         try:
-            p, targs, res, st = one_direction(cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'),
-                                              budget=budget)
+            p, targs, res, st = one_direction(
+                cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'), budget=budget
+            )
         except KeyboardInterrupt:  # resuming skips the finished stages (model folders); the cut one starts over
-            raise Interrupted(f"the finished stages are kept in {run_dir}",
-                              resume=f"python -m ulmfit imdb --resume {shlex.quote(str(run_dir))}") from None
+            raise Interrupted(
+                f"the finished stages are kept in {run_dir}",
+                resume=f"python -m ulmfit imdb --resume {shlex.quote(str(run_dir))}",
+            ) from None
         probs[d], results[d] = p, res
         times.update({f'{d}_{k}': v for k, v in st.items()})
     if len(directions) == 2:
@@ -195,12 +274,20 @@ def run(cfg):
     best = 'ensemble' if 'ensemble' in results else 'fwd'
     plot_confusion(results[best]['confusion'], classes, run_dir / 'plots' / 'confusion.png')
     times['total'] = round(time.time() - t_start, 1)
-    final = {'test_accuracy': {k: v['accuracy'] for k, v in results.items()}, 'results': results,
-             'wall_s': times, 'test_docs': int(len(targs)), 'vocab_size': len(store.vocab)}
+    final = {
+        'test_accuracy': {k: v['accuracy'] for k, v in results.items()},
+        'results': results,
+        'wall_s': times,
+        'test_docs': int(len(targs)),
+        'vocab_size': len(store.vocab),
+    }
     write_json(run_dir / 'metrics.json', final)
     write_report(run_dir, cfg, final, classes)
-    log.info('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
-             + f"; report: {run_dir / 'report.md'}")
+    log.info(
+        'test accuracy: '
+        + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
+        + f"; report: {run_dir / 'report.md'}"
+    )
     return run_dir
 
 
@@ -208,8 +295,10 @@ def stage_budget(cfg):
     """The one rule sharing `budget_minutes`: per direction, LM fine-tuning, classifier and test evaluation by
     `budget_split`, each part among its stages in proportion to their epochs (see common.budget.StageBudget)."""
     if len(cfg['budget_split']) != 3 or min(cfg['budget_split']) < 0 or not sum(cfg['budget_split']):
-        raise ConfigError(f"budget_split: {cfg['budget_split']} must be three shares >= 0 (LM, classifier, evaluation), "
-                          f"e.g. 0.4,0.5,0.1")
+        raise ConfigError(
+            f"budget_split: {cfg['budget_split']} must be three shares >= 0 (LM, classifier, evaluation), "
+            f"e.g. 0.4,0.5,0.1"
+        )
     f_lm, f_clas, f_eval = cfg['budget_split']
     lm = {'lm_frozen': cfg['lm_frozen_epochs'], 'lm': cfg['lm_epochs']}
     clas = {f'clas_{i}': e for i, e in enumerate(cfg['clas_epochs'])}
@@ -239,25 +328,36 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, bud
         src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
         if src is None:
             opt = key.replace('_', '-')
-            log.warning('!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-                        f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
-                        f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
-                        "weights).\n" + '!' * 80)
+            log.warning(
+                '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
+                f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
+                f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
+                "weights).\n" + '!' * 80
+            )
             config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
             state = None
         else:
             m, pconfig, itos = load_model_folder(src)
             state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
-            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained '
-                     'vocab')
+            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
             config = replace(pconfig, vocab_sz=len(store.vocab))
         docs = None
         if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
-            docs = torch.randperm(len(store), generator=g)[:cfg['lm_docs']].sort().values.numpy()
+            docs = torch.randperm(len(store), generator=g)[: cfg['lm_docs']].sort().values.numpy()
         dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
-        learn = recipe.finetune_lm(state, config, dls, cfg['lm_frozen_epochs'], cfg['lm_frozen_lr'], cfg['lm_epochs'],
-                                   cfg['lm_lr'], precision=cfg['precision'], drop_mult=cfg['lm_drop_mult'],
-                                   cbs=[RunLogger(run_dir, f'lm_{d}')], budget=share)
+        learn = recipe.finetune_lm(
+            state,
+            config,
+            dls,
+            cfg['lm_frozen_epochs'],
+            cfg['lm_frozen_lr'],
+            cfg['lm_epochs'],
+            cfg['lm_lr'],
+            precision=cfg['precision'],
+            drop_mult=cfg['lm_drop_mult'],
+            cbs=[RunLogger(run_dir, f'lm_{d}')],
+            budget=share,
+        )
         lm_state = learn.model.state_dict()
         save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
         times['lm_finetune'] = round(time.time() - t, 1)
@@ -266,7 +366,7 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, bud
     # here, and the classifier trains only on the rest.
     train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
-        train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg['train_docs']].sort().values.numpy()]
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: cfg['train_docs']].sort().values.numpy()]
     trunc = cfg.get('truncate')
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
     dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False) if len(valid_idx) else None)
@@ -274,33 +374,66 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, bud
     if (clas_dir / 'clas.pth').exists():
         log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
         model, *_ = load_classifier(clas_dir)
-        learn = recipe.clas_learner(config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'],
-                                    precision=cfg['precision'])
+        learn = recipe.clas_learner(
+            config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'], precision=cfg['precision']
+        )
         learn.model = model
     else:
         t = time.time()
-        learn = recipe.clas_learner(config, len(classes), dls, label_smoothing=cfg['label_smoothing'],
-                                    drop_mult=cfg['clas_drop_mult'], bptt=cfg['bptt'], max_len=cfg['max_len'],
-                                    precision=cfg['precision'], cbs=[RunLogger(run_dir, f'clas_{d}')])
+        learn = recipe.clas_learner(
+            config,
+            len(classes),
+            dls,
+            label_smoothing=cfg['label_smoothing'],
+            drop_mult=cfg['clas_drop_mult'],
+            bptt=cfg['bptt'],
+            max_len=cfg['max_len'],
+            precision=cfg['precision'],
+            cbs=[RunLogger(run_dir, f'clas_{d}')],
+        )
         lr = cfg['clas_lr']
-        stages = [(n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, .5, .25, .05))]
+        stages = [
+            (n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, 0.5, 0.25, 0.05))
+        ]
         enc = encoder_state(lm_state)
-        sample = (valid_idx if len(valid_idx) else train_idx)[:8 * cfg['clas_bs']]  # held out at random: a fair sample
-        after = lambda i: (stages[i][1] and f'{d}/eval' not in budget.reserved  # noqa: E731  (after the first fit)
-                           and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl))
-        times['clas_stages'] = recipe.train_classifier(learn, enc, stages, budget=share,
-                                                       after_stage=after if budget is not None else None)
-        save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes,
-                        {'multi_label': False, 'thresholds': None, 'bptt': cfg['bptt'], 'max_len': cfg['max_len'],
-                         'drop_mult': cfg['clas_drop_mult'], 'backwards': backwards, 'truncate': trunc or 0,
-                         'tokenizer': SpacyTokenizer().config()})
+        sample = (valid_idx if len(valid_idx) else train_idx)[: 8 * cfg['clas_bs']]  # held out at random: a fair sample
+
+        def after(i):  # after the first fit: set the test evaluation's time aside
+            return (
+                stages[i][1]
+                and f'{d}/eval' not in budget.reserved
+                and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl)
+            )
+
+        times['clas_stages'] = recipe.train_classifier(
+            learn, enc, stages, budget=share, after_stage=after if budget is not None else None
+        )
+        save_classifier(
+            clas_dir,
+            learn.model,
+            config,
+            store.vocab.itos,
+            classes,
+            {
+                'multi_label': False,
+                'thresholds': None,
+                'bptt': cfg['bptt'],
+                'max_len': cfg['max_len'],
+                'drop_mult': cfg['clas_drop_mult'],
+                'backwards': backwards,
+                'truncate': trunc or 0,
+                'tokenizer': SpacyTokenizer().config(),
+            },
+        )
         times['clas_train'] = round(time.time() - t, 1)
     t = time.time()
     p, targs = recipe.predict_probs(learn, test_dl)
     times['evaluate'] = round(time.time() - t, 1)
     res = recipe.classification_report(p, targs, classes)
-    log.info(f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {len(train_idx):,}, '
-             f'validated on {len(valid_idx):,} held-out training reviews)')
+    log.info(
+        f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {len(train_idx):,}, '
+        f'validated on {len(valid_idx):,} held-out training reviews)'
+    )
     return p, targs, res, times
 
 
@@ -308,8 +441,10 @@ def reserve_evaluation(budget, d, learn, sample_dl, test_dl):
     "Set aside the test evaluation's time: its tokens at the forward speed measured on a few held-out reviews."
     s_tok = recipe.forward_s_per_token(learn, sample_dl)
     budget.reserve(f'{d}/eval', s_tok * recipe.n_tokens(test_dl))
-    log.info(f"[{d}] evaluation: {recipe.n_tokens(test_dl):,} tokens at {1 / s_tok:,.0f} tokens/s: "
-             f"{budget.reserved[f'{d}/eval'] / 60:.1f} min set aside")
+    log.info(
+        f"[{d}] evaluation: {recipe.n_tokens(test_dl):,} tokens at {1 / s_tok:,.0f} tokens/s: "
+        f"{budget.reserved[f'{d}/eval'] / 60:.1f} min set aside"
+    )
 
 
 def clas_split(cfg, store, test_split):
@@ -317,22 +452,27 @@ def clas_split(cfg, store, test_split):
     train_idx = store.labeled_idx('train')
     n_valid = cfg.get('clas_valid_docs', 0)
     if n_valid >= len(train_idx):
-        raise ConfigError(f"clas_valid_docs: {n_valid} would leave none of the {len(train_idx):,} labelled training "
-                          f"documents to train on; hold out fewer")
+        raise ConfigError(
+            f"clas_valid_docs: {n_valid} would leave none of the {len(train_idx):,} labelled training "
+            f"documents to train on; hold out fewer"
+        )
     train_idx, valid_idx = recipe.holdout(train_idx, store.labels[train_idx], n_valid, cfg['seed'])
     return train_idx, valid_idx, store.labeled_idx(test_split)
 
 
 def write_report(run_dir, cfg, final, classes):
     "A short Markdown report beside metrics.json."
-    lines = [f"# IMDB sentiment: ULMFiT ({cfg['preset']} preset)", '',
-             '| model | test accuracy |', '|---|---|']
+    lines = [f"# IMDB sentiment: ULMFiT ({cfg['preset']} preset)", '', '| model | test accuracy |', '|---|---|']
     lines += [f'| {k} | {v:.4f} |' for k, v in final['test_accuracy'].items()]
     best = 'ensemble' if 'ensemble' in final['results'] else 'fwd'
     lines += ['', f'Per class ({best}):', '', '| class | precision | recall | f1 | support |', '|---|---|---|---|---|']
     for c, m in final['results'][best]['per_class'].items():
         lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
-    lines += ['', 'Wall time of each stage (s): ' + ', '.join(f'{k} {v}' for k, v in final['wall_s'].items()), '',
-              '![confusion matrix](plots/confusion.png)', '']
+    lines += [
+        '',
+        'Wall time of each stage (s): ' + ', '.join(f'{k} {v}' for k, v in final['wall_s'].items()),
+        '',
+        '![confusion matrix](plots/confusion.png)',
+        '',
+    ]
     (Path(run_dir) / 'report.md').write_text('\n'.join(lines))
-

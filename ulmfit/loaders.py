@@ -1,4 +1,5 @@
 "Batches for the language model (LMLoader) and the classifier (SortishSampler, SortSampler, pad_collate)."
+
 import math
 from functools import partial
 
@@ -29,13 +30,26 @@ class LMLoader:
     takes its own `bs // world_size` contiguous rows of the global batch (all ranks must share the torch seed so they
     shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start.
     """
+
     distributed_aware = True
 
-    def __init__(self, ids, offsets=None, doc_idx=None, bs: int = 64, bptt: int = 70, shuffle: bool = False,
-                 var_bptt: bool = False, backwards: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        ids,
+        offsets=None,
+        doc_idx=None,
+        bs: int = 64,
+        bptt: int = 70,
+        shuffle: bool = False,
+        var_bptt: bool = False,
+        backwards: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if offsets is None:  # a TokenStore
             ids, offsets = ids.ids, ids.offsets
-        if bs % world_size: raise ValueError(f'global bs={bs} is not divisible by world_size={world_size}')
+        if bs % world_size:
+            raise ValueError(f'global bs={bs} is not divisible by world_size={world_size}')
         self.ids, self.offsets = ids, np.asarray(offsets)
         self.doc_idx = np.arange(len(self.offsets) - 1) if doc_idx is None else np.asarray(doc_idx)
         self.bs, self.global_bs, self.bptt, self.shuffle = bs // world_size, bs, bptt, shuffle
@@ -43,7 +57,8 @@ class LMLoader:
         lens = self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]
         self.n_tokens = int(lens.sum())
         self.row_len = self.n_tokens // bs  # L: tokens per row (the stream's tail that doesn't fill a row is dropped)
-        if self.row_len < 2: raise ValueError(f'{self.n_tokens} tokens are too few for bs={bs} rows')
+        if self.row_len < 2:
+            raise ValueError(f'{self.n_tokens} tokens are too few for bs={bs} rows')
 
     def __len__(self) -> int:
         "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."
@@ -53,7 +68,8 @@ class LMLoader:
         return self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
 
     def _seq_len(self) -> int:
-        if not self.var_bptt: return self.bptt
+        if not self.var_bptt:
+            return self.bptt
         bptt = self.bptt if torch.rand(()).item() < 0.95 else self.bptt / 2
         return max(5, int(round(float(torch.normal(float(bptt), 5.0, ())))))
 
@@ -68,7 +84,8 @@ class LMLoader:
         while j < L - 1:
             sl = min(self._seq_len(), L - 1 - j)
             pos = rows[:, None] + j + np.arange(sl + 1)  # (bs, sl + 1) stream positions
-            if self.backwards: pos = n - 1 - pos
+            if self.backwards:
+                pos = n - 1 - pos
             k = np.searchsorted(cum, pos, side='right') - 1  # which doc of the stream
             win = torch.from_numpy(np.asarray(self.ids[starts[k] + pos - cum[k]], dtype=np.int64))  # (bs, sl + 1)
             yield win[:, :-1], win[:, 1:]  # x, y: (bs, sl)
@@ -77,12 +94,15 @@ class LMLoader:
 
 # ---------------------------------------------------------------- classification
 
+
 class SortSampler(Sampler):
     "Indices sorted by length, longest first (validation: little padding, deterministic)."
+
     def __init__(self, lengths):
         self.lengths = np.asarray(lengths)
 
-    def __len__(self): return len(self.lengths)
+    def __len__(self):
+        return len(self.lengths)
 
     def __iter__(self):
         return iter(np.argsort(-self.lengths, kind='stable').tolist())
@@ -99,17 +119,19 @@ class SortishSampler(Sampler):
     it shifts every later cut, and those batches straddle two length groups (lots of padding). Last, it is also what
     `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last).
     """
+
     def __init__(self, lengths, bs: int, mega: int = 50):
         self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
 
-    def __len__(self): return len(self.lengths)
+    def __len__(self):
+        return len(self.lengths)
 
     def __iter__(self):
         idx = torch.randperm(len(self.lengths)).numpy()
         sz = self.bs * self.mega
-        megas = [idx[i:i + sz] for i in range(0, len(idx), sz)]
+        megas = [idx[i : i + sz] for i in range(0, len(idx), sz)]
         idx = np.concatenate([m[np.argsort(-self.lengths[m], kind='stable')] for m in megas])
-        batches = [idx[i:i + self.bs] for i in range(0, len(idx), self.bs)]
+        batches = [idx[i : i + self.bs] for i in range(0, len(idx), self.bs)]
         last = [batches.pop()] if len(batches) > 1 and len(batches[-1]) < self.bs else []
         first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
         rest = [b for i, b in enumerate(batches) if i != first]
@@ -125,13 +147,16 @@ def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int 
         pad_first=False:  [ a   b   c  pad pad pad]
     `max_len` keeps the last max_len tokens of longer docs."""
     seqs = [np.asarray(s[0]) for s in samples]
-    if max_len is not None: seqs = [s[-max_len:] for s in seqs]
+    if max_len is not None:
+        seqs = [s[-max_len:] for s in seqs]
     sl = max(len(s) for s in seqs)
     x = torch.full((len(seqs), sl), pad_idx, dtype=torch.long)
     for i, s in enumerate(seqs):
         t = torch.from_numpy(s.astype(np.int64))
-        if pad_first: x[i, sl - len(s):] = t
-        else: x[i, :len(s)] = t
+        if pad_first:
+            x[i, sl - len(s) :] = t
+        else:
+            x[i, : len(s)] = t
     ys = [s[1] for s in samples]
     y = torch.as_tensor(np.stack(ys)) if isinstance(ys[0], np.ndarray) and ys[0].ndim else torch.tensor(ys)
     return x, (y.float() if y.is_floating_point() else y.long())
@@ -139,15 +164,18 @@ def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int 
 
 class TextClassDataset(Dataset):
     "Docs `idx` of a TokenStore as (ids, label); ids truncated to the last `max_len` tokens when given."
+
     def __init__(self, store, idx, max_len: int | None = None):
         self.store, self.idx, self.max_len = store, np.asarray(idx), max_len
 
-    def __len__(self): return len(self.idx)
+    def __len__(self):
+        return len(self.idx)
 
     def __getitem__(self, i):
         j = self.idx[i]
         ids = np.asarray(self.store[j])
-        if self.max_len is not None: ids = ids[-self.max_len:]
+        if self.max_len is not None:
+            ids = ids[-self.max_len :]
         return ids, self.store.labels[j]
 
     @property
@@ -156,17 +184,32 @@ class TextClassDataset(Dataset):
         return np.minimum(ls, self.max_len) if self.max_len is not None else ls
 
 
-def class_loaders(store, bs: int = 64, train_splits=('train',), valid_splits=('test',), max_len: int | None = None,
-                  pad_first: bool = True, num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
+def class_loaders(
+    store,
+    bs: int = 64,
+    train_splits=('train',),
+    valid_splits=('test',),
+    max_len: int | None = None,
+    pad_first: bool = True,
+    num_workers: int = 0,
+) -> tuple[DataLoader, DataLoader]:
     "Train (SortishSampler) and valid (SortSampler) DataLoaders over a store's labeled docs of the given splits."
     pad = store.vocab.pad_idx
     dls = []
     for splits, train in ((train_splits, True), (valid_splits, False)):
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         ds = TextClassDataset(store, store.labeled_idx(*splits), max_len)
-        if len(ds) == 0: raise ValueError(f'{store.path}: no labeled docs in split(s) {splits}')
+        if len(ds) == 0:
+            raise ValueError(f'{store.path}: no labeled docs in split(s) {splits}')
         sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
-        dls.append(DataLoader(ds, batch_size=bs if train else bs * 2, sampler=sampler, num_workers=num_workers,
-                              drop_last=train and len(ds) >= bs,  # see recipe.clas_loader
-                              collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len)))
+        dls.append(
+            DataLoader(
+                ds,
+                batch_size=bs if train else bs * 2,
+                sampler=sampler,
+                num_workers=num_workers,
+                drop_last=train and len(ds) >= bs,  # see recipe.clas_loader
+                collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len),
+            )
+        )
     return dls[0], dls[1]

@@ -8,6 +8,7 @@
 A classifier folder holds clas.pth (state dict, config, extras: itos, classes, settings), vocab.json and
 config.json (the config plus classes and settings).
 """
+
 import json
 from pathlib import Path
 
@@ -44,9 +45,11 @@ def _checked_vocab(path, config):
     "The folder's vocab, refused when its size doesn't fit the embedding (vocab.json replaced by another model's?)."
     itos = load_vocab(path)
     if len(itos) != config.vocab_sz:
-        raise CheckpointError(f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has "
-                              f"{config.vocab_sz} rows: the vocab belongs to another model (was the folder "
-                              f"overwritten?). Use an intact model folder")
+        raise CheckpointError(
+            f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has "
+            f"{config.vocab_sz} rows: the vocab belongs to another model (was the folder "
+            f"overwritten?). Use an intact model folder"
+        )
     return itos
 
 
@@ -76,8 +79,10 @@ def save_classifier(path, model, config, itos, classes, settings):
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
-    for name, obj in (('vocab.json', {'itos': list(itos)}), ('config.json', {**config.to_dict(), 'classes': extras[
-            'classes'], **settings})):
+    for name, obj in (
+        ('vocab.json', {'itos': list(itos)}),
+        ('config.json', {**config.to_dict(), 'classes': extras['classes'], **settings}),
+    ):
         atomic_write_json(path / name, obj)
     return path
 
@@ -93,7 +98,11 @@ def load_classifier(path):
         raise CheckpointError(f"{path / 'clas.pth'} is not a classifier folder's checkpoint: {e}") from None
     if len(itos) != config.vocab_sz:
         raise CheckpointError(f"{path}: vocab has {len(itos)} tokens but the model expects {config.vocab_sz}")
-    model = get_text_classifier(clas_config(config, settings.get('drop_mult', 0.5)), len(classes),
-                                bptt=settings['bptt'], max_len=settings['max_len'])
+    model = get_text_classifier(
+        clas_config(config, settings.get('drop_mult', 0.5)),
+        len(classes),
+        bptt=settings['bptt'],
+        max_len=settings['max_len'],
+    )
     load_model_state(model, ck['model'], path / 'clas.pth')
     return model, config, itos, classes, settings

@@ -5,12 +5,12 @@ Datasets are fetched into $ULMFIT_DATA (default ./data) from their fast.ai URLs,
 instead (WikiText .raw/.tokens[.gz], plain-text corpora, CSV/TSV/Parquet, an IMDB folder or .tgz). The store goes to
 $ULMFIT_DATA/cache/<key>/ and a second run with the same inputs and settings reuses it at once.
 """
+
 import argparse
 import time
 from pathlib import Path
 
 from common.log import log
-
 from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
 from ulmfit.store import TokenStore, build_store, train_spm
 from ulmfit.tokenize import SpacyTokenizer
@@ -25,10 +25,12 @@ def reader_for_path(path, errors: str = 'strict'):
     name = p.name.lower()
     if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or (p.is_file() and name.endswith(('.tgz', '.tar.gz'))):
         return ImdbReader(p, errors=errors)
-    if p.is_dir() and any(q.suffix in ('.raw', '.tokens') or q.name.endswith(('.raw.gz', '.tokens.gz'))
-                          for q in p.iterdir()):
+    if p.is_dir() and any(
+        q.suffix in ('.raw', '.tokens') or q.name.endswith(('.raw.gz', '.tokens.gz')) for q in p.iterdir()
+    ):
         return WikiTextReader(p, errors=errors)
-    if '.raw' in name or '.tokens' in name: return WikiTextReader(p, errors=errors)
+    if '.raw' in name or '.tokens' in name:
+        return WikiTextReader(p, errors=errors)
     if name.removesuffix('.gz').endswith(('.csv', '.tsv', '.parquet', '.pq')):
         return TableReader(p, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
     return TextCorpusReader(p, errors=errors)
@@ -36,10 +38,16 @@ def reader_for_path(path, errors: str = 'strict'):
 
 class MultiReader:
     "Several readers one after another."
-    def __init__(self, readers): self.readers = list(readers)
+
+    def __init__(self, readers):
+        self.readers = list(readers)
+
     def __iter__(self):
-        for r in self.readers: yield from r
-    def fingerprint(self): return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
+        for r in self.readers:
+            yield from r
+
+    def fingerprint(self):
+        return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
 
 
 def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, errors: str = 'strict'):
@@ -48,40 +56,71 @@ def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, err
         rs = [reader_for_path(p, errors) for p in corpus]
         return rs[0] if len(rs) == 1 else MultiReader(rs)
     from common.download import untar_data
-    if dataset not in DATASETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {DATASETS} or pass --corpus')
+
+    if dataset not in DATASETS:
+        raise ValueError(f'unknown dataset {dataset!r}; choose from {DATASETS} or pass --corpus')
     path = untar_data(dataset, root, mirror)
-    if dataset == 'imdb': return ImdbReader(path, errors=errors)
+    if dataset == 'imdb':
+        return ImdbReader(path, errors=errors)
     if dataset == 'imdb_sample':
-        return TableReader(path / 'texts.csv', text_cols='text', label_cols='label', valid_col='is_valid',
-                           errors=errors)
+        return TableReader(
+            path / 'texts.csv', text_cols='text', label_cols='label', valid_col='is_valid', errors=errors
+        )
     return WikiTextReader(path, errors=errors)
 
 
-def prepare_dataset(dataset: str | None = 'imdb', corpus=None, tokenizer: str = 'spacy', max_vocab: int = 60000,
-                    min_freq: int = 3, n_workers: int | None = None, mirror=None, root=None,
-                    vocab: Vocab | str | None = None, spm_vocab_size: int = 15000, spm_model_type: str = 'unigram',
-                    errors: str = 'strict', progress: bool = True) -> TokenStore:
+def prepare_dataset(
+    dataset: str | None = 'imdb',
+    corpus=None,
+    tokenizer: str = 'spacy',
+    max_vocab: int = 60000,
+    min_freq: int = 3,
+    n_workers: int | None = None,
+    mirror=None,
+    root=None,
+    vocab: Vocab | str | None = None,
+    spm_vocab_size: int = 15000,
+    spm_model_type: str = 'unigram',
+    errors: str = 'strict',
+    progress: bool = True,
+) -> TokenStore:
     "Fetch + tokenize + numericalize a dataset into a TokenStore (reused when already built)."
     reader = dataset_reader(dataset, corpus, mirror, root, errors)
     if isinstance(vocab, (str, Path)):
         p = Path(vocab)
         vocab = Vocab.load(p / 'vocab.json' if p.is_dir() else p)
-    if tokenizer == 'spacy': tok = SpacyTokenizer()
-    elif tokenizer == 'spm': tok = train_spm(reader, root, spm_vocab_size, spm_model_type)
-    else: raise ValueError(f"tokenizer must be 'spacy' or 'spm', not {tokenizer!r}")
+    if tokenizer == 'spacy':
+        tok = SpacyTokenizer()
+    elif tokenizer == 'spm':
+        tok = train_spm(reader, root, spm_vocab_size, spm_model_type)
+    else:
+        raise ValueError(f"tokenizer must be 'spacy' or 'spm', not {tokenizer!r}")
     name = dataset if not corpus else ','.join(Path(c).name for c in corpus)
     return build_store(reader, tok, vocab, max_vocab, min_freq, n_workers, root, progress=progress, name=name)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog='python -m ulmfit prepare', description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--dataset', choices=DATASETS, default=None,
-                    help='named dataset to fetch and tokenize (imdb: train+test+unsup, labels pos/neg)')
-    ap.add_argument('--corpus', nargs='+', metavar='PATH',
-                    help='explicit files/folders instead of a download (e.g. wiki.valid.raw.gz, train.txt.gz, texts.csv)')
-    ap.add_argument('--tokenizer', choices=('spacy', 'spm'), default='spacy',
-                    help='spacy: fastai rules + spaCy English (default); spm: SentencePiece trained on a sample')
+    ap = argparse.ArgumentParser(
+        prog='python -m ulmfit prepare', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        '--dataset',
+        choices=DATASETS,
+        default=None,
+        help='named dataset to fetch and tokenize (imdb: train+test+unsup, labels pos/neg)',
+    )
+    ap.add_argument(
+        '--corpus',
+        nargs='+',
+        metavar='PATH',
+        help='explicit files/folders instead of a download (e.g. wiki.valid.raw.gz, train.txt.gz, texts.csv)',
+    )
+    ap.add_argument(
+        '--tokenizer',
+        choices=('spacy', 'spm'),
+        default='spacy',
+        help='spacy: fastai rules + spaCy English (default); spm: SentencePiece trained on a sample',
+    )
     ap.add_argument('--max-vocab', type=int, default=60000, help='vocab size cap incl. specials (default 60000)')
     ap.add_argument('--min-freq', type=int, default=3, help='keep tokens seen at least this often (default 3)')
     ap.add_argument('--vocab-from', metavar='PATH', help="reuse a vocab: a store folder or vocab.json (e.g. the LM's)")
@@ -90,17 +129,35 @@ def main(argv=None):
     ap.add_argument('--n-workers', type=int, default=None, help='tokenizer processes (default: all cores)')
     ap.add_argument('--mirror', metavar='DIR', help='folder holding dataset archives (overrides $ULMFIT_MIRROR)')
     ap.add_argument('--data', metavar='DIR', help='data root (overrides $ULMFIT_DATA, default ./data)')
-    ap.add_argument('--errors', choices=('strict', 'replace'), default='strict',
-                    help="undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them")
+    ap.add_argument(
+        '--errors',
+        choices=('strict', 'replace'),
+        default='strict',
+        help="undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
+    )
     a = ap.parse_args(argv)
-    if not a.dataset and not a.corpus: ap.error('give --dataset or --corpus')
+    if not a.dataset and not a.corpus:
+        ap.error('give --dataset or --corpus')
     t0 = time.time()
-    store = prepare_dataset(a.dataset, a.corpus, a.tokenizer, a.max_vocab, a.min_freq, a.n_workers, a.mirror, a.data,
-                            a.vocab_from, a.spm_vocab_size, a.spm_model_type, a.errors)
+    store = prepare_dataset(
+        a.dataset,
+        a.corpus,
+        a.tokenizer,
+        a.max_vocab,
+        a.min_freq,
+        a.n_workers,
+        a.mirror,
+        a.data,
+        a.vocab_from,
+        a.spm_vocab_size,
+        a.spm_model_type,
+        a.errors,
+    )
     m = store.meta
-    log.info(f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
-             f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})')
+    log.info(
+        f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '
+        f'(distinct tokens {m["distinct_tokens"]:,}, unk {m["n_unk"]:,})'
+    )
     log.info(f'splits: {m["split_counts"]}  labels: {m["label_names"] or "none"}')
     log.info(f'store: {store.path}  ({time.time() - t0:.1f}s; built in {m["seconds"]}s)')
     return 0
-

@@ -4,6 +4,7 @@ corpus (WikiText-103 by default, or any corpus the readers accept) → token sto
 training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, config) inside the run folder.
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
+
 import hashlib
 import json
 import math
@@ -38,11 +39,17 @@ from .store import build_store
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
-    'corpus': Setting('', 'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw), an '
-                          "IMDB folder or .tgz, or 'imdb' (all 100k review texts, labels unused); "
-                          'empty = WikiText-103 train (downloaded, or from ULMFIT_MIRROR)'),
-    'valid': Setting('', 'validation corpus; empty = WikiText-103 valid (beside the corpus or in ULMFIT_MIRROR), '
-                         'else 1% of the corpus documents'),
+    'corpus': Setting(
+        '',
+        'training corpus: file(s) or folder, comma-separated (.txt/.gz, WikiText .tokens/.raw), an '
+        "IMDB folder or .tgz, or 'imdb' (all 100k review texts, labels unused); "
+        'empty = WikiText-103 train (downloaded, or from ULMFIT_MIRROR)',
+    ),
+    'valid': Setting(
+        '',
+        'validation corpus; empty = WikiText-103 valid (beside the corpus or in ULMFIT_MIRROR), '
+        'else 1% of the corpus documents',
+    ),
     'max_docs': Setting(0, 'use only the first N documents of the corpus (0 = all)'),
     'max_valid_docs': Setting(0, 'use only the first N validation documents (0 = all)'),
     'model': Setting('paper', 'AWD-LSTM size preset (ulmfit.awd_lstm.PRESETS)', ('tiny', 'cpu', 'paper')),
@@ -53,19 +60,26 @@ SETTINGS = {
     'max_vocab': Setting(60000, 'largest vocab size'),
     'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
     'tokenizer': Setting('spacy', 'spacy (fastai rules) or spm (SentencePiece)', ('spacy', 'spm')),
-    'errors': Setting('strict', "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes "
-                                "them", ('strict', 'replace')),
+    'errors': Setting(
+        'strict',
+        "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
+        ('strict', 'replace'),
+    ),
     'n_workers': Setting(0, 'tokenizer processes (0 = one per core)'),
     'bs': Setting(64, 'global batch size (rows of the LM stream)'),
     'bptt': Setting(70, 'tokens per sequence (back-propagation through time)'),
     'var_bptt': Setting(True, 'vary the sequence length as AWD-LSTM does'),
     'epochs': Setting(1, 'epochs of one-cycle training'),
     'epoch_tokens': Setting(0, 'train on only the first N tokens of each (shuffled) epoch (0 = all of it)'),
-    'sampled_softmax': Setting(0, 'train with a sampled softmax of this many draws per batch (0 = full softmax); '
-                                  'validation is always exact'),
+    'sampled_softmax': Setting(
+        0, 'train with a sampled softmax of this many draws per batch (0 = full softmax); validation is always exact'
+    ),
     'sample_alpha': Setting(0.75, 'sampled softmax proposal: training unigram counts to this power'),
-    'snapshot_mtokens': Setting([0.], 'millions of training tokens after which to save a model folder '
-                                      '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)'),
+    'snapshot_mtokens': Setting(
+        [0.0],
+        'millions of training tokens after which to save a model folder '
+        '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)',
+    ),
     'lr': Setting(5e-3, 'peak learning rate'),
     'wd': Setting(0.01, 'decoupled weight decay'),
     'moms': Setting([0.8, 0.7, 0.8], 'one-cycle momentums (beta1) start,middle,end'),
@@ -76,48 +90,74 @@ SETTINGS = {
     'beta': Setting(1.0, 'TAR (temporal activation regularization) weight'),
     'precision': Setting('fp32', 'fp32, bf16 (CPU or GPU) or fp16 (GPU, with loss scaling)', ('fp32', 'bf16', 'fp16')),
     'backwards': Setting(False, 'train on the reversed token stream (for a bidirectional ensemble)'),
-    'budget_minutes': Setting(0.0, 'plan training to fit this many minutes of the whole run, data included: the '
-                                   'step time measured over the first steps fixes the number of steps, and one '
-                                   'complete one-cycle runs over them (replaces `epochs`; 0 = train `epochs` epochs)'),
-    'max_minutes': Setting(0.0, 'hard stop: end cleanly with a checkpoint after this many minutes of training, even '
-                                'mid-schedule (0 = no limit)'),
+    'budget_minutes': Setting(
+        0.0,
+        'plan training to fit this many minutes of the whole run, data included: the '
+        'step time measured over the first steps fixes the number of steps, and one '
+        'complete one-cycle runs over them (replaces `epochs`; 0 = train `epochs` epochs)',
+    ),
+    'max_minutes': Setting(
+        0.0,
+        'hard stop: end cleanly with a checkpoint after this many minutes of training, even '
+        'mid-schedule (0 = no limit)',
+    ),
     'checkpoint_minutes': Setting(20.0, 'also checkpoint every N minutes inside an epoch'),
     'seed': Setting(42, 'random seed'),
     'name': Setting('', 'run folder name under runs/ (default: lm-<preset>[-bwd])'),
     'runs': Setting('runs', 'where run folders go'),
-    'resume': Setting('', 'a run folder to continue from its last checkpoint (its settings are kept; only '
-                          'max_minutes, checkpoint_minutes and n_workers may change)'),
-    'dry_run': Setting(False, 'build everything, train 2 batches, write the folder: a quick check; without --corpus '
-                              'on a synthetic corpus with the tiny model, in a temporary folder'),
+    'resume': Setting(
+        '',
+        'a run folder to continue from its last checkpoint (its settings are kept; only '
+        'max_minutes, checkpoint_minutes and n_workers may change)',
+    ),
+    'dry_run': Setting(
+        False,
+        'build everything, train 2 batches, write the folder: a quick check; without --corpus '
+        'on a synthetic corpus with the tiny model, in a temporary folder',
+    ),
 }
 
 PRESETS = {
-    'tiny': dict(model='tiny', max_docs=30, max_valid_docs=4, max_vocab=4000, min_freq=2, bs=16, bptt=35,
-                 epochs=1, lr=1e-2, checkpoint_minutes=0.),
+    'tiny': dict(
+        model='tiny',
+        max_docs=30,
+        max_valid_docs=4,
+        max_vocab=4000,
+        min_freq=2,
+        bs=16,
+        bptt=35,
+        epochs=1,
+        lr=1e-2,
+        checkpoint_minutes=0.0,
+    ),
     # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax
     # decoder costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens).
     # budget_minutes=30: with `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a
     # safety stop).
-    'cpu': dict(model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180., budget_minutes=30.),
+    'cpu': dict(
+        model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180.0, budget_minutes=30.0
+    ),
     # The recipe that made fastai's published WikiText-103 weights: fastai v1 examples/train_wt103.py, `main`'s
     # defaults and its calls `language_model_learner(data, AWD_LSTM, drop_mult=drop_mult, pretrained=False)`,
     # `learn.to_fp16(clip=0.1)`, `learn.fit_one_cycle(epochs, lr, moms=(0.8,0.7), div_factor=10, wd=wd)`.
     'paper': dict(
-        model='paper',       # AWD_LSTM at fastai's `awd_lstm_lm_config` sizes (see ulmfit.awd_lstm.AWDLSTMConfig)
-        bs=256,              # main(bs=256)
-        bptt=80,             # main(bptt=80)
-        var_bptt=False,      # v1 text/data.py `LanguageModelPreLoader` reads fixed bptt windows
-        epochs=12,           # main(epochs=12)
-        lr=1e-2,             # main(lr=1e-2)
-        drop_mult=0.1,       # main(drop_mult=0.1): WT103 is large, so 1/10 of the AWD-LSTM dropouts
-        wd=0.1,              # main(wd=0.1), passed to fit_one_cycle
-        div=10.,             # fit_one_cycle(div_factor=10); v1 final_div = div*1e4 = 1e5, our one_cycle's default
+        model='paper',  # AWD_LSTM at fastai's `awd_lstm_lm_config` sizes (see ulmfit.awd_lstm.AWDLSTMConfig)
+        bs=256,  # main(bs=256)
+        bptt=80,  # main(bptt=80)
+        var_bptt=False,  # v1 text/data.py `LanguageModelPreLoader` reads fixed bptt windows
+        epochs=12,  # main(epochs=12)
+        lr=1e-2,  # main(lr=1e-2)
+        drop_mult=0.1,  # main(drop_mult=0.1): WT103 is large, so 1/10 of the AWD-LSTM dropouts
+        wd=0.1,  # main(wd=0.1), passed to fit_one_cycle
+        div=10.0,  # fit_one_cycle(div_factor=10); v1 final_div = div*1e4 = 1e5, our one_cycle's default
         moms=[0.8, 0.7, 0.8],  # fit_one_cycle(moms=(0.8,0.7)): down, then back up
-        pct_start=0.3,       # v1 train.py `fit_one_cycle` default pct_start=0.3
-        clip=0.1,            # to_fp16(clip=0.1)
-        precision='fp16',    # to_fp16(...)
-        alpha=2., beta=1.,   # v1 text/learner.py `RNNLearner` defaults (AR/TAR)
-        max_vocab=60000, min_freq=3,  # v1 text/data.py `NumericalizeProcessor` defaults (create_data passes none)
+        pct_start=0.3,  # v1 train.py `fit_one_cycle` default pct_start=0.3
+        clip=0.1,  # to_fp16(clip=0.1)
+        precision='fp16',  # to_fp16(...)
+        alpha=2.0,
+        beta=1.0,  # v1 text/learner.py `RNNLearner` defaults (AR/TAR)
+        max_vocab=60000,
+        min_freq=3,  # v1 text/data.py `NumericalizeProcessor` defaults (create_data passes none)
     ),
 }
 
@@ -168,6 +208,7 @@ def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
     if cfg['corpus'] == 'imdb':
         from common.download import untar_data
+
         src = str(untar_data('imdb'))
         train = corpus_reader(src, errors=cfg['errors'])
     elif cfg['corpus']:
@@ -175,6 +216,7 @@ def resolve_corpora(cfg):
         src = cfg['corpus']
     else:
         from common.download import untar_data
+
         folder = untar_data('wikitext-103')
         path = _wt103_file(folder, 'train')
         if path is None:
@@ -208,15 +250,18 @@ def build_lm_data(cfg, r=0, ws=1):
     train_r, valid_r, src = resolve_corpora(cfg)
     n_workers = cfg['n_workers'] or None
     if tok is None:  # SentencePiece: trained on (a sample of) the corpus, cached by the store's key
-        from .tokenize import SentencePieceTokenizer
         from common.download import get_data_root
+
+        from .tokenize import SentencePieceTokenizer
+
         sp_dir = get_data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
         if not (sp_dir / 'spm.model').exists():
             texts = (d.text for i, d in enumerate(train_r) if i < 20000)
             SentencePieceTokenizer.train(texts, sp_dir, vocab_sz=min(cfg['max_vocab'], 15000))
         tok = SentencePieceTokenizer(sp_dir / 'spm.model')
-    store = build_store(train_r, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], n_workers=n_workers,
-                        name='lm-train')
+    store = build_store(
+        train_r, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], n_workers=n_workers, name='lm-train'
+    )
     holdout = None
     if valid_r is not None:
         vstore = build_store(valid_r, tok, vocab=store.vocab, n_workers=n_workers, name='lm-valid')
@@ -233,17 +278,38 @@ def build_lm_data(cfg, r=0, ws=1):
     if cfg['epoch_tokens']:
         train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
     valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
-    info = {'corpus': src, 'train_docs': len(store) if t_idx is None else len(t_idx), 'train_tokens': train.n_tokens,
-            'valid_tokens': valid.n_tokens, 'vocab_size': len(store.vocab), 'store': str(store.path),
-            'tokenizer': tok.config(), 'spm_model': getattr(tok, 'model_path', None)}
-    info['counts'] = np.bincount(store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]),
-                                 minlength=len(store.vocab))  # the sampled softmax's proposal
+    info = {
+        'corpus': src,
+        'train_docs': len(store) if t_idx is None else len(t_idx),
+        'train_tokens': train.n_tokens,
+        'valid_tokens': valid.n_tokens,
+        'vocab_size': len(store.vocab),
+        'store': str(store.path),
+        'tokenizer': tok.config(),
+        'spm_model': getattr(tok, 'model_path', None),
+    }
+    info['counts'] = np.bincount(
+        store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]), minlength=len(store.vocab)
+    )  # the sampled softmax's proposal
     return DataLoaders(train, valid), store.vocab, info
 
 
 # --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
-DRY_RUN = dict(model='tiny', max_docs=0, max_valid_docs=0, max_vocab=1000, min_freq=1, tokenizer='spacy',
-               n_workers=1, bs=8, bptt=16, epochs=1, max_minutes=0., checkpoint_minutes=0., name='lm-dry-run')
+DRY_RUN = dict(
+    model='tiny',
+    max_docs=0,
+    max_valid_docs=0,
+    max_vocab=1000,
+    min_freq=1,
+    tokenizer='spacy',
+    n_workers=1,
+    bs=8,
+    bptt=16,
+    epochs=1,
+    max_minutes=0.0,
+    checkpoint_minutes=0.0,
+    name='lm-dry-run',
+)
 
 
 def main(argv=None) -> int:
@@ -271,9 +337,11 @@ def resume_config(cfg, given):
     saved = {**SETTING_DEFAULTS, **json.loads((run_dir / 'config.json').read_text())}
     refused = [k for k in given if k not in (*RESUME_OVERRIDES, 'resume') and cfg.get(k) != saved.get(k)]
     if refused:
-        raise ConfigError(f"--resume {run_dir}: the run keeps its own settings; --"
-                          f"{', --'.join(k.replace('_', '-') for k in refused)} can't change (only --"
-                          f"{', --'.join(k.replace('_', '-') for k in RESUME_OVERRIDES)} can)")
+        raise ConfigError(
+            f"--resume {run_dir}: the run keeps its own settings; --"
+            f"{', --'.join(k.replace('_', '-') for k in refused)} can't change (only --"
+            f"{', --'.join(k.replace('_', '-') for k in RESUME_OVERRIDES)} can)"
+        )
     return {**saved, **{k: cfg[k] for k in given if k in RESUME_OVERRIDES}, 'resume': cfg['resume']}
 
 
@@ -306,13 +374,21 @@ def pretrain(cfg, r=0, ws=1, given=()):
     sizes = {k: cfg[k] for k in ('emb_sz', 'n_hid', 'n_layers') if cfg[k]}
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'], **sizes)
     if r == 0:
-        log.info(f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
-                 f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
-                 f"{ws} process(es); run folder {run_dir}")
+        log.info(
+            f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
+            f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
+            f"{ws} process(es); run folder {run_dir}"
+        )
     ck = run_dir / 'checkpoints' / 'last.pth'
-    cbs = [CheckpointCallback(ck, every_minutes=cfg['checkpoint_minutes'] or None, config=config.to_dict(),
-                              extras={'itos': list(vocab.itos)}),
-           RunLogger(run_dir, 'pretrain')]
+    cbs = [
+        CheckpointCallback(
+            ck,
+            every_minutes=cfg['checkpoint_minutes'] or None,
+            config=config.to_dict(),
+            extras={'itos': list(vocab.itos)},
+        ),
+        RunLogger(run_dir, 'pretrain'),
+    ]
     if cfg['max_minutes']:
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
@@ -323,11 +399,30 @@ def pretrain(cfg, r=0, ws=1, given=()):
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
         vdl = FirstBatches(dls.valid, math.ceil(100_000 / (cfg['bs'] * cfg['bptt'])))
-        cbs.append(TokenSnapshots(milestones, run_dir / 'snapshots', config, vocab.itos, vdl, ws,
-                                  extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}))
-    learn = lm_learner(config, dls, lr=cfg['lr'], wd=cfg['wd'], clip=cfg['clip'], precision=cfg['precision'],
-                       alpha=cfg['alpha'], beta=cfg['beta'], cbs=cbs, path=run_dir)
-    fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.), moms=tuple(cfg['moms']), resume=resume), None
+        cbs.append(
+            TokenSnapshots(
+                milestones,
+                run_dir / 'snapshots',
+                config,
+                vocab.itos,
+                vdl,
+                ws,
+                extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
+            )
+        )
+    learn = lm_learner(
+        config,
+        dls,
+        lr=cfg['lr'],
+        wd=cfg['wd'],
+        clip=cfg['clip'],
+        precision=cfg['precision'],
+        alpha=cfg['alpha'],
+        beta=cfg['beta'],
+        cbs=cbs,
+        path=run_dir,
+    )
+    fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.0), moms=tuple(cfg['moms']), resume=resume), None
     try:
         if cfg.get('budget_minutes'):  # what the data took is spent: plan the rest (a resumed run keeps its plan)
             plan = fit_one_cycle_budget(learn, 60 * cfg['budget_minutes'] - (time.time() - t0), cfg['lr'], **fit)
@@ -344,18 +439,32 @@ def pretrain(cfg, r=0, ws=1, given=()):
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
-    model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos,
-                                  extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']})
+    model_dir = save_model_folder(
+        run_dir / 'model',
+        learn.model,
+        config,
+        vocab.itos,
+        extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
+    )
     if info['tokenizer'].get('kind') == 'spm':  # the folder must tokenize text the way the model was trained
         shutil.copyfile(info['spm_model'], model_dir / 'spm.model')
-    final = {'valid_loss': res['valid_loss'], 'perplexity': res['perplexity'], 'accuracy': res['lm_accuracy'],
-             'epochs_done': len(learn.recorder.history), 'train_tokens': info['train_tokens'],
-             'budget_reached': budget_reached,
-             'steps': learn.train_iter, 'planned_steps': plan.n_steps if plan is not None else None,
-             'wall_s': round(time.time() - t0, 1), 'model_dir': str(model_dir)}
+    final = {
+        'valid_loss': res['valid_loss'],
+        'perplexity': res['perplexity'],
+        'accuracy': res['lm_accuracy'],
+        'epochs_done': len(learn.recorder.history),
+        'train_tokens': info['train_tokens'],
+        'budget_reached': budget_reached,
+        'steps': learn.train_iter,
+        'planned_steps': plan.n_steps if plan is not None else None,
+        'wall_s': round(time.time() - t0, 1),
+        'model_dir': str(model_dir),
+    }
     write_json(run_dir / 'metrics.json', final)
-    log.info(f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
-          f"{final['accuracy']:.4f}; model folder: {model_dir}")
+    log.info(
+        f"valid loss {final['valid_loss']:.4f}, perplexity {final['perplexity']:.2f}, accuracy "
+        f"{final['accuracy']:.4f}; model folder: {model_dir}"
+    )
     return run_dir
 
 
@@ -383,13 +492,14 @@ class FirstBatches:
 def evaluate_lm(model, dl):
     "Exact (full-softmax) validation loss, perplexity and accuracy of an LM over `dl`, from a fresh state."
     model.eval()
-    total, correct, n = 0., 0, 0
+    total, correct, n = 0.0, 0, 0
     with torch.no_grad():
         model[0].reset()
         for xb, yb in dl:
             logits = model(xb)[0]  # (bs, sl, vocab_sz)
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1),
-                                                             reduction='sum'))
+            total += float(
+                torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1), reduction='sum')
+            )
             correct += int((logits.argmax(-1) == yb).sum())
             n += yb.numel()
     return {'valid_loss': total / n, 'perplexity': math.exp(total / n), 'accuracy': correct / n}
@@ -398,6 +508,7 @@ def evaluate_lm(model, dl):
 class TokenSnapshots(Callback):
     """After each milestone of training tokens (millions), save a model folder `<folder>/<N>M` and its exact
     validation figures (appended to `<folder>/snapshots.jsonl`): one run gives the learning curve."""
+
     order = 60  # after the Recorder
 
     def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None):
@@ -423,8 +534,15 @@ class TokenSnapshots(Callback):
         model[0].hidden, model[0].bs = hidden, bs
         model.train()
         path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras)
-        row = {'mtokens': m, 'tokens': self.tokens, 'train_s': round(train_s, 1), 'eval_s': round(time.time() - t, 1),
-               **res, 'model_dir': str(path), 'loadavg': os.getloadavg()}
+        row = {
+            'mtokens': m,
+            'tokens': self.tokens,
+            'train_s': round(train_s, 1),
+            'eval_s': round(time.time() - t, 1),
+            **res,
+            'model_dir': str(path),
+            'loadavg': os.getloadavg(),
+        }
         with open(self.folder / 'snapshots.jsonl', 'a') as f:
             f.write(json.dumps(row) + '\n')
         self.t0 += time.time() - t  # evaluation time is not training time
@@ -433,6 +551,7 @@ class TokenSnapshots(Callback):
 
 class _StopAfter(Callback):
     "Stop after `n` training batches (for --dry-run)."
+
     order = 90
 
     def __init__(self, n):
@@ -441,4 +560,3 @@ class _StopAfter(Callback):
     def after_batch(self):
         if self.learn.training and self.learn.train_iter >= self.n:
             raise CancelFitException()
-

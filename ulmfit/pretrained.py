@@ -17,6 +17,7 @@ Which LM a run starts from (`resolve_pretrained`), with no --pretrained given:
   2. with the `paper` preset, fastai's published weights for the direction (what fastai does by default);
   3. none: random weights (the caller prints a loud banner).
 """
+
 import argparse
 import os
 import shutil
@@ -47,8 +48,7 @@ def model_dir(name: str, data_root=None) -> Path:
 
 def find_pretrained(runs, backwards):
     "The newest language-model folder under `runs` for this direction (backward runs end in -bwd), or None."
-    cands = [p.parent for p in Path(runs).glob('lm-*/model/lm.pth')
-             if ('-bwd' in p.parent.parent.name) == backwards]
+    cands = [p.parent for p in Path(runs).glob('lm-*/model/lm.pth') if ('-bwd' in p.parent.parent.name) == backwards]
     return max(cands, key=lambda p: (p / 'lm.pth').stat().st_mtime) if cands else None
 
 
@@ -56,8 +56,10 @@ def _only(folder: Path, ext: str, archive: Path) -> Path:
     found = sorted(folder.rglob(f'*.{ext}'))
     if len(found) != 1:
         names = [str(p.relative_to(folder)) for p in found]
-        raise DownloadError(f"{archive}: expected one .{ext} file (fastai's layout), found {names or 'none'}; "
-                            f"not a fastai language-model archive")
+        raise DownloadError(
+            f"{archive}: expected one .{ext} file (fastai's layout), found {names or 'none'}; "
+            f"not a fastai language-model archive"
+        )
     return found[0]
 
 
@@ -77,8 +79,10 @@ def get_pretrained(name: str, data_root=None, mirror=None, progress: bool = True
         try:
             archive = fetch_archive(PRETRAINED[name]['dataset'], root, mirror, progress)
         except DownloadError as e:
-            raise DownloadError(f"pretrained model {name!r}: {e}; or pass --pretrained PATH to a model folder "
-                                f"(or 'none' for random weights)") from None
+            raise DownloadError(
+                f"pretrained model {name!r}: {e}; or pass --pretrained PATH to a model folder "
+                f"(or 'none' for random weights)"
+            ) from None
         shutil.rmtree(tmp, ignore_errors=True)
         raw = extract_archive(archive, tmp / 'archive')
         pth, pkl = _only(raw, 'pth', archive), _only(raw, 'pkl', archive)
@@ -113,8 +117,10 @@ def pretrained_folder(spec, data_root=None) -> Path:
     if str(spec) in PRETRAINED:
         return get_pretrained(str(spec), data_root)
     if not (Path(spec) / 'lm.pth').exists():
-        raise CheckpointError(f"{spec}: neither a language-model folder (no lm.pth there) nor a known name "
-                              f"({', '.join(PRETRAINED)}); see `python -m ulmfit models`")
+        raise CheckpointError(
+            f"{spec}: neither a language-model folder (no lm.pth there) nor a known name "
+            f"({', '.join(PRETRAINED)}); see `python -m ulmfit models`"
+        )
     return Path(spec)
 
 
@@ -130,8 +136,10 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
         spec = named_for(True)
     if spec in PRETRAINED and PRETRAINED[spec]['backwards'] != backwards:
         d = 'backward' if PRETRAINED[spec]['backwards'] else 'forward'
-        raise CheckpointError(f"--pretrained{'-bwd' if backwards else ''} {spec}: that is the {d} model; "
-                              f"this direction takes {named_for(backwards)}")
+        raise CheckpointError(
+            f"--pretrained{'-bwd' if backwards else ''} {spec}: that is the {d} model; "
+            f"this direction takes {named_for(backwards)}"
+        )
     if spec:
         return pretrained_folder(spec, data_root)
     local = find_pretrained(runs, backwards)
@@ -144,10 +152,16 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
 
 def models_main(argv=None):
     "CLI: list the known names, where each would come from, and whether it is cached; --get NAME fetches one."
-    p = argparse.ArgumentParser(prog='python -m ulmfit models', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--get', default='', choices=['', *PRETRAINED], metavar='NAME',
-                   help='download and import NAME now (e.g. before going offline)')
+    p = argparse.ArgumentParser(
+        prog='python -m ulmfit models', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        '--get',
+        default='',
+        choices=['', *PRETRAINED],
+        metavar='NAME',
+        help='download and import NAME now (e.g. before going offline)',
+    )
     p.add_argument('--runs', default='runs', help='where local run folders are looked for')
     a = p.parse_args(argv)
     if a.get:
@@ -165,6 +179,8 @@ def models_main(argv=None):
     log.info(f"cache: {get_data_root() / 'models'}")
     for bwd in (False, True):
         local = find_pretrained(a.runs, bwd)
-        log.info(f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
-                 f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}")
+        log.info(
+            f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
+            f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}"
+        )
     return 0

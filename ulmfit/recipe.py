@@ -4,6 +4,7 @@
     pretrained LM ──match_embeds──▶ LM on the target vocab ──finetune_lm──▶ encoder
     encoder ──train_classifier (gradual unfreezing)──▶ classifier ──evaluate──▶ report
 """
+
 import time
 from dataclasses import replace
 from functools import partial
@@ -19,14 +20,17 @@ from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
 from common.optim import adamw, discriminative_lrs
 
-from .awd_lstm import (ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy,
-                       lm_loss, lm_splitter)
+from .awd_lstm import ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy, lm_loss, lm_splitter
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
 
 # The fastai ULMFiT IMDB example's classifier schedule (configurable through the run config / API arguments).
 CLAS_STAGES = [  # (freeze_to, epochs, top lr); lower groups get lr / 2.6**k
-    (-1, 1, 2e-2), (-2, 1, 1e-2), (-3, 1, 5e-3), (0, 2, 1e-3)]
+    (-1, 1, 2e-2),
+    (-2, 1, 1e-2),
+    (-3, 1, 5e-3),
+    (0, 2, 1e-3),
+]
 
 
 def match_embeds(state, old_itos, new_itos):
@@ -47,11 +51,22 @@ def match_embeds(state, old_itos, new_itos):
     return out, len(pairs)
 
 
-def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2., beta=1., cbs=(), path=None):
+def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2.0, beta=1.0, cbs=(), path=None):
     "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
-    return Learner(get_language_model(config), dls, lm_loss, opt_fn=partial(adamw, weight_decay=wd), lr=lr,
-                   splitter=lm_splitter, metrics=[lm_accuracy, Perplexity()], precision=precision, clip=clip, path=path,
-                   progress=show_progress(), cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
+    return Learner(
+        get_language_model(config),
+        dls,
+        lm_loss,
+        opt_fn=partial(adamw, weight_decay=wd),
+        lr=lr,
+        splitter=lm_splitter,
+        metrics=[lm_accuracy, Perplexity()],
+        precision=precision,
+        clip=clip,
+        path=path,
+        progress=show_progress(),
+        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
+    )
 
 
 def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs=None):
@@ -61,8 +76,10 @@ def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs
     perm = docs[torch.randperm(len(docs), generator=g).numpy()]
     n_val = max(1, int(round(len(docs) * valid_pct)))
     kw = dict(bs=bs, bptt=bptt, backwards=backwards)
-    return DataLoaders(LMLoader(store.ids, store.offsets, np.sort(perm[n_val:]), shuffle=True, **kw),
-                       LMLoader(store.ids, store.offsets, np.sort(perm[:n_val]), shuffle=False, **kw))
+    return DataLoaders(
+        LMLoader(store.ids, store.offsets, np.sort(perm[n_val:]), shuffle=True, **kw),
+        LMLoader(store.ids, store.offsets, np.sort(perm[:n_val]), shuffle=False, **kw),
+    )
 
 
 def fit_stage(learn, name, epochs, lr, moms, budget=None):
@@ -78,8 +95,22 @@ def _span(epochs, budget):
     return f'{epochs} epoch(s)' if budget is None else 'one cycle planned to fit its time'
 
 
-def finetune_lm(lm_state, config, dls, frozen_epochs=1, frozen_lr=2e-2, epochs=10, lr=2e-3, moms=(0.8, 0.7, 0.8),
-                precision='fp32', drop_mult=1.0, cbs=(), path=None, verbose=True, budget=None):
+def finetune_lm(
+    lm_state,
+    config,
+    dls,
+    frozen_epochs=1,
+    frozen_lr=2e-2,
+    epochs=10,
+    lr=2e-3,
+    moms=(0.8, 0.7, 0.8),
+    precision='fp32',
+    drop_mult=1.0,
+    cbs=(),
+    path=None,
+    verbose=True,
+    budget=None,
+):
     """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
     everything. Returns the Learner (its `model[0]` is the fine-tuned encoder). `budget`: see `fit_stage`; the
     stages are 'lm_frozen' and 'lm', each run only when its epochs are not 0."""
@@ -132,26 +163,57 @@ def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, n
     # Training drops the last partial batch, as fastai does (v1 text/data.py `TextClasDataBunch.create` builds the
     # training DataLoader with drop_last=True): a one-row batch crashes BatchNorm1d in training mode. A training set
     # smaller than one batch keeps its only batch.
-    return DataLoader(ds, batch_size=bs if train else 2 * bs, sampler=sampler, num_workers=num_workers,
-                      drop_last=train and len(ds) >= bs,
-                      collate_fn=partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len))
+    return DataLoader(
+        ds,
+        batch_size=bs if train else 2 * bs,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=train and len(ds) >= bs,
+        collate_fn=partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len),
+    )
 
 
-def clas_learner(config, n_out, dls, multi_label=False, label_smoothing=0., drop_mult=0.5, bptt=72, max_len=72 * 20,
-                 precision='fp32', wd=0.01, clip=None, alpha=2., beta=1., cbs=(), path=None):
+def clas_learner(
+    config,
+    n_out,
+    dls,
+    multi_label=False,
+    label_smoothing=0.0,
+    drop_mult=0.5,
+    bptt=72,
+    max_len=72 * 20,
+    precision='fp32',
+    wd=0.01,
+    clip=None,
+    alpha=2.0,
+    beta=1.0,
+    cbs=(),
+    path=None,
+):
     "A Learner for a ULMFiT classifier (softmax, or sigmoid per label for multi-label targets), with AR/TAR."
     model = get_text_classifier(clas_config(config, drop_mult), n_out, bptt=bptt, max_len=max_len)
     if multi_label:
         loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
-    return Learner(model, dls, loss, opt_fn=partial(adamw, weight_decay=wd), splitter=clas_splitter, metrics=metrics,
-                   precision=precision, clip=clip, path=path, progress=show_progress(),
-                   cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs])
+    return Learner(
+        model,
+        dls,
+        loss,
+        opt_fn=partial(adamw, weight_decay=wd),
+        splitter=clas_splitter,
+        metrics=metrics,
+        precision=precision,
+        clip=clip,
+        path=path,
+        progress=show_progress(),
+        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
+    )
 
 
-def train_classifier(learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True, budget=None,
-                     after_stage=None):
+def train_classifier(
+    learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True, budget=None, after_stage=None
+):
     """ULMFiT stage 3: load the fine-tuned encoder, then gradual unfreezing: for each (freeze_to, epochs, lr),
     train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times. `budget`: see
     `fit_stage` (stages 'clas_0', 'clas_1', ...; one with 0 epochs is skipped); `after_stage(i)` runs after each."""
@@ -196,8 +258,12 @@ def classification_report(probs, targets, classes):
         tp = cm[i, i].item()
         prec = tp / max(cm[:, i].sum().item(), 1)
         rec = tp / max(cm[i].sum().item(), 1)
-        per[str(c)] = {'precision': prec, 'recall': rec, 'f1': 2 * prec * rec / (prec + rec) if prec + rec else 0.,
-                       'support': cm[i].sum().item()}
+        per[str(c)] = {
+            'precision': prec,
+            'recall': rec,
+            'f1': 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+            'support': cm[i].sum().item(),
+        }
     return {'accuracy': (pred == targets).float().mean().item(), 'per_class': per, 'confusion': cm.tolist()}
 
 
@@ -218,8 +284,12 @@ def in_dataset_order(dl, *ts):
 
 def ids_loader(ids, bs=64, pad_idx=1):
     "A prediction DataLoader over token-id arrays: longest first (SortSampler), padding at the front, labels 0."
-    return DataLoader([(t, 0) for t in ids], batch_size=bs, sampler=SortSampler([len(t) for t in ids]),
-                      collate_fn=partial(pad_collate, pad_idx=pad_idx, pad_first=True))
+    return DataLoader(
+        [(t, 0) for t in ids],
+        batch_size=bs,
+        sampler=SortSampler([len(t) for t in ids]),
+        collate_fn=partial(pad_collate, pad_idx=pad_idx, pad_first=True),
+    )
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ where s_w = h·W_w + b_w, u ≤ k is the number of distinct draws and c_w how of
 to the position's target is masked out. Then exp(s_t) + Σ_cols exp(logit) is an unbiased estimate of the exact
 partition Σ_w exp(s_w), and the decoder costs 2·emb_sz·u FLOPs per token instead of 2·emb_sz·vocab_sz.
 """
+
 import torch
 
 from common.events import Callback
@@ -45,6 +46,7 @@ class UnigramSampler:
 class SampledSoftmax(Callback):
     """Trains the LM with a sampled softmax: the decoder skips its full logits in training, and `after_pred`
     replaces them with `sampled_softmax_logits` (the target becomes column 0). Validation stays exact."""
+
     order = -4  # after RNNCallback (-5) unpacks the model's outputs, before ARTARCallback (5) uses them
 
     def __init__(self, counts, k=4096, alpha=0.75):
@@ -70,6 +72,7 @@ class SampledSoftmax(Callback):
         samples, log_w = self.sampler(self.k)
         samples, log_w = samples.to(out.device), log_w.to(out.device)
         y = self.learn.yb.reshape(-1)  # (bs * sl,)
-        self.learn.pred = sampled_softmax_logits(out.reshape(-1, out.size(-1)), dec.weight, dec.bias, y, samples,
-                                                 log_w)  # (bs * sl, 1 + u)
+        self.learn.pred = sampled_softmax_logits(
+            out.reshape(-1, out.size(-1)), dec.weight, dec.bias, y, samples, log_w
+        )  # (bs * sl, 1 + u)
         self.learn.yb = y.new_zeros(y.shape)  # the true word is column 0

@@ -11,6 +11,7 @@
 `key` hashes the sources (paths + sizes + mtimes) and the tokenizer/vocab settings, so a second run with the same
 inputs finds the folder and just opens it. The folder is built under a temp name and renamed when complete.
 """
+
 import errno
 import hashlib
 import json
@@ -26,7 +27,6 @@ import numpy as np
 from common.checkpoint import DiskFullError, atomic_write_json
 from common.download import get_data_root
 from common.log import show_progress
-
 from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts
 from ulmfit.vocab import Vocab
 
@@ -35,36 +35,50 @@ STORE_VERSION = 1
 
 class TokenStore:
     "A built store, memory-mapped: `store[i]` is doc i's ids, `store.labels[i]` its label."
+
     def __init__(self, path):
         self.path = Path(path)
-        if not (self.path / 'meta.json').exists(): raise FileNotFoundError(f'not a token store: {self.path}')
+        if not (self.path / 'meta.json').exists():
+            raise FileNotFoundError(f'not a token store: {self.path}')
         self.meta = json.loads((self.path / 'meta.json').read_text(encoding='utf-8'))
         self.vocab = Vocab.load(self.path / 'vocab.json')
         n = self.meta['n_tokens']
         # np.memmap refuses empty files; an empty corpus gets an empty array.
-        self.ids = (np.memmap(self.path / 'tokens.bin', dtype=self.meta['dtype'], mode='r', shape=(n,)) if n
-                    else np.zeros(0, self.meta['dtype']))
+        self.ids = (
+            np.memmap(self.path / 'tokens.bin', dtype=self.meta['dtype'], mode='r', shape=(n,))
+            if n
+            else np.zeros(0, self.meta['dtype'])
+        )
         self.offsets = np.load(self.path / 'offsets.npy')  # (n_docs + 1,)
         self.labels = np.load(self.path / 'labels.npy')
         self.splits = np.load(self.path / 'splits.npy')
         self.label_names, self.split_names = self.meta['label_names'], self.meta['split_names']
         self.multi_label = self.meta['multi_label']
 
-    def __len__(self): return len(self.offsets) - 1
-    def __getitem__(self, i) -> np.ndarray: return self.ids[self.offsets[i]:self.offsets[i + 1]]
-    def __repr__(self): return f'TokenStore({self.path}, {len(self)} docs, {len(self.ids)} tokens, vocab {len(self.vocab)})'
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def __repr__(self):
+        return f'TokenStore({self.path}, {len(self)} docs, {len(self.ids)} tokens, vocab {len(self.vocab)})'
 
     @property
-    def lengths(self) -> np.ndarray: return np.diff(self.offsets)
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
 
     @property
-    def n_tokens(self) -> int: return len(self.ids)
+    def n_tokens(self) -> int:
+        return len(self.ids)
 
     def split_idx(self, *names: str) -> np.ndarray:
         "Indices of the docs in any of the named splits (all docs when no name is given)."
-        if not names: return np.arange(len(self))
+        if not names:
+            return np.arange(len(self))
         bad = [n for n in names if n not in self.split_names]
-        if bad: raise KeyError(f'{self.path}: no split {bad}; splits are {self.split_names}')
+        if bad:
+            raise KeyError(f'{self.path}: no split {bad}; splits are {self.split_names}')
         codes = [self.split_names.index(n) for n in names]
         return np.flatnonzero(np.isin(self.splits, codes))
 
@@ -75,25 +89,37 @@ class TokenStore:
 
     @property
     def is_valid(self) -> np.ndarray:
-        return self.splits == self.split_names.index('valid') if 'valid' in self.split_names \
-            else np.zeros(len(self), bool)
+        return (
+            self.splits == self.split_names.index('valid') if 'valid' in self.split_names else np.zeros(len(self), bool)
+        )
 
 
 def store_key(source_fp: dict, tok_cfg: dict, vocab_cfg: dict) -> str:
     "Hash of everything that determines the store's contents."
-    blob = json.dumps(dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg), sort_keys=True,
-                      default=str)
+    blob = json.dumps(
+        dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg), sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def _vocab_cfg(vocab, max_vocab, min_freq):
-    if vocab is None: return dict(max_vocab=max_vocab, min_freq=min_freq)
+    if vocab is None:
+        return dict(max_vocab=max_vocab, min_freq=min_freq)
     return dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
 
 
-def build_store(reader, tok=None, vocab: Vocab | None = None, max_vocab: int = 60000, min_freq: int = 3,
-                n_workers: int | None = None, root=None, chunk: int = 256, progress: bool = True,
-                name: str = '') -> TokenStore:
+def build_store(
+    reader,
+    tok=None,
+    vocab: Vocab | None = None,
+    max_vocab: int = 60000,
+    min_freq: int = 3,
+    n_workers: int | None = None,
+    root=None,
+    chunk: int = 256,
+    progress: bool = True,
+    name: str = '',
+) -> TokenStore:
     """Tokenize + numericalize `reader`'s docs into a store under `root/cache` (reused when it exists).
 
     `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
@@ -101,25 +127,34 @@ def build_store(reader, tok=None, vocab: Vocab | None = None, max_vocab: int = 6
     key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
     cache = get_data_root(root) / 'cache'
     final = cache / key
-    if (final / 'meta.json').exists(): return TokenStore(final)
+    if (final / 'meta.json').exists():
+        return TokenStore(final)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f'.tmp-{key}-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name)
-        try: os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
         except OSError:  # somebody else finished the same store first: theirs is identical
-            if not (final / 'meta.json').exists(): raise
+            if not (final / 'meta.json').exists():
+                raise
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
-        raise DiskFullError(f'{cache}: no space left on device while building the token store of {name or key} '
-                            f'(the disk is full); nothing was kept. Free some space and run again') from None
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(
+            f'{cache}: no space left on device while building the token store of {name or key} '
+            f'(the disk is full); nothing was kept. Free some space and run again'
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return TokenStore(final)
 
 
 def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name):
     from tqdm import tqdm
+
     t0 = time.time()
     labels, splits, split_names, lens = [], array('B'), {}, array('q')
 
@@ -132,17 +167,26 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
 
     # pass 1: tokenize in parallel, ids into a growing table of strings (counted), appended to a temp file
     table = TokenTable()
-    bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not (progress and show_progress()),
-               mininterval=1, smoothing=0.1)
+    bar = tqdm(
+        desc=f'tokenizing {name}'.strip(),
+        unit=' docs',
+        disable=not (progress and show_progress()),
+        mininterval=1,
+        smoothing=0.1,
+    )
     n_tok = 0
     with open(tmp / 'pass1.bin', 'wb') as f:
         for ids, dl in encode_texts(texts(), tok, n_workers, chunk, table):
-            ids.astype(np.int32).tofile(f); lens.extend(dl.tolist())
-            n_tok += len(ids); bar.update(len(dl)); bar.set_postfix(tokens=n_tok, refresh=False)
+            ids.astype(np.int32).tofile(f)
+            lens.extend(dl.tolist())
+            n_tok += len(ids)
+            bar.update(len(dl))
+            bar.set_postfix(tokens=n_tok, refresh=False)
     bar.close()
     n_docs = len(lens)
     # pass 2: final vocab, then map the temp ids to it a block at a time
-    if vocab is None: vocab = Vocab.from_counts(table.counter(), max_vocab=max_vocab, min_freq=min_freq)
+    if vocab is None:
+        vocab = Vocab.from_counts(table.counter(), max_vocab=max_vocab, min_freq=min_freq)
     m = np.fromiter((vocab.stoi.get(t, 0) for t in table.itos), np.int64, len(table.itos))
     dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
     n_unk = 0
@@ -150,44 +194,64 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
         if n_tok:
             p1 = np.memmap(tmp / 'pass1.bin', dtype=np.int32, mode='r')
             for s in range(0, n_tok, 1 << 24):
-                out = m[p1[s:s + (1 << 24)]]
+                out = m[p1[s : s + (1 << 24)]]
                 n_unk += int((out == 0).sum())
                 out.astype(dtype).tofile(f)
             del p1
     os.remove(tmp / 'pass1.bin')
-    offsets = np.zeros(n_docs + 1, np.int64); np.cumsum(np.frombuffer(lens, np.int64), out=offsets[1:])
+    offsets = np.zeros(n_docs + 1, np.int64)
+    np.cumsum(np.frombuffer(lens, np.int64), out=offsets[1:])
     np.save(tmp / 'offsets.npy', offsets)
     lab, label_names, multi = _encode_labels(labels, reader)
     np.save(tmp / 'labels.npy', lab)
     np.save(tmp / 'splits.npy', np.frombuffer(splits, np.uint8).copy())
     vocab.save(tmp / 'vocab.json')
-    meta = dict(version=STORE_VERSION, key=key, name=name, n_docs=n_docs, n_tokens=n_tok, n_unk=n_unk,
-                dtype=np.dtype(dtype).name, vocab_size=len(vocab), distinct_tokens=len(table.itos),
-                label_names=label_names, multi_label=multi, split_names=list(split_names),
-                split_counts={s: int((np.frombuffer(splits, np.uint8) == i).sum()) for s, i in split_names.items()},
-                tokenizer=tok.config(), source=reader.fingerprint(), seconds=round(time.time() - t0, 1),
-                created=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    meta = dict(
+        version=STORE_VERSION,
+        key=key,
+        name=name,
+        n_docs=n_docs,
+        n_tokens=n_tok,
+        n_unk=n_unk,
+        dtype=np.dtype(dtype).name,
+        vocab_size=len(vocab),
+        distinct_tokens=len(table.itos),
+        label_names=label_names,
+        multi_label=multi,
+        split_names=list(split_names),
+        split_counts={s: int((np.frombuffer(splits, np.uint8) == i).sum()) for s, i in split_names.items()},
+        tokenizer=tok.config(),
+        source=reader.fingerprint(),
+        seconds=round(time.time() - t0, 1),
+        created=time.strftime('%Y-%m-%dT%H:%M:%S'),
+    )
     atomic_write_json(tmp / 'meta.json', meta)
 
 
-def train_spm(reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000,
-              seed: int = 42) -> SentencePieceTokenizer:
+def train_spm(
+    reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000, seed: int = 42
+) -> SentencePieceTokenizer:
     "Train (or reuse, cached under `root/cache`) a SentencePiece model on a reservoir sample of `n_sample` docs."
-    key = hashlib.sha256(json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True, default=str).encode()
+    ).hexdigest()[:20]
     out = get_data_root(root) / 'cache' / f'spm-{key}'
-    if (out / 'spm.model').exists(): return SentencePieceTokenizer(out / 'spm.model')
+    if (out / 'spm.model').exists():
+        return SentencePieceTokenizer(out / 'spm.model')
     rng, sample = random.Random(seed), []
     for i, d in enumerate(reader):
-        if i < n_sample: sample.append(d.text)
-        elif (j := rng.randrange(i + 1)) < n_sample: sample[j] = d.text
+        if i < n_sample:
+            sample.append(d.text)
+        elif (j := rng.randrange(i + 1)) < n_sample:
+            sample[j] = d.text
     return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
 
 
 def _encode_labels(labels: list, reader):
     "Raw labels -> (array, names, multi_label). Single: int ids (-1 unlabeled); multi: (n, n_labels) 0/1 floats."
     present = [lb for lb in labels if lb is not None]
-    if not present: return np.full(len(labels), -1, np.int64), [], False
+    if not present:
+        return np.full(len(labels), -1, np.int64), [], False
     if isinstance(present[0], tuple):
         cols = getattr(reader, 'label_cols', None)
         if cols and len(cols) > 1 and len(present[0]) == len(cols):  # one 0/1 column per label
@@ -198,7 +262,8 @@ def _encode_labels(labels: list, reader):
         pos = {n: i for i, n in enumerate(names)}
         arr = np.zeros((len(labels), len(names)), np.float32)
         for i, lb in enumerate(labels):
-            for x in lb or (): arr[i, pos[str(x)]] = 1
+            for x in lb or ():
+                arr[i, pos[str(x)]] = 1
         return arr, names, True
     uniq = sorted(set(present), key=lambda v: (str(type(v)), v))
     pos = {v: i for i, v in enumerate(uniq)}

@@ -1,11 +1,11 @@
 "Vocab: token <-> id, built from counts (specials first, size padded to a multiple of 8), saved as JSON."
+
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from common.checkpoint import atomic_write_json
-
 from ulmfit.tokenize import MAJ, PAD, SPECIALS, UNK, UP
 
 FAKE = 'xxfake'
@@ -13,21 +13,25 @@ FAKE = 'xxfake'
 
 class Vocab:
     "Maps tokens to ids and back; unknown tokens map to `xxunk` (id 0)."
+
     def __init__(self, itos: Sequence[str]):
         self.itos = list(itos)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
-        if len(self.stoi) != len(self.itos): raise ValueError('vocab has duplicate tokens')
-        if self.itos[:len(SPECIALS)] != SPECIALS:
+        if len(self.stoi) != len(self.itos):
+            raise ValueError('vocab has duplicate tokens')
+        if self.itos[: len(SPECIALS)] != SPECIALS:
             raise ValueError(f'vocab must start with the special tokens {SPECIALS}')
 
     @classmethod
-    def from_counts(cls, counts: Mapping[str, int], max_vocab: int = 60000, min_freq: int = 3,
-                    specials: Sequence[str] = SPECIALS) -> 'Vocab':
+    def from_counts(
+        cls, counts: Mapping[str, int], max_vocab: int = 60000, min_freq: int = 3, specials: Sequence[str] = SPECIALS
+    ) -> 'Vocab':
         "Most frequent tokens (count >= min_freq, ties in first-seen order) after the specials, padded to 8k size."
-        if max_vocab < len(specials): raise ValueError(f'max_vocab={max_vocab} is smaller than the {len(specials)} specials')
+        if max_vocab < len(specials):
+            raise ValueError(f'max_vocab={max_vocab} is smaller than the {len(specials)} specials')
         sp = set(specials)
         toks = [t for t, c in sorted(counts.items(), key=lambda tc: -tc[1]) if c >= min_freq and t not in sp]
-        itos = list(specials) + toks[:max_vocab - len(specials)]
+        itos = list(specials) + toks[: max_vocab - len(specials)]
         # A multiple of 8 makes the embedding/softmax matrices friendlier to tensor cores.
         itos += [f'{FAKE}{i}' for i in range(-len(itos) % 8)]
         return cls(itos)
@@ -37,16 +41,25 @@ class Vocab:
         "Count tokens over `docs` (lists of tokens) and build the vocab."
         counts = {}
         for d in docs:
-            for t in d: counts[t] = counts.get(t, 0) + 1
+            for t in d:
+                counts[t] = counts.get(t, 0) + 1
         return cls.from_counts(counts, **kwargs)
 
-    def __len__(self): return len(self.itos)
-    def __contains__(self, t): return t in self.stoi
-    def __eq__(self, o): return isinstance(o, Vocab) and self.itos == o.itos
-    def __repr__(self): return f'Vocab({len(self)} tokens: {self.itos[9:14]}...)'
+    def __len__(self):
+        return len(self.itos)
+
+    def __contains__(self, t):
+        return t in self.stoi
+
+    def __eq__(self, o):
+        return isinstance(o, Vocab) and self.itos == o.itos
+
+    def __repr__(self):
+        return f'Vocab({len(self)} tokens: {self.itos[9:14]}...)'
 
     @property
-    def pad_idx(self) -> int: return self.stoi[PAD]
+    def pad_idx(self) -> int:
+        return self.stoi[PAD]
 
     def numericalize(self, toks: Sequence[str]) -> np.ndarray:
         "Tokens -> int64 ids (unknowns -> 0)."
@@ -56,7 +69,8 @@ class Vocab:
     def textify(self, ids, sep: str = ' ', decode_caps: bool = True) -> str:
         "Ids -> text; with `decode_caps`, `xxmaj the` -> `The` and `xxup the` -> `THE` for display."
         toks = [self.itos[int(i)] for i in ids]
-        if decode_caps: toks = undo_caps(toks)
+        if decode_caps:
+            toks = undo_caps(toks)
         return sep.join(toks)
 
     def to_json(self) -> dict:
@@ -69,7 +83,8 @@ class Vocab:
     @classmethod
     def load(cls, path) -> 'Vocab':
         "Read a vocab written by `save` (or a plain JSON list of tokens)."
-        with open(path, encoding='utf-8') as f: d = json.load(f)
+        with open(path, encoding='utf-8') as f:
+            d = json.load(f)
         return cls(d['itos'] if isinstance(d, dict) else d)
 
 
@@ -77,10 +92,15 @@ def undo_caps(toks: Sequence[str]) -> list[str]:
     "Undo the case rules for display: `['xxmaj', 'the', 'xxup', 'end']` -> `['The', 'END']`."
     res, mode = [], None
     for t in toks:
-        if t in (MAJ, UP) and mode is None: mode = t; continue
-        if mode == MAJ: t = t[:1].upper() + t[1:]
-        elif mode == UP: t = t.upper()
-        res.append(t); mode = None
+        if t in (MAJ, UP) and mode is None:
+            mode = t
+            continue
+        if mode == MAJ:
+            t = t[:1].upper() + t[1:]
+        elif mode == UP:
+            t = t.upper()
+        res.append(t)
+        mode = None
     return res
 
 

@@ -1,19 +1,25 @@
 """`ulmfit-vision {train,transfer} ...` (or `python -m vision ...`): [--preset tiny|cpu|paper] [--key value ...];
 add --help after a command."""
+
 import sys
 
 from common.entry import dispatch
 
 COMMANDS = {
-    'train': ('vision.train:main', 'xresnet on Imagewoof: one-cycle, label smoothing, optional MixUp; report + '
-                                   'checkpoint'),
-    'transfer': ('vision.transfer:main', 'Imagewoof checkpoint -> Oxford-IIIT Pet: scratch vs fine-tune vs two '
-                                         'freezing schemes'),
+    'train': (
+        'vision.train:main',
+        'xresnet on Imagewoof: one-cycle, label smoothing, optional MixUp; report + checkpoint',
+    ),
+    'transfer': (
+        'vision.transfer:main',
+        'Imagewoof checkpoint -> Oxford-IIIT Pet: scratch vs fine-tune vs two freezing schemes',
+    ),
 }
 
 
 def _expected():
     from .data import BadImageError
+
     return (BadImageError,)
 
 

@@ -10,6 +10,7 @@
 Workers ship uint8 tensors (a quarter of the bytes of float32) and the float work runs on the device, where it
 is one vectorised op per batch instead of one per image.
 """
+
 import math
 import random
 import re
@@ -42,11 +43,14 @@ def image_files(folder):
 def folder_items(folder, classes=None):
     "ImageNet-style `folder/<class>/<image>`: (paths, label indices, classes). Pass `classes` to reuse a vocab."
     folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"no image folder at {folder}")
-    if classes is None: classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no image folder at {folder}")
+    if classes is None:
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     c2i = {c: i for i, c in enumerate(classes)}
     paths = [p for p in image_files(folder) if p.parent.name in c2i]
-    if not paths: raise FileNotFoundError(f"no images in class folders under {folder}")
+    if not paths:
+        raise FileNotFoundError(f"no images in class folders under {folder}")
     return paths, [c2i[p.parent.name] for p in paths], list(classes)
 
 
@@ -56,7 +60,8 @@ _PETS_NAME = re.compile(r'^(.+)_\d+$')
 def pets_label(path):
     "Oxford-IIIT Pet breed from a file name: 'great_pyrenees_173.jpg' -> 'great_pyrenees'."
     m = _PETS_NAME.match(Path(path).stem)
-    if m is None: raise ValueError(f"{path}: a Pets file name is <breed>_<number>.<ext>")
+    if m is None:
+        raise ValueError(f"{path}: a Pets file name is <breed>_<number>.<ext>")
     return m.group(1)
 
 
@@ -70,7 +75,8 @@ def random_split(n, valid_pct=0.2, seed=42):
 def pets_items(folder, valid_pct=0.2, seed=42):
     "Pets images in `folder`: ((train paths, labels), (valid paths, labels), classes) from a seeded random split."
     paths = image_files(folder)
-    if not paths: raise FileNotFoundError(f"no images under {folder}")
+    if not paths:
+        raise FileNotFoundError(f"no images under {folder}")
     names = [pets_label(p) for p in paths]
     classes = sorted(set(names))
     c2i = {c: i for i, c in enumerate(classes)}
@@ -98,13 +104,14 @@ def open_image(path, draft=None):
     "Decode `path` to an RGB PIL image; `draft` lets the JPEG decoder shrink by 2/4/8 while staying >= draft px."
     try:
         img = Image.open(path)
-        if draft is not None and img.format == 'JPEG': img.draft('RGB', (draft, draft))
+        if draft is not None and img.format == 'JPEG':
+            img.draft('RGB', (draft, draft))
         return img.convert('RGB')
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise BadImageError(f"cannot read image {path}: {e}") from None
 
 
-def random_resized_crop(img, size, scale=(0.35, 1.), ratio=(3 / 4, 4 / 3), rng=random):
+def random_resized_crop(img, size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), rng=random):
     "Crop a random area fraction in `scale` with aspect ratio in `ratio` (log-uniform), resize to size x size."
     w, h = img.size
     for _ in range(10):
@@ -114,7 +121,7 @@ def random_resized_crop(img, size, scale=(0.35, 1.), ratio=(3 / 4, 4 / 3), rng=r
         if 0 < cw <= w and 0 < ch <= h:
             x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
             return img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    return resize_centre_crop(img, size)          # ten misses (a very long image): fall back to the centre
+    return resize_centre_crop(img, size)  # ten misses (a very long image): fall back to the centre
 
 
 def resize_centre_crop(img, size):
@@ -130,7 +137,7 @@ def to_uint8_tensor(img):
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def train_tfm(path, size, scale=(0.35, 1.)):
+def train_tfm(path, size, scale=(0.35, 1.0)):
     "Training pipeline of one image: decode, random-resized crop, uint8 (3, size, size)."
     return to_uint8_tensor(random_resized_crop(open_image(path, draft=2 * size), size, scale))
 
@@ -143,12 +150,16 @@ def valid_tfm(path, size):
 class ImageDataset(Dataset):
     """(uint8 image, label) for each path. A file that can't be decoded raises `BadImageError` naming it, or,
     with `on_error='skip'`, is reported with a warning and replaced by the next readable image."""
+
     def __init__(self, paths, labels, tfm, on_error='raise'):
-        if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if len(paths) != len(labels): raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        if on_error not in ('raise', 'skip'):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths, self.labels, self.tfm, self.on_error = list(paths), list(labels), tfm, on_error
 
-    def __len__(self): return len(self.paths)
+    def __len__(self):
+        return len(self.paths)
 
     def __getitem__(self, i):
         for j in range(len(self.paths)):
@@ -156,7 +167,8 @@ class ImageDataset(Dataset):
             try:
                 return self.tfm(self.paths[k]), self.labels[k]
             except BadImageError as e:
-                if self.on_error == 'raise': raise
+                if self.on_error == 'raise':
+                    raise
                 warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
         raise BadImageError(f"none of the {len(self.paths)} images could be read")
 
@@ -165,21 +177,24 @@ def check_images(paths):
     "Paths that Pillow can't decode (a pre-flight check: a few ms per image)."
     bad = []
     for p in paths:
-        try: open_image(p)
-        except BadImageError: bad.append(p)
+        try:
+            open_image(p)
+        except BadImageError:
+            bad.append(p)
     return bad
 
 
 # ---- one batch at a time (on the training device) -----------------------------------------------------------
 def flip_batch(xb, p=0.5):
     "Mirror a random fraction `p` of the images left-right: one mask for the batch, no Python loop."
-    flip = torch.rand(xb.shape[0], device=xb.device) < p                  # (bs,)
+    flip = torch.rand(xb.shape[0], device=xb.device) < p  # (bs,)
     return torch.where(flip[:, None, None, None], xb.flip(-1), xb)
 
 
 def normalize(xb, mean, std):
     "uint8 or [0, 1] float images (bs, 3, h, w) -> (x - mean) / std per channel."
-    if xb.dtype == torch.uint8: xb = xb.float().div_(255)
+    if xb.dtype == torch.uint8:
+        xb = xb.float().div_(255)
     mean = torch.as_tensor(mean, dtype=xb.dtype, device=xb.device)[None, :, None, None]
     std = torch.as_tensor(std, dtype=xb.dtype, device=xb.device)[None, :, None, None]
     return (xb - mean) / std
@@ -187,7 +202,8 @@ def normalize(xb, mean, std):
 
 class BatchTransform(Callback):
     "Turns a uint8 batch on the device into normalised floats, flipping half of the training images."
-    order = -10   # after DeviceCallback (-20) moved the batch, before tricks like MixUp (8) see it
+
+    order = -10  # after DeviceCallback (-20) moved the batch, before tricks like MixUp (8) see it
 
     def __init__(self, stats=IMAGENET_STATS, flip=True, channels_last=False):
         self.mean, self.std = stats
@@ -195,19 +211,28 @@ class BatchTransform(Callback):
 
     def before_batch(self):
         xb = normalize(self.learn.xb, self.mean, self.std)
-        if self.flip and self.learn.training: xb = flip_batch(xb)
-        if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
+        if self.flip and self.learn.training:
+            xb = flip_batch(xb)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         self.learn.xb = xb
 
 
 # ---- putting it together ------------------------------------------------------------------------------------
 def make_dataloader(ds, bs, train, num_workers=2):
     "A DataLoader that shuffles and drops the last partial batch for training (BN needs > 1 sample)."
-    return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=train,
+        drop_last=train and len(ds) > bs,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
 
 
-def image_dls(train_items, valid_items, size, bs, num_workers=2, on_error='raise', scale=(0.35, 1.)):
+def image_dls(train_items, valid_items, size, bs, num_workers=2, on_error='raise', scale=(0.35, 1.0)):
     "DataLoaders from ((paths, labels), (paths, labels)): random-resized crops to train, centre crops to validate."
     tds = ImageDataset(*train_items, partial(train_tfm, size=size, scale=scale), on_error)
     vds = ImageDataset(*valid_items, partial(valid_tfm, size=size), on_error)
@@ -217,7 +242,8 @@ def image_dls(train_items, valid_items, size, bs, num_workers=2, on_error='raise
 def subsample(items, n, seed=0):
     "At most `n` of (paths, labels), a seeded random draw (for the small presets)."
     paths, labels = items
-    if n is None or n >= len(paths): return items
+    if n is None or n >= len(paths):
+        return items
     idx = sorted(np.random.default_rng(seed).permutation(len(paths))[:n].tolist())
     return [paths[i] for i in idx], [labels[i] for i in idx]
 
@@ -229,4 +255,3 @@ def imagenet_folder_dls(path, size, bs, num_workers=2, on_error='raise', n_train
     vp, vl, _ = folder_items(path / 'val', classes)
     train, valid = subsample((tp, tl), n_train, seed), subsample((vp, vl), n_valid, seed)
     return image_dls(train, valid, size, bs, num_workers, on_error), classes
-

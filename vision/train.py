@@ -2,6 +2,7 @@
 MixUp/CutMix. Writes runs/<name>/ (never over an existing run): config.json, metrics.jsonl, report.md,
 metrics.json, plots/ (losses, schedule, accuracy, confusion matrix), checkpoints/model.pth.
 """
+
 import tempfile
 import time
 from dataclasses import asdict
@@ -39,8 +40,9 @@ COMMON_SETTINGS = {
     'channels_last': Setting(False, 'NHWC memory format for model and batches (faster with bf16/fp16 on GPUs)'),
     'workers': Setting(2, 'DataLoader worker processes (decode + crop)'),
     'threads': Setting(0, 'torch CPU threads (0 = torch default)'),
-    'on_error': Setting('raise', "an unreadable image: 'raise' (stop, naming the file) or 'skip' (warn, go on)",
-                        ('raise', 'skip')),
+    'on_error': Setting(
+        'raise', "an unreadable image: 'raise' (stop, naming the file) or 'skip' (warn, go on)", ('raise', 'skip')
+    ),
     'seed': Setting(42, 'random seed'),
     'progress': Setting(True, 'progress bars'),
 }
@@ -62,13 +64,31 @@ SETTINGS = {
 
 PRESETS = {
     # Smoke test: ~1 minute on 2 CPU cores. Says nothing about accuracy; checks that every piece runs.
-    'tiny': {'arch': 'xresnet18', 'width': 0.25, 'size': 32, 'bs': 32, 'epochs': 1, 'lr': 1e-2,
-             'n_train': 320, 'n_valid': 160, 'workers': 1, 'progress': False},
+    'tiny': {
+        'arch': 'xresnet18',
+        'width': 0.25,
+        'size': 32,
+        'bs': 32,
+        'epochs': 1,
+        'lr': 1e-2,
+        'n_train': 320,
+        'n_valid': 160,
+        'workers': 1,
+        'progress': False,
+    },
     # A useful result on a 2-core CPU in under an hour: 64 px, half-width xresnet18 (~59% in 17 min, 2 cores).
     'cpu': {'arch': 'xresnet18', 'width': 0.5, 'size': 64, 'bs': 64, 'epochs': 10, 'lr': 1e-2, 'workers': 1},
     # The Imagewoof leaderboard's 128 px / 5 epoch setting, on one GPU.
-    'paper': {'arch': 'xresnet50', 'size': 128, 'bs': 64, 'epochs': 5, 'lr': 8e-3, 'workers': 8,
-              'precision': 'bf16', 'channels_last': True},
+    'paper': {
+        'arch': 'xresnet50',
+        'size': 128,
+        'bs': 64,
+        'epochs': 5,
+        'lr': 8e-3,
+        'workers': 8,
+        'precision': 'bf16',
+        'channels_last': True,
+    },
 }
 
 
@@ -76,12 +96,14 @@ PRESETS = {
 def setup(cfg):
     "Seed and threads for this run (the process-wide settings are `common.entry.setup_process`)."
     torch.manual_seed(cfg['seed'])
-    if cfg['threads']: torch.set_num_threads(cfg['threads'])
+    if cfg['threads']:
+        torch.set_num_threads(cfg['threads'])
 
 
 def dataset_path(cfg, name):
     "The data set folder: `data_path` if given, else the download registry (mirror first if set)."
-    if cfg['data_path']: return Path(cfg['data_path'])
+    if cfg['data_path']:
+        return Path(cfg['data_path'])
     return Path(untar_data(name, mirror=cfg['mirror']))
 
 
@@ -98,24 +120,43 @@ def loss_for(cfg):
 def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
     "A Learner with the run's loss, optimizer, precision, batch transforms and run logging."
     cbs = [BatchTransform(channels_last=cfg['channels_last'])]
-    if run_dir is not None: cbs.append(RunLogger(run_dir, stage))
-    if cfg.get('mixup'): cbs.append(MixUp(cfg['mixup']))
-    if cfg.get('cutmix'): cbs.append(CutMix(cfg['cutmix']))
-    if cfg['channels_last']: model = model.to(memory_format=torch.channels_last)
-    return Learner(model, dls, loss_for(cfg), opt_fn=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], cbs=cbs,
-                   metrics=[accuracy], precision=cfg['precision'], progress=cfg['progress'] and show_progress(), **kw)
+    if run_dir is not None:
+        cbs.append(RunLogger(run_dir, stage))
+    if cfg.get('mixup'):
+        cbs.append(MixUp(cfg['mixup']))
+    if cfg.get('cutmix'):
+        cbs.append(CutMix(cfg['cutmix']))
+    if cfg['channels_last']:
+        model = model.to(memory_format=torch.channels_last)
+    return Learner(
+        model,
+        dls,
+        loss_for(cfg),
+        opt_fn=OPTIMIZERS[cfg['opt']],
+        wd=cfg['wd'],
+        cbs=cbs,
+        metrics=[accuracy],
+        precision=cfg['precision'],
+        progress=cfg['progress'] and show_progress(),
+        **kw,
+    )
 
 
 def save_model(path, model, cfg, classes, extras=None):
     "Checkpoint = state dict + run config + model config + class list (plain data, safe to load)."
-    return save_checkpoint(path, model.state_dict(), config=cfg,
-                           extras={'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})})
+    return save_checkpoint(
+        path,
+        model.state_dict(),
+        config=cfg,
+        extras={'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})},
+    )
 
 
 def load_model(path):
     "Rebuild an xresnet from a checkpoint written by `save_model`; returns (model, checkpoint dict)."
     ck = load_checkpoint(path)
-    if 'model_config' not in ck['extras']: raise ValueError(f"{path} has no model_config: not a vision checkpoint")
+    if 'model_config' not in ck['extras']:
+        raise ValueError(f"{path} has no model_config: not a vision checkpoint")
     model = model_from_dict(ck['extras']['model_config'])
     load_model_state(model, ck['model'], path)
     return model, ck
@@ -129,21 +170,47 @@ def fmt_table(header, rows):
 
 def history_table(history):
     "Per-epoch markdown table from the recorder's history."
-    return fmt_table(['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'],
-                     [[h['epoch'], f"{h['train_loss']:.4f}", f"{h.get('valid_loss', float('nan')):.4f}",
-                       f"{h.get('accuracy', float('nan')):.4f}", h['time_s']] for h in history])
+    return fmt_table(
+        ['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'],
+        [
+            [
+                h['epoch'],
+                f"{h['train_loss']:.4f}",
+                f"{h.get('valid_loss', float('nan')):.4f}",
+                f"{h.get('accuracy', float('nan')):.4f}",
+                h['time_s'],
+            ]
+            for h in history
+        ],
+    )
 
 
 # ---- the entry point ----------------------------------------------------------------------------------------
 # --dry-run: three classes of coloured squares, a quarter-width xresnet18 at 32 px, one epoch of a few batches.
-DRY_RUN = {'arch': 'xresnet18', 'width': 0.25, 'size': 32, 'bs': 8, 'epochs': 1, 'n_train': None, 'n_valid': None,
-           'workers': 0, 'progress': False, 'precision': 'fp32', 'channels_last': False, 'name': 'imagewoof-dry-run'}
+DRY_RUN = {
+    'arch': 'xresnet18',
+    'width': 0.25,
+    'size': 32,
+    'bs': 8,
+    'epochs': 1,
+    'n_train': None,
+    'n_valid': None,
+    'workers': 0,
+    'progress': False,
+    'precision': 'fp32',
+    'channels_last': False,
+    'name': 'imagewoof-dry-run',
+}
 
 
 def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):
     "An ImageNet-style folder (train/ and val/, one subfolder per class) of synthetic images."
-    names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in (('train', n_train), ('val', n_valid))
-             for c in range(n_classes) for i in range(n)]
+    names = [
+        f'{split}/c{c}/c{c}_{i}.png'
+        for split, n in (('train', n_train), ('val', n_valid))
+        for c in range(n_classes)
+        for i in range(n)
+    ]
     return write_synthetic_images(folder, names)
 
 
@@ -167,10 +234,10 @@ def train(cfg):
     write_config(run_dir, cfg)
     log.info(f"run folder: {run_dir}\ndata: {path}")
 
-    dls, classes = imagenet_folder_dls(path, cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'],
-                                       cfg['n_train'], cfg['n_valid'], seed=cfg['seed'])
-    log.info(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, "
-             f"{len(classes)} classes")
+    dls, classes = imagenet_folder_dls(
+        path, cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'], cfg['n_train'], cfg['n_valid'], seed=cfg['seed']
+    )
+    log.info(f"{len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {len(classes)} classes")
     model = create_model(cfg['arch'], n_out=len(classes), width=cfg['width'])
     learn = make_learner(model, dls, cfg, run_dir)
 
@@ -183,22 +250,40 @@ def train(cfg):
     cm = confusion_matrix(preds, targs, len(classes))
     acc = float(cm.diag().sum() / cm.sum())
     from common.plots import plot_confusion
+
     plot_confusion(cm.numpy(), classes, run_dir / 'plots' / 'confusion.png')
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
-    metrics = {'accuracy': acc, 'train_minutes': round(train_s / 60, 2), 'epochs': cfg['epochs'],
-               'n_train': len(dls.train.dataset), 'n_valid': len(dls.valid.dataset),
-               'per_class_accuracy': dict(zip(classes, per_class)), 'checkpoint': str(ck)}
+    metrics = {
+        'accuracy': acc,
+        'train_minutes': round(train_s / 60, 2),
+        'epochs': cfg['epochs'],
+        'n_train': len(dls.train.dataset),
+        'n_valid': len(dls.valid.dataset),
+        'per_class_accuracy': dict(zip(classes, per_class)),
+        'checkpoint': str(ck),
+    }
     write_json(run_dir / 'metrics.json', metrics)
-    report = [f"# Imagewoof: {cfg['arch']} (width {cfg['width']}), {cfg['size']} px, {cfg['epochs']} epochs",
-              '', f"**Validation accuracy: {acc:.4f}** on {len(dls.valid.dataset)} images "
-              f"({len(dls.train.dataset)} training images); training took {train_s / 60:.1f} min.", '',
-              f"Preset `{cfg['preset']}`; one-cycle lr {cfg['lr']}, {cfg['opt']} wd {cfg['wd']}, label smoothing "
-              f"{cfg['label_smoothing']}, mixup {cfg['mixup']}, cutmix {cfg['cutmix']}, precision {cfg['precision']}, "
-              f"bs {cfg['bs']}, torch threads {torch.get_num_threads()}.", '',
-              history_table(learn.recorder.history), '',
-              fmt_table(['class', 'accuracy'], [[c, f'{a:.3f}'] for c, a in zip(classes, per_class)]), '',
-              'Plots: `plots/train_loss.png`, `plots/train_sched.png`, `plots/train_metrics.png`, '
-              '`plots/confusion.png`.', f'Checkpoint: `{ck}`.', '', '```json', config_to_json(cfg), '```']
+    report = [
+        f"# Imagewoof: {cfg['arch']} (width {cfg['width']}), {cfg['size']} px, {cfg['epochs']} epochs",
+        '',
+        f"**Validation accuracy: {acc:.4f}** on {len(dls.valid.dataset)} images "
+        f"({len(dls.train.dataset)} training images); training took {train_s / 60:.1f} min.",
+        '',
+        f"Preset `{cfg['preset']}`; one-cycle lr {cfg['lr']}, {cfg['opt']} wd {cfg['wd']}, label smoothing "
+        f"{cfg['label_smoothing']}, mixup {cfg['mixup']}, cutmix {cfg['cutmix']}, precision {cfg['precision']}, "
+        f"bs {cfg['bs']}, torch threads {torch.get_num_threads()}.",
+        '',
+        history_table(learn.recorder.history),
+        '',
+        fmt_table(['class', 'accuracy'], [[c, f'{a:.3f}'] for c, a in zip(classes, per_class)]),
+        '',
+        'Plots: `plots/train_loss.png`, `plots/train_sched.png`, `plots/train_metrics.png`, `plots/confusion.png`.',
+        f'Checkpoint: `{ck}`.',
+        '',
+        '```json',
+        config_to_json(cfg),
+        '```',
+    ]
     (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
     log.info(f"validation accuracy {acc:.4f} after {train_s / 60:.1f} min; report: {run_dir / 'report.md'}")
     return run_dir, metrics

@@ -10,6 +10,7 @@ Each gets the same number of epochs. Freezing BN as well is the trap: its runnin
 still describe Imagewoof, and a frozen body's features never adapt to them.
 Writes runs/<name>/report.md with the table of the four accuracies.
 """
+
 import copy
 import dataclasses
 import os
@@ -26,19 +27,22 @@ from common.optim import discriminative_lrs
 from common.runs import new_run_dir, write_config, write_json
 
 from .data import image_dls, pets_items, subsample, write_synthetic_images
-from .train import (COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model,
-                    setup)
-from .xresnet import AdaptiveConcatPool2d, body, bn_splitter, create_model, init_cnn, splitter, xresnet
+from .train import COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model, setup
+from .xresnet import AdaptiveConcatPool2d, bn_splitter, body, create_model, init_cnn, splitter, xresnet
 
 PROG = 'python -m vision transfer'
 EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
 
 SETTINGS = {
     **COMMON_SETTINGS,
-    'checkpoint': Setting(None, 'Imagewoof checkpoint (default: newest runs_dir/imagewoof-<preset>*/checkpoints/'
-                                'model.pth)'),
-    'data': Setting(None, 'data set name in the download registry (default: oxford-iiit-pet-subset-160 when a '
-                          'mirror is set, as the mirror holds only that subset; else oxford-iiit-pet)'),
+    'checkpoint': Setting(
+        None, 'Imagewoof checkpoint (default: newest runs_dir/imagewoof-<preset>*/checkpoints/model.pth)'
+    ),
+    'data': Setting(
+        None,
+        'data set name in the download registry (default: oxford-iiit-pet-subset-160 when a '
+        'mirror is set, as the mirror holds only that subset; else oxford-iiit-pet)',
+    ),
     'valid_pct': Setting(0.2, 'fraction of the Pets images held out for validation (seeded random split)'),
     'split_seed': Setting(42, 'seed of the train/valid split'),
     'n_images': Setting(None, 'use only this many Pets images (a seeded random subset, before the split)'),
@@ -48,16 +52,32 @@ SETTINGS = {
     'lr_unfrozen': Setting(2e-3, 'peak LR after unfreezing (top layer group)'),
     'lr_spread': Setting(10.0, 'discriminative LRs: the first layer group gets lr_unfrozen / lr_spread'),
     'experiments': Setting(list(EXPERIMENTS), 'comma-separated subset of: ' + ', '.join(EXPERIMENTS)),
-    'dry_run': Setting(False, 'all four experiments on synthetic images from a random tiny xresnet, in a temporary '
-                              'folder: a quick check'),
+    'dry_run': Setting(
+        False,
+        'all four experiments on synthetic images from a random tiny xresnet, in a temporary folder: a quick check',
+    ),
 }
 
 PRESETS = {
-    'tiny': {'size': 32, 'bs': 32, 'n_images': 400, 'epochs_frozen': 1, 'epochs_unfrozen': 1, 'workers': 1,
-             'progress': False},
+    'tiny': {
+        'size': 32,
+        'bs': 32,
+        'n_images': 400,
+        'epochs_frozen': 1,
+        'epochs_unfrozen': 1,
+        'workers': 1,
+        'progress': False,
+    },
     'cpu': {'size': 64, 'bs': 32, 'epochs_frozen': 2, 'epochs_unfrozen': 3, 'workers': 1},
-    'paper': {'size': 128, 'bs': 64, 'epochs_frozen': 3, 'epochs_unfrozen': 5, 'workers': 8,
-              'precision': 'bf16', 'channels_last': True},
+    'paper': {
+        'size': 128,
+        'bs': 64,
+        'epochs_frozen': 3,
+        'epochs_unfrozen': 5,
+        'workers': 8,
+        'precision': 'bf16',
+        'channels_last': True,
+    },
 }
 
 
@@ -65,8 +85,10 @@ def find_checkpoint(runs_dir, preset):
     "The newest runs_dir/imagewoof-<preset>*/checkpoints/model.pth."
     found = sorted(Path(runs_dir).glob(f'imagewoof-{preset}*/checkpoints/model.pth'), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no Imagewoof checkpoint under {runs_dir}/imagewoof-{preset}*; run "
-                         f"`python -m vision train --preset {preset}` first or pass --checkpoint")
+        raise FileNotFoundError(
+            f"no Imagewoof checkpoint under {runs_dir}/imagewoof-{preset}*; run "
+            f"`python -m vision train --preset {preset}` first or pass --checkpoint"
+        )
     return found[-1]
 
 
@@ -94,18 +116,18 @@ def transfer_model(pretrained, n_out, size):
 def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     "Train one of the four variants; returns (accuracy, minutes, recorder history)."
     src = pretrained
-    if kind == 'scratch':                                       # same architecture, fresh weights everywhere
+    if kind == 'scratch':  # same architecture, fresh weights everywhere
         src = xresnet(dataclasses.replace(pretrained.config, n_out=n_out))
     model = transfer_model(src, n_out, cfg['size'])
     split = bn_splitter if kind == 'frozen_except_bn' else splitter
-    train_bn = kind != 'frozen_bn'                              # frozen_bn: BN is frozen with the rest of the body
+    train_bn = kind != 'frozen_bn'  # frozen_bn: BN is frozen with the rest of the body
     learn = make_learner(model, dls, cfg, run_dir, stage=kind, splitter=split, train_bn=train_bn)
     history, t0 = [], time.time()
     if kind in ('scratch', 'naive'):
         learn.fit_one_cycle(cfg['epochs_frozen'] + cfg['epochs_unfrozen'], cfg['lr'])
         history += learn.recorder.history
     else:
-        learn.freeze()                                          # only the last group: the head (+ body BN, bn_splitter)
+        learn.freeze()  # only the last group: the head (+ body BN, bn_splitter)
         learn.fit_one_cycle(cfg['epochs_frozen'], cfg['lr'])
         history += learn.recorder.history
         learn.unfreeze()
@@ -120,20 +142,32 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
 
 
 # --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; 32 px, a few batches per epoch.
-DRY_RUN = {'size': 32, 'bs': 8, 'n_images': None, 'epochs_frozen': 1, 'epochs_unfrozen': 1, 'workers': 0,
-           'progress': False, 'precision': 'fp32', 'channels_last': False, 'data': 'synthetic',
-           'name': 'pets-transfer-dry-run'}
+DRY_RUN = {
+    'size': 32,
+    'bs': 8,
+    'n_images': None,
+    'epochs_frozen': 1,
+    'epochs_unfrozen': 1,
+    'workers': 0,
+    'progress': False,
+    'precision': 'fp32',
+    'channels_last': False,
+    'data': 'synthetic',
+    'name': 'pets-transfer-dry-run',
+}
 
 
 def main(argv=None) -> int:
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
-    if unknown: raise ConfigError(f"experiments: unknown {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    if unknown:
+        raise ConfigError(f"experiments: unknown {unknown}; choose from {', '.join(EXPERIMENTS)}")
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
             ck = save_model(Path(tmp) / 'model.pth', create_model('xresnet18', n_out=3, width=0.25), {}, range(3))
-            images = write_synthetic_images(Path(tmp) / 'pets', [f'breed{c}_{i}.png' for c in range(3)
-                                                                 for i in range(12)])
+            images = write_synthetic_images(
+                Path(tmp) / 'pets', [f'breed{c}_{i}.png' for c in range(3) for i in range(12)]
+            )
             transfer({**cfg, **DRY_RUN, 'checkpoint': str(ck), 'data_path': str(images), 'runs_dir': tmp})
         log.info('dry run finished on synthetic images; its temporary folder is removed')
         return 0
@@ -148,7 +182,9 @@ def transfer(cfg):
     pretrained, ck = load_model(ck_path)
     run_dir = new_run_dir(cfg['name'] or f"pets-transfer-{cfg['preset']}", cfg['runs_dir'])
     if cfg['data'] is None:
-        cfg['data'] = 'oxford-iiit-pet-subset-160' if cfg['mirror'] or os.environ.get('ULMFIT_MIRROR') else 'oxford-iiit-pet'
+        cfg['data'] = (
+            'oxford-iiit-pet-subset-160' if cfg['mirror'] or os.environ.get('ULMFIT_MIRROR') else 'oxford-iiit-pet'
+        )
     path = dataset_path(cfg, cfg['data'])
     images = path / 'images' if (path / 'images').is_dir() else path
     cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
@@ -160,36 +196,58 @@ def transfer(cfg):
     if cfg['n_images']:
         frac = cfg['n_images'] / n_all
         (tp, tl), (vp, vl) = subsample((tp, tl), round(len(tp) * frac)), subsample((vp, vl), round(len(vp) * frac))
-    split_note = (f"Seeded random split (numpy default_rng({cfg['split_seed']}) permutation) of the {n_all} images "
-                  f"in `{images}`: {round(n_all * cfg['valid_pct'])} ({cfg['valid_pct']:.0%}) held out for "
-                  f"validation, the rest for training; labels are the file names without the trailing `_<n>.jpg`; "
-                  f"{len(classes)} classes. Used here: {len(tp)} training / {len(vp)} validation images.")
+    split_note = (
+        f"Seeded random split (numpy default_rng({cfg['split_seed']}) permutation) of the {n_all} images "
+        f"in `{images}`: {round(n_all * cfg['valid_pct'])} ({cfg['valid_pct']:.0%}) held out for "
+        f"validation, the rest for training; labels are the file names without the trailing `_<n>.jpg`; "
+        f"{len(classes)} classes. Used here: {len(tp)} training / {len(vp)} validation images."
+    )
     log.info(split_note)
     dls = image_dls((tp, tl), (vp, vl), cfg['size'], cfg['bs'], cfg['workers'], cfg['on_error'])
 
     results, histories = {}, {}
     for kind in cfg['experiments']:
-        torch.manual_seed(cfg['seed'])                          # same head init and data order for every variant
+        torch.manual_seed(cfg['seed'])  # same head init and data order for every variant
         acc, minutes, hist = run_experiment(kind, pretrained, dls, len(classes), cfg, run_dir)
         results[kind], histories[kind] = {'accuracy': acc, 'minutes': round(minutes, 2)}, hist
         log.info(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
         write_json(run_dir / 'metrics.json', {'results': results, 'split': split_note, 'checkpoint': str(ck_path)})
 
-    what = {'scratch': 'from scratch (random init), all trainable',
-            'naive': 'pretrained, all trainable from the start',
-            'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
-            'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)'}
+    what = {
+        'scratch': 'from scratch (random init), all trainable',
+        'naive': 'pretrained, all trainable from the start',
+        'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
+        'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)',
+    }
     epochs = cfg['epochs_frozen'] + cfg['epochs_unfrozen']
-    report = [f"# Transfer: Imagewoof xresnet -> Oxford-IIIT Pet ({len(classes)} breeds), {cfg['size']} px", '',
-              f"Pretrained: `{ck_path}` ({ck['config'].get('arch', '?')}, width {ck['config'].get('width', '?')}; "
-              f"Imagewoof trained at {ck['config'].get('size', '?')} px).", '', f"Split: {split_note}", '',
-              fmt_table(['variant', 'what', 'epochs', 'accuracy', 'minutes'],
-                        [[k, what[k], epochs if k in ('scratch', 'naive') else
-                          f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}",
-                          f"{r['accuracy']:.4f}", r['minutes']] for k, r in results.items()]), '',
-              f"Head LR {cfg['lr']}; after unfreezing: top LR {cfg['lr_unfrozen']}, discriminative spread "
-              f"{cfg['lr_spread']}x over the layer groups (frozen_except_bn only); {cfg['opt']} wd {cfg['wd']}, "
-              f"label smoothing {cfg['label_smoothing']}, bs {cfg['bs']}, precision {cfg['precision']}."]
+    report = [
+        f"# Transfer: Imagewoof xresnet -> Oxford-IIIT Pet ({len(classes)} breeds), {cfg['size']} px",
+        '',
+        f"Pretrained: `{ck_path}` ({ck['config'].get('arch', '?')}, width {ck['config'].get('width', '?')}; "
+        f"Imagewoof trained at {ck['config'].get('size', '?')} px).",
+        '',
+        f"Split: {split_note}",
+        '',
+        fmt_table(
+            ['variant', 'what', 'epochs', 'accuracy', 'minutes'],
+            [
+                [
+                    k,
+                    what[k],
+                    epochs
+                    if k in ('scratch', 'naive')
+                    else f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}",
+                    f"{r['accuracy']:.4f}",
+                    r['minutes'],
+                ]
+                for k, r in results.items()
+            ],
+        ),
+        '',
+        f"Head LR {cfg['lr']}; after unfreezing: top LR {cfg['lr_unfrozen']}, discriminative spread "
+        f"{cfg['lr_spread']}x over the layer groups (frozen_except_bn only); {cfg['opt']} wd {cfg['wd']}, "
+        f"label smoothing {cfg['label_smoothing']}, bs {cfg['bs']}, precision {cfg['precision']}.",
+    ]
     for k, h in histories.items():
         report += ['', f'## {k}', '', history_table(h)]
     report += ['', '```json', config_to_json(cfg), '```']

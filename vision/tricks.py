@@ -1,10 +1,11 @@
 """Regularisation tricks for image classification: each a pure function first, then a thin callback.
 
-    mixup(x, y, lam, perm)            MixUp (Zhang et al. 2018, https://arxiv.org/abs/1710.09412)
-    cutmix(x, y, box, perm)           CutMix (Yun et al. 2019, https://arxiv.org/abs/1905.04899)
-    mix_loss(loss_fn, pred, ...)      lam * loss(pred, y_a) + (1 - lam) * loss(pred, y_b), reduced as loss_fn asks
-    label_smoothing_ce(...)           label smoothing (Szegedy et al. 2016, https://arxiv.org/abs/1512.00567)
+mixup(x, y, lam, perm)            MixUp (Zhang et al. 2018, https://arxiv.org/abs/1710.09412)
+cutmix(x, y, box, perm)           CutMix (Yun et al. 2019, https://arxiv.org/abs/1905.04899)
+mix_loss(loss_fn, pred, ...)      lam * loss(pred, y_a) + (1 - lam) * loss(pred, y_b), reduced as loss_fn asks
+label_smoothing_ce(...)           label smoothing (Szegedy et al. 2016, https://arxiv.org/abs/1512.00567)
 """
+
 import math
 import random
 from contextlib import contextmanager
@@ -17,16 +18,30 @@ from torch.distributions import Beta
 
 from common.events import Callback
 
-__all__ = ['reduce_loss', 'no_reduce', 'label_smoothing_ce', 'LabelSmoothingCrossEntropy', 'mixup', 'draw_lam',
-           'mix_loss', 'cutmix_box', 'cutmix', 'MixUp', 'CutMix']
+__all__ = [
+    'reduce_loss',
+    'no_reduce',
+    'label_smoothing_ce',
+    'LabelSmoothingCrossEntropy',
+    'mixup',
+    'draw_lam',
+    'mix_loss',
+    'cutmix_box',
+    'cutmix',
+    'MixUp',
+    'CutMix',
+]
 
 
 # ---- losses -------------------------------------------------------------------------------------------------
 def reduce_loss(loss, reduction='mean'):
     "Reduce a per-sample loss the way torch losses do: 'mean', 'sum' or 'none'."
-    if reduction == 'mean': return loss.mean()
-    if reduction == 'sum': return loss.sum()
-    if reduction == 'none': return loss
+    if reduction == 'mean':
+        return loss.mean()
+    if reduction == 'sum':
+        return loss.sum()
+    if reduction == 'none':
+        return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
@@ -40,22 +55,26 @@ def no_reduce(loss_fn):
     if hasattr(loss_fn, 'reduction'):
         old = loss_fn.reduction
         loss_fn.reduction = 'none'
-        try: yield loss_fn
-        finally: loss_fn.reduction = old
+        try:
+            yield loss_fn
+        finally:
+            loss_fn.reduction = old
     else:
         yield partial(loss_fn, reduction='none')
 
 
 def label_smoothing_ce(logits, target, eps=0.1, reduction='mean'):
-    "Cross-entropy against the target (1 - eps) * one_hot + eps / n_classes; equals F.cross_entropy(label_smoothing=eps)."
-    logp = F.log_softmax(logits, dim=-1)                       # (bs, n_classes)
-    nll = -logp.gather(-1, target[:, None])[:, 0]              # (bs,)
-    uniform = -logp.mean(-1)                                   # (bs,) cross-entropy against the uniform distribution
+    """Cross-entropy against the target (1 - eps) * one_hot + eps / n_classes; equals
+    F.cross_entropy(label_smoothing=eps)."""
+    logp = F.log_softmax(logits, dim=-1)  # (bs, n_classes)
+    nll = -logp.gather(-1, target[:, None])[:, 0]  # (bs,)
+    uniform = -logp.mean(-1)  # (bs,) cross-entropy against the uniform distribution
     return reduce_loss((1 - eps) * nll + eps * uniform, reduction)
 
 
 class LabelSmoothingCrossEntropy(nn.Module):
     "`label_smoothing_ce` as a loss module; `reduction` can be switched (MixUp sets it to 'none')."
+
     def __init__(self, eps=0.1, reduction='mean'):
         super().__init__()
         self.eps, self.reduction = eps, reduction
@@ -63,20 +82,21 @@ class LabelSmoothingCrossEntropy(nn.Module):
     def forward(self, logits, target):
         return label_smoothing_ce(logits, target, self.eps, self.reduction)
 
-    def extra_repr(self): return f'eps={self.eps}, reduction={self.reduction!r}'
+    def extra_repr(self):
+        return f'eps={self.eps}, reduction={self.reduction!r}'
 
 
 def mix_loss(loss_fn, pred, y_a, y_b, lam):
     "lam * loss(pred, y_a) + (1 - lam) * loss(pred, y_b) per sample, then reduced as `loss_fn` itself reduces."
     with no_reduce(loss_fn) as lf:
-        loss = lam * lf(pred, y_a) + (1 - lam) * lf(pred, y_b)     # (bs,); lam is (bs,) or a number
+        loss = lam * lf(pred, y_a) + (1 - lam) * lf(pred, y_b)  # (bs,); lam is (bs,) or a number
     return reduce_loss(loss, getattr(loss_fn, 'reduction', 'mean'))
 
 
 # ---- MixUp --------------------------------------------------------------------------------------------------
 def mixup(x, y, lam, perm):
     "Blend sample i with sample perm[i]: lam[i] * x[i] + (1 - lam[i]) * x[perm[i]]. Returns (x_mixed, y, y[perm])."
-    lam = lam.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)          # (bs, 1, 1, 1): one weight per sample
+    lam = lam.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)  # (bs, 1, 1, 1): one weight per sample
     return lam * x + (1 - lam) * x[perm], y, y[perm]
 
 
@@ -88,6 +108,7 @@ def draw_lam(bs, alpha, device=None):
 
 class MixUp(Callback):
     "Train on blends of pairs of samples and of their losses; validation batches are left alone."
+
     # After the device move (-20) and the batch transforms (-10), so blending happens on float images on the
     # device; before MixedPrecision (10), whose `after_loss` must see the mixed loss to scale it.
     order = 8
@@ -97,14 +118,16 @@ class MixUp(Callback):
         self.alpha = alpha
 
     def before_batch(self):
-        if not self.learn.training: return
+        if not self.learn.training:
+            return
         xb, yb = self.learn.xb, self.learn.yb
-        self.lam = draw_lam(len(yb), self.alpha, xb.device)                      # (bs,)
+        self.lam = draw_lam(len(yb), self.alpha, xb.device)  # (bs,)
         self.perm = torch.randperm(len(yb), device=xb.device)
         self.learn.xb, self.y_a, self.y_b = mixup(xb, yb, self.lam, self.perm)
 
     def after_loss(self):
-        if not self.learn.training: return
+        if not self.learn.training:
+            return
         loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
         self.learn.loss = self.learn.loss_grad = loss
 
@@ -133,14 +156,16 @@ def cutmix(x, y, box, perm):
 
 class CutMix(Callback):
     "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area."
-    order = 8   # as MixUp
+
+    order = 8  # as MixUp
     loss_role = 'replace'
 
-    def __init__(self, alpha=1.):
+    def __init__(self, alpha=1.0):
         self.alpha = alpha
 
     def before_batch(self):
-        if not self.learn.training: return
+        if not self.learn.training:
+            return
         xb, yb = self.learn.xb, self.learn.yb
         h, w = xb.shape[-2:]
         lam = float(Beta(torch.tensor(float(self.alpha)), torch.tensor(float(self.alpha))).sample())
@@ -149,6 +174,7 @@ class CutMix(Callback):
         self.learn.xb, self.y_a, self.y_b, self.lam = cutmix(xb, yb, box, self.perm)
 
     def after_loss(self):
-        if not self.learn.training: return
+        if not self.learn.training:
+            return
         loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
         self.learn.loss = self.learn.loss_grad = loss

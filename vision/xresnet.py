@@ -10,14 +10,34 @@ Every model has the same interface: `model = nn.Sequential(body, head)`, so `mod
 feature map) and `model[1]` is the head (feature map -> logits). `set_head` swaps the head; `splitter` and
 `bn_splitter` give the layer groups for discriminative learning rates and `freeze_to`.
 """
+
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ['XResNetConfig', 'xresnet', 'xresnet18', 'xresnet34', 'xresnet50', 'xresnet101', 'xresnet152',
-           'register', 'create_model', 'list_models', 'model_from_dict', 'AdaptiveConcatPool2d',
-           'body', 'head', 'set_head', 'make_head', 'splitter', 'bn_splitter', 'init_cnn', 'BN_TYPES']
+__all__ = [
+    'XResNetConfig',
+    'xresnet',
+    'xresnet18',
+    'xresnet34',
+    'xresnet50',
+    'xresnet101',
+    'xresnet152',
+    'register',
+    'create_model',
+    'list_models',
+    'model_from_dict',
+    'AdaptiveConcatPool2d',
+    'body',
+    'head',
+    'set_head',
+    'make_head',
+    'splitter',
+    'bn_splitter',
+    'init_cnn',
+    'BN_TYPES',
+]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -25,35 +45,39 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @dataclass
 class XResNetConfig:
     "Architecture of an xresnet. Depths from He et al. 2016 (Table 1); tweaks from He et al. 2019."
-    expansion: int = 1               # 1: two 3x3 convs per block (18/34); 4: bottleneck 1x1-3x3-1x1 (50+)
-    layers: tuple = (2, 2, 2, 2)     # blocks per stage
-    c_in: int = 3                    # input channels; the stem's first width follows it
-    n_out: int = 1000                # classes
-    width: float = 1.0               # multiplies every width after the first stem conv (1.0 = the paper)
-    p: float = 0.0                   # dropout before the final linear layer
+
+    expansion: int = 1  # 1: two 3x3 convs per block (18/34); 4: bottleneck 1x1-3x3-1x1 (50+)
+    layers: tuple = (2, 2, 2, 2)  # blocks per stage
+    c_in: int = 3  # input channels; the stem's first width follows it
+    n_out: int = 1000  # classes
+    width: float = 1.0  # multiplies every width after the first stem conv (1.0 = the paper)
+    p: float = 0.0  # dropout before the final linear layer
 
 
 def conv_layer(ni, nf, ks=3, stride=1, zero_bn=False, act=True):
     "conv -> BatchNorm (-> ReLU). `zero_bn` starts BN's gamma at 0 (end of a residual branch)."
     bn = nn.BatchNorm2d(nf)
-    nn.init.constant_(bn.weight, 0. if zero_bn else 1.)
+    nn.init.constant_(bn.weight, 0.0 if zero_bn else 1.0)
     layers = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=False), bn]
-    if act: layers.append(nn.ReLU(inplace=True))
+    if act:
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
 class ResBlock(nn.Module):
     "relu(convs(x) + idconv(pool(x))): basic (expansion 1) or bottleneck (expansion 4) block."
+
     def __init__(self, expansion, ni, nh, stride=1):
         super().__init__()
         nf = nh * expansion
         if expansion == 1:
-            layers = [conv_layer(ni, nh, 3, stride=stride),
-                      conv_layer(nh, nf, 3, zero_bn=True, act=False)]
+            layers = [conv_layer(ni, nh, 3, stride=stride), conv_layer(nh, nf, 3, zero_bn=True, act=False)]
         else:
-            layers = [conv_layer(ni, nh, 1),
-                      conv_layer(nh, nh, 3, stride=stride),          # ResNet-B: the stride sits here
-                      conv_layer(nh, nf, 1, zero_bn=True, act=False)]
+            layers = [
+                conv_layer(ni, nh, 1),
+                conv_layer(nh, nh, 3, stride=stride),  # ResNet-B: the stride sits here
+                conv_layer(nh, nf, 1, zero_bn=True, act=False),
+            ]
         self.convs = nn.Sequential(*layers)
         # ResNet-D: average-pool first, so the 1x1 conv sees every pixel instead of one in four.
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride != 1 else nn.Identity()
@@ -66,6 +90,7 @@ class ResBlock(nn.Module):
 
 class AdaptiveConcatPool2d(nn.Module):
     "Average pool and max pool to `size`, concatenated on channels: (bs, nf, h, w) -> (bs, 2*nf, size, size)."
+
     def __init__(self, size=1):
         super().__init__()
         self.ap, self.mp = nn.AdaptiveAvgPool2d(size), nn.AdaptiveMaxPool2d(size)
@@ -76,12 +101,15 @@ class AdaptiveConcatPool2d(nn.Module):
 
 def init_cnn(m):
     "Kaiming-normal init for convs and linears (He et al. 2015), zero biases; BN was set in `conv_layer`."
-    if getattr(m, 'bias', None) is not None and not isinstance(m, BN_TYPES): nn.init.zeros_(m.bias)
-    if isinstance(m, (nn.Conv2d, nn.Linear)): nn.init.kaiming_normal_(m.weight)
-    for c in m.children(): init_cnn(c)
+    if getattr(m, 'bias', None) is not None and not isinstance(m, BN_TYPES):
+        nn.init.zeros_(m.bias)
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight)
+    for c in m.children():
+        init_cnn(c)
 
 
-def make_head(nf, n_out, concat_pool=False, p=0.):
+def make_head(nf, n_out, concat_pool=False, p=0.0):
     "Pool -> flatten (-> dropout) -> linear. Concat pool doubles the features: (bs, nf, h, w) -> (bs, n_out)."
     pool = AdaptiveConcatPool2d(1) if concat_pool else nn.AdaptiveAvgPool2d(1)
     layers = [pool, nn.Flatten()] + ([nn.Dropout(p)] if p else [])
@@ -94,18 +122,24 @@ def make_head(nf, n_out, concat_pool=False, p=0.):
 def xresnet(cfg: XResNetConfig):
     "Build `nn.Sequential(body, head)` from a config."
     c = cfg.c_in
-    w = lambda n: max(8, int(n * cfg.width))                   # noqa: E731
+    w = lambda n: max(8, int(n * cfg.width))  # noqa: E731
     stem_szs = [(c + 1) * 8, w(32), w(64)]
     stem = [conv_layer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip([c] + stem_szs, stem_szs))]
     nhs = [w(64), w(128), w(256), w(512)]
     nis = [stem_szs[-1]] + [nh * cfg.expansion for nh in nhs[:-1]]
-    stages = [nn.Sequential(*[ResBlock(cfg.expansion, ni if j == 0 else nh * cfg.expansion, nh,
-                                       stride=2 if (i > 0 and j == 0) else 1) for j in range(n)])
-              for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers))]
+    stages = [
+        nn.Sequential(
+            *[
+                ResBlock(cfg.expansion, ni if j == 0 else nh * cfg.expansion, nh, stride=2 if (i > 0 and j == 0) else 1)
+                for j in range(n)
+            ]
+        )
+        for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers))
+    ]
     body_ = nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages)
     init_cnn(body_)
     model = nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
-    model.config = cfg             # plain data, so a checkpoint can store `asdict(model.config)` and rebuild
+    model.config = cfg  # plain data, so a checkpoint can store `asdict(model.config)` and rebuild
     return model
 
 
@@ -120,15 +154,28 @@ def register(fn):
 
 
 @register
-def xresnet18(**kw):  return xresnet(XResNetConfig(1, (2, 2, 2, 2), **kw))
+def xresnet18(**kw):
+    return xresnet(XResNetConfig(1, (2, 2, 2, 2), **kw))
+
+
 @register
-def xresnet34(**kw):  return xresnet(XResNetConfig(1, (3, 4, 6, 3), **kw))
+def xresnet34(**kw):
+    return xresnet(XResNetConfig(1, (3, 4, 6, 3), **kw))
+
+
 @register
-def xresnet50(**kw):  return xresnet(XResNetConfig(4, (3, 4, 6, 3), **kw))
+def xresnet50(**kw):
+    return xresnet(XResNetConfig(4, (3, 4, 6, 3), **kw))
+
+
 @register
-def xresnet101(**kw): return xresnet(XResNetConfig(4, (3, 4, 23, 3), **kw))
+def xresnet101(**kw):
+    return xresnet(XResNetConfig(4, (3, 4, 23, 3), **kw))
+
+
 @register
-def xresnet152(**kw): return xresnet(XResNetConfig(4, (3, 8, 36, 3), **kw))
+def xresnet152(**kw):
+    return xresnet(XResNetConfig(4, (3, 8, 36, 3), **kw))
 
 
 def list_models():
@@ -138,7 +185,8 @@ def list_models():
 
 def create_model(name, **kw):
     "Build a registered variant by name, e.g. `create_model('xresnet50', n_out=10)`."
-    if name not in _models: raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    if name not in _models:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     return _models[name](**kw)
 
 
@@ -147,10 +195,13 @@ def model_from_dict(d):
     return xresnet(XResNetConfig(**{**d, 'layers': tuple(d['layers'])}))
 
 
-
 # ---- fixed interface ---------------------------------------------------------------------------------------
-def body(model):  return model[0]
-def head(model):  return model[1]
+def body(model):
+    return model[0]
+
+
+def head(model):
+    return model[1]
 
 
 def set_head(model, new_head):
@@ -162,7 +213,7 @@ def set_head(model, new_head):
 def _body_chunks(model):
     "The body as three chunks: stem + first stage, stages 2-3, last stage."
     b = list(body(model).children())
-    return [b[:5], b[5:7], b[7:]]                 # [3 stem convs, maxpool, stage 1], [stage 2, 3], [stage 4]
+    return [b[:5], b[5:7], b[7:]]  # [3 stem convs, maxpool, stage 1], [stage 2, 3], [stage 4]
 
 
 def _params(mods, keep=lambda m: True):
@@ -181,5 +232,6 @@ def bn_splitter(model):
     its statistics and affine terms must adapt to the new data set even when the convs stay frozen.
     """
     is_bn, not_bn = (lambda m: isinstance(m, BN_TYPES)), (lambda m: not isinstance(m, BN_TYPES))
-    return [_params(c, not_bn) for c in _body_chunks(model)] + [_params(sum(_body_chunks(model), []), is_bn)
-                                                                + _params([head(model)])]
+    return [_params(c, not_bn) for c in _body_chunks(model)] + [
+        _params(sum(_body_chunks(model), []), is_bn) + _params([head(model)])
+    ]

@@ -3,6 +3,7 @@
 `SpacyTokenizer` is what the rest of the project uses: `tok(text)`, `tok.batch(texts)`, and `encode`/`encode_batch`
 for token ids in a growing table. The tests check every output against `reference` on hand-picked hard cases.
 """
+
 import re
 from itertools import chain, repeat
 
@@ -34,28 +35,38 @@ _OPEN1, _CLOSE1 = frozenset('("\''), frozenset(',!?;:)"\'')  # one-character pre
 
 class SpacyTokenizer:
     "fastai-compatible rules + spaCy's blank English tokenizer; `tok(text) -> list[str]`, memoized per piece."
+
     kind = 'spacy'
 
-    def __init__(self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False,
-                 memo_size: int = 2_000_000):
+    def __init__(
+        self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False, memo_size: int = 2_000_000
+    ):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
         self._fast, self._memos, self._specials, self._risks, self._ends, self._lens = None, {}, None, None, None, None
 
     def config(self) -> dict:
         "Everything that changes the output (goes into the store's cache key)."
-        return dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
-                    spacy=spacy.__version__, rules_version=2)
+        return dict(
+            kind=self.kind,
+            lang=self.lang,
+            include_bos=self.include_bos,
+            include_eos=self.include_eos,
+            spacy=spacy.__version__,
+            rules_version=2,
+        )
 
     def __getstate__(self):  # the spaCy pipelines are rebuilt in each worker process
-        return dict(lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos,
-                    memo_size=self.memo_size)
+        return dict(
+            lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos, memo_size=self.memo_size
+        )
 
     def __setstate__(self, d):
         self.__init__(**d)
 
     @property
     def _fast_tok(self):
-        if self._fast is None: self._fast = blank_tokenizer(self.lang, fast=True)
+        if self._fast is None:
+            self._fast = blank_tokenizer(self.lang, fast=True)
         return self._fast
 
     @property
@@ -76,7 +87,8 @@ class SpacyTokenizer:
                     pairs.update(zip(p, p[1:]))
             bit = {a: 1 << j for j, a in enumerate(sorted({a for a, _ in pairs}))}
             mask = {}
-            for a, b in pairs: mask[b] = mask.get(b, 0) | bit[a]
+            for a, b in pairs:
+                mask[b] = mask.get(b, 0) | bit[a]
             self._risks = tuple(bit), tuple(mask), bit, mask
         return self._risks
 
@@ -85,12 +97,15 @@ class SpacyTokenizer:
         _, _, bit, mask = self._risk_sets
         st = mask.get(toks[0], 0) | mask.get(bare[0], 0)
         en = bit.get(toks[-1], 0) | bit.get(bare[-1], 0)
-        if st: risk[0][p] = st
-        if en: risk[1][p] = en
+        if st:
+            risk[0][p] = st
+        if en:
+            risk[1][p] = en
 
     @property
     def _special_keys(self) -> frozenset:
-        if self._specials is None: self._specials = frozenset(self._fast_tok.rules)
+        if self._specials is None:
+            self._specials = frozenset(self._fast_tok.rules)
         return self._specials
 
     def prepare(self, text: str) -> str:
@@ -112,8 +127,10 @@ class SpacyTokenizer:
     def _other_risk(self, p: str, t: str, start: bool) -> bool:
         "Does `p` start (or end) with a risky token other than `t`?"
         _, _, bit, mask = self._risk_sets
-        if self._lens is None: self._lens = sorted(set(map(len, mask))), sorted(set(map(len, bit)))
-        if start: return any(p[:n] != t and p[:n] in mask for n in self._lens[0])
+        if self._lens is None:
+            self._lens = sorted(set(map(len, mask))), sorted(set(map(len, bit)))
+        if start:
+            return any(p[:n] != t and p[:n] in mask for n in self._lens[0])
         return any(p[-n:] != t and p[-n:] in bit for n in self._lens[1])
 
     def _fill(self, miss: list[str], memo: dict, risk: tuple[dict, dict], conv) -> None:
@@ -122,7 +139,8 @@ class SpacyTokenizer:
         # whitespace run: the run itself, or run + ' ' at the piece's end (that space joins it). Its chunks are
         # common pieces on their own, so only they go through spaCy.
         simple, composite = [], []
-        for p in miss: (composite if _re_ws.search(p) else simple).append(p)
+        for p in miss:
+            (composite if _re_ws.search(p) else simple).append(p)
         subs = [_re_split_ws.findall(p) for p in composite]
         simple = list(dict.fromkeys(simple + [c for cs in subs for c in cs if not c[0].isspace() and c not in memo]))
         # A purely alphabetic piece is one token unless it is one of spaCy's special cases ("cannot", "gonna"):
@@ -134,7 +152,8 @@ class SpacyTokenizer:
                 tk = [p] if p.isalpha() and p not in specials else self._affix_split(p)
                 if tk:
                     memo[p] = conv(tk)
-                    if p.startswith(right) or p.endswith(left): self._flag(p, risk, tk, tk)
+                    if p.startswith(right) or p.endswith(left):
+                        self._flag(p, risk, tk, tk)
             rest = [p for p in simple if p not in memo]
             if rest:
                 toks = self._split(self._fast_tok, rest)
@@ -142,13 +161,17 @@ class SpacyTokenizer:
                 # affixes are stripped from the outside in, identically, until a special case stops the stripping.
                 # And it only adds a flag if the piece starts/ends with some other risky token.
                 firsts, lasts = self._special_ends
-                cand = [i for i, (p, tk) in enumerate(zip(rest, toks))
-                        if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
-                        or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))]
+                cand = [
+                    i
+                    for i, (p, tk) in enumerate(zip(rest, toks))
+                    if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
+                    or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))
+                ]
                 bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
                 for i, (p, tk) in enumerate(zip(rest, toks)):
                     memo[p] = conv(tk)
-                    if p.startswith(right) or p.endswith(left): self._flag(p, risk, tk, bare.get(i, tk))
+                    if p.startswith(right) or p.endswith(left):
+                        self._flag(p, risk, tk, bare.get(i, tk))
         for p, cs in zip(composite, subs):
             res = []
             for j, c in enumerate(cs):
@@ -156,8 +179,10 @@ class SpacyTokenizer:
             memo[p] = tuple(res)
             st = risk[0].get(cs[0], 0) if not cs[0][0].isspace() else 0
             en = risk[1].get(cs[-1], 0) if not cs[-1][0].isspace() else 0
-            if st: risk[0][p] = st
-            if en: risk[1][p] = en
+            if st:
+                risk[0][p] = st
+            if en:
+                risk[1][p] = en
 
     def _affix_split(self, p: str) -> list[str] | None:
         """Tokens of a word with one opening bracket/quote and/or one closing mark (`'(film,'` -> `['(', 'film', ',']`),
@@ -167,45 +192,57 @@ class SpacyTokenizer:
         `p` minus its suffix and the stem; these marks are affixes after any letter, and letters never are. A '.'
         is only a suffix after some letters (lowercase, or two capitals): here only after a-z."""
         n = len(p)
-        if n < 2 or self.lang != 'en': return None
+        if n < 2 or self.lang != 'en':
+            return None
         a = 1 if p[0] in _OPEN1 else 0
         b = n - 1 if p[-1] in _CLOSE1 or (p[-1] == '.' and 'a' <= p[-2] <= 'z') else n
         w = p[a:b]
-        if (a == 0 and b == n) or not w.isalpha(): return None
+        if (a == 0 and b == n) or not w.isalpha():
+            return None
         specials = self._special_keys
-        if p in specials or w in specials or p[a:] in specials or p[:b] in specials: return None
+        if p in specials or w in specials or p[a:] in specials or p[:b] in specials:
+            return None
         toks = ([p[0]] if a else []) + [w] + ([p[-1]] if b < n else [])
         _, _, bit, mask = self._risk_sets  # a special case with affixes could join two of these tokens
-        if any(bit.get(x, 0) & mask.get(y, 0) for x, y in zip(toks, toks[1:])): return None
+        if any(bit.get(x, 0) & mask.get(y, 0) for x, y in zip(toks, toks[1:])):
+            return None
         return toks
 
     @staticmethod
     def _split(tokenizer, pieces: list[str]) -> list[list[str]]:
         "Tokens of each piece, from one call on the pieces joined by ' zqz ' (a word no special case involves)."
         # Each piece sees the same single-space context as in the text; a token belongs to the piece it starts in.
-        if not pieces: return []
+        if not pieces:
+            return []
         starts, pos = [], 4
-        for p in pieces: starts.append(pos); pos += len(p) + 5
+        for p in pieces:
+            starts.append(pos)
+            pos += len(p) + 5
         joined = 'zqz ' + ' zqz '.join(pieces) + ' zqz'
         idx, lens = tokenizer(joined).to_array([IDX, LENGTH]).T  # no Token objects: much cheaper
         starts = np.asarray(starts)
         k = np.searchsorted(starts, idx, 'right') - 1
         keep = (k >= 0) & (idx < starts[k] + np.fromiter(map(len, pieces), np.int64, len(pieces))[k])
         toks = [[] for _ in pieces]
-        for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()): toks[kk].append(joined[i:i + n])
+        for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()):
+            toks[kk].append(joined[i : i + n])
         return toks
 
     def _pieces(self, text: str) -> tuple[str, list[str] | None]:
         "The prepared text and its pieces, or None for the pieces when the text must take the plain path."
         text = self.prepare(text)
-        if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace(): text = text[:-1]  # spaCy drops it too
+        if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace():
+            text = text[:-1]  # spaCy drops it too
         if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
             return text, None
         return text, text.split(' ')
 
     def _run(self, texts: list[str], memo: dict, risk: tuple[dict, dict], conv) -> list[list]:
         "Outputs of a batch of documents: every piece missing from the memo goes through one `_fill`."
-        if len(memo) > self.memo_size: memo.clear(); risk[0].clear(); risk[1].clear()  # bounded memory
+        if len(memo) > self.memo_size:
+            memo.clear()
+            risk[0].clear()
+            risk[1].clear()  # bounded memory
         docs, miss = [], {}
         for t in texts:
             text, pieces = self._pieces(t)
@@ -214,16 +251,22 @@ class SpacyTokenizer:
                 miss.update(dict.fromkeys(p for p, g in zip(pieces, got) if g is None))
                 got = None  # looked up again after the fill
             docs.append((text, pieces, got))
-        if miss: self._fill(list(miss), memo, risk, conv)
-        return [self._plain(text, conv) if pieces is None else self._join(text, pieces, got, memo, risk, conv)
-                for text, pieces, got in docs]
+        if miss:
+            self._fill(list(miss), memo, risk, conv)
+        return [
+            self._plain(text, conv) if pieces is None else self._join(text, pieces, got, memo, risk, conv)
+            for text, pieces, got in docs
+        ]
 
     def _join(self, text: str, pieces: list[str], got: list | None, memo: dict, risk: tuple[dict, dict], conv) -> list:
         "Output of one document from the memo, or from the plain path if a special case joins two of its pieces."
-        if got is None: got = list(map(memo.__getitem__, pieces))
+        if got is None:
+            got = list(map(memo.__getitem__, pieces))
         starts, ends = risk
 
-        def risky(): return map(int.__and__, map(ends.get, pieces, repeat(0)), map(starts.get, pieces[1:], repeat(0)))
+        def risky():
+            return map(int.__and__, map(ends.get, pieces, repeat(0)), map(starts.get, pieces[1:], repeat(0)))
+
         # A special case might straddle the space between pieces i and i + 1 (pieces that can start one are rarer).
         if not starts.keys().isdisjoint(pieces) and any(risky()):
             for i in [i for i, r in enumerate(risky()) if r]:
@@ -239,6 +282,7 @@ class SpacyTokenizer:
 
     def _conv(self, post: dict, stoi: dict | None = None, itos: list | None = None):
         "Tokens -> post-processed tokens (or their ids in `stoi`/`itos`), cached per token: the rules are per token."
+
         def conv(toks):
             res = []
             for t in toks:
@@ -248,17 +292,21 @@ class SpacyTokenizer:
                     if stoi is not None:
                         for j, u in enumerate(r):
                             i = stoi.get(u)
-                            if i is None: i = stoi[u] = len(itos); itos.append(u)
+                            if i is None:
+                                i = stoi[u] = len(itos)
+                                itos.append(u)
                             r[j] = i
                     r = post[t] = tuple(r)
                 res += r
             return tuple(res)
+
         return conv
 
     def batch(self, texts: list[str]) -> list[list[str]]:
         "Tokens of each document (identical to `reference`); pieces unseen so far go through spaCy together."
         m = self._memos
-        if 'str' not in m: m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
+        if 'str' not in m:
+            m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
         return self._run(texts, m['str'], m['str_risk'], m['str_conv'])
 
     def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:

@@ -3,6 +3,7 @@
 Each worker encodes with its own growing id table and sends back ids plus the tokens it saw first; the table maps
 them to global ids and counts every token on the way (the vocab is built from those counts).
 """
+
 import gc
 import os
 from collections import deque
@@ -27,14 +28,17 @@ _GC_THRESHOLD = (100_000, 50, 100)
 def _relaxed_gc():
     old = gc.get_threshold()
     gc.set_threshold(*_GC_THRESHOLD)
-    try: yield
-    finally: gc.set_threshold(*old)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _init_worker(tok):
     gc.set_threshold(*_GC_THRESHOLD)
     # `pid` names this worker's id table; random so two runs in one process never share a mapping
-    _W.clear(); _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=(os.getpid(), os.urandom(8).hex()))
+    _W.clear()
+    _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=(os.getpid(), os.urandom(8).hex()))
 
 
 def _tok_batch(texts):
@@ -47,7 +51,8 @@ def _enc_batch(texts):
     docs = tok.encode_batch(texts, stoi, itos)
     lens = np.fromiter(map(len, docs), np.int64, len(docs))
     ids = np.fromiter(chain.from_iterable(docs), np.int32, int(lens.sum()))
-    new = itos[_W['sent']:]; _W['sent'] = len(itos)
+    new = itos[_W['sent'] :]
+    _W['sent'] = len(itos)
     return _W['pid'], ids, lens, new
 
 
@@ -55,8 +60,11 @@ def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
     b = []
     for t in texts:
         b.append(t)
-        if len(b) == chunk: yield b; b = []
-    if b: yield b
+        if len(b) == chunk:
+            yield b
+            b = []
+    if b:
+        yield b
 
 
 def default_workers() -> int:
@@ -69,26 +77,32 @@ def _run(fn, tok, texts, n_workers, chunk):
     if n_workers <= 1:
         with _relaxed_gc():
             _init_worker(tok)
-            for b in _batches(texts, chunk): yield fn(b)
+            for b in _batches(texts, chunk):
+                yield fn(b)
         return
     # Pool.imap would read the whole input ahead; a small window of async tasks keeps memory bounded.
     with _relaxed_gc(), get_context('fork').Pool(n_workers, initializer=_init_worker, initargs=(tok,)) as pool:
         pending = deque()
         for b in _batches(texts, chunk):
             pending.append(pool.apply_async(fn, (b,)))
-            if len(pending) >= 3 * n_workers: yield pending.popleft().get()
-        while pending: yield pending.popleft().get()
+            if len(pending) >= 3 * n_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
-def tokenize_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256
-                   ) -> Iterator[list[str]]:
+def tokenize_texts(
+    texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256
+) -> Iterator[list[str]]:
     "Tokenize `texts` in `n_workers` processes, yielding one token list per text, in order."
     tok = tok or SpacyTokenizer()
-    for res in _run(_tok_batch, tok, texts, n_workers, chunk): yield from res
+    for res in _run(_tok_batch, tok, texts, n_workers, chunk):
+        yield from res
 
 
 class TokenTable:
     "Maps each worker's local ids to one growing table of token strings, and counts them."
+
     def __init__(self):
         self.stoi, self.itos, self._maps, self.counts = {}, [], {}, np.zeros(1024, np.int64)
 
@@ -98,22 +112,27 @@ class TokenTable:
         ext = np.empty(len(new_toks), np.int32)
         for j, t in enumerate(new_toks):
             i = self.stoi.get(t)
-            if i is None: i = self.stoi[t] = len(self.itos); self.itos.append(t)
+            if i is None:
+                i = self.stoi[t] = len(self.itos)
+                self.itos.append(t)
             ext[j] = i
-        if len(ext): m = self._maps[pid] = np.concatenate([m, ext])
+        if len(ext):
+            m = self._maps[pid] = np.concatenate([m, ext])
         ids = m[local_ids]
         if len(self.itos) > len(self.counts):
-            self.counts = np.concatenate([self.counts, np.zeros(max(len(self.itos), 2 * len(self.counts)) -
-                                                                len(self.counts), np.int64)])
+            self.counts = np.concatenate(
+                [self.counts, np.zeros(max(len(self.itos), 2 * len(self.counts)) - len(self.counts), np.int64)]
+            )
         self.counts += np.bincount(ids, minlength=len(self.counts)) if len(ids) else 0
         return ids
 
     def counter(self) -> dict:
-        return {t: int(c) for t, c in zip(self.itos, self.counts[:len(self.itos)])}
+        return {t: int(c) for t, c in zip(self.itos, self.counts[: len(self.itos)])}
 
 
-def encode_texts(texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256,
-                 table: TokenTable | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def encode_texts(
+    texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256, table: TokenTable | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     "Tokenize in parallel, yielding (ids int32, doc_lens) per batch with ids into `table` (which also counts)."
     tok = tok or SpacyTokenizer()
     table = TokenTable() if table is None else table

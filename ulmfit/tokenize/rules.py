@@ -5,6 +5,7 @@
 `reference(text)` is that pipeline written out. `SpacyTokenizer` (ulmfit/tokenize/fast.py) gives the same tokens
 much faster; its tests check it against `reference`.
 """
+
 import html
 import re
 
@@ -17,17 +18,32 @@ SPECIALS = [UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ]
 
 # ---------------------------------------------------------------- pre-rules (text -> text)
 
-_HTML_FIXES = [('#39;', "'"), ('amp;', '&'), ('#146;', "'"), ('nbsp;', ' '), ('#36;', '$'), ('\\n', '\n'),
-               ('quot;', "'"), ('<br />', '\n'), ('\\"', '"'), ('<unk>', UNK), (' @.@ ', '.'), (' @-@ ', '-'),
-               (' @,@ ', ','), ('\\', ' \\ ')]
+_HTML_FIXES = [
+    ('#39;', "'"),
+    ('amp;', '&'),
+    ('#146;', "'"),
+    ('nbsp;', ' '),
+    ('#36;', '$'),
+    ('\\n', '\n'),
+    ('quot;', "'"),
+    ('<br />', '\n'),
+    ('\\"', '"'),
+    ('<unk>', UNK),
+    (' @.@ ', '.'),
+    (' @-@ ', '-'),
+    (' @,@ ', ','),
+    ('\\', ' \\ '),
+]
 _re_spaces = re.compile(r'  +')
 
 
 def fix_html(t: str) -> str:
     "Undo HTML/WikiText escapes: `'a<br />b &lt;i&gt;'` -> `'a\\nb <i>'`, `'x @-@ y'` -> `'x-y'`, `'&amp;'` -> `'&&'`."
     for old, new in _HTML_FIXES:
-        if old in t: t = t.replace(old, new)
-    if '&' in t: t = html.unescape(t)
+        if old in t:
+            t = t.replace(old, new)
+    if '&' in t:
+        t = html.unescape(t)
     return _re_spaces.sub(' ', t) if '  ' in t else t
 
 
@@ -43,7 +59,8 @@ def _has_run4(t: str) -> bool:
 
 def replace_rep(t: str) -> str:
     "A character repeated 4+ times: `'wow!!!!!'` -> `'wow xxrep 5 ! '`."
-    if len(t) < 4 or not _has_run4(t): return t
+    if len(t) < 4 or not _has_run4(t):
+        return t
     return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
 
 
@@ -72,12 +89,15 @@ def rm_useless_spaces(t: str) -> str:
 
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
 
+
 def replace_all_caps(toks: list[str]) -> list[str]:
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t.isupper(): res += [UP, t.lower()]
-        else: res.append(t)
+        if len(t) > 1 and t.isupper():
+            res += [UP, t.lower()]
+        else:
+            res.append(t)
     return res
 
 
@@ -85,8 +105,10 @@ def replace_maj(toks: list[str]) -> list[str]:
     "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t[0].isupper() and t[1:].islower(): res += [MAJ, t.lower()]
-        else: res.append(t)
+        if len(t) > 1 and t[0].isupper() and t[1:].islower():
+            res += [MAJ, t.lower()]
+        else:
+            res.append(t)
     return res
 
 
@@ -101,13 +123,15 @@ POST_RULES = [replace_all_caps, replace_maj, lowercase]
 
 def apply_pre_rules(t: str, rules=PRE_RULES) -> str:
     "Run the text-level rules in order."
-    for r in rules: t = r(t)
+    for r in rules:
+        t = r(t)
     return t
 
 
 def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
     "Run the token-level rules in order (fastai v1 order: caps, then maj, then lowercase)."
-    for r in rules: toks = r(toks)
+    for r in rules:
+        toks = r(toks)
     return toks
 
 
@@ -120,19 +144,24 @@ def blank_tokenizer(lang: str = 'en', fast: bool = False, rules: bool = True):
     "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
     if (lang, fast, rules) not in _PIPES:
         import spacy
+
         nlp = spacy.blank(lang)
         # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
         # time spent on unseen words, and it never changes where tokens are split.
-        if fast: nlp.vocab.lex_attr_getters = {}
-        if not rules: nlp.tokenizer.rules = {}
+        if fast:
+            nlp.vocab.lex_attr_getters = {}
+        if not rules:
+            nlp.tokenizer.rules = {}
         _PIPES[lang, fast, rules] = nlp.tokenizer
     return _PIPES[lang, fast, rules]
 
 
 def prepare(text: str, include_bos: bool = True, include_eos: bool = False) -> str:
     "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-    if include_bos: text = f'{BOS} {text}'
-    if include_eos: text = f'{text} {EOS}'
+    if include_bos:
+        text = f'{BOS} {text}'
+    if include_eos:
+        text = f'{text} {EOS}'
     return apply_pre_rules(text)
 
 

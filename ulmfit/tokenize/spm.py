@@ -1,4 +1,5 @@
 "SentencePiece (unigram or BPE) behind the same pre-rules and specials as the spaCy path."
+
 import hashlib
 import os
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from .rules import BOS, EOS, PAD, SPECIALS, UNK, apply_pre_rules
 
 class SentencePieceTokenizer:
     "Pre-rules + a SentencePiece model (unigram or BPE), same specials; `tok(text) -> list[str]`."
+
     kind = 'spm'
 
     def __init__(self, model_path, include_bos: bool = True, include_eos: bool = False):
@@ -17,27 +19,54 @@ class SentencePieceTokenizer:
         self._sp = None
 
     @classmethod
-    def train(cls, texts: Iterable[str], out_dir, vocab_sz: int = 15000, model_type: str = 'unigram',
-              max_sentences: int = 1_000_000, char_coverage: float = 0.99999, **kwargs):
+    def train(
+        cls,
+        texts: Iterable[str],
+        out_dir,
+        vocab_sz: int = 15000,
+        model_type: str = 'unigram',
+        max_sentences: int = 1_000_000,
+        char_coverage: float = 0.99999,
+        **kwargs,
+    ):
         "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
-        out_dir = os.fspath(out_dir); os.makedirs(out_dir, exist_ok=True)
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
         raw = os.path.join(out_dir, 'spm_train.txt')
         with open(raw, 'w', encoding='utf-8') as f:
             for n, t in enumerate(texts):
-                if n >= max_sentences: break
+                if n >= max_sentences:
+                    break
                 f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
         # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/bos/eos/pad map
         # onto ours.
         spm.SentencePieceTrainer.train(
-            input=raw, model_prefix=os.path.join(out_dir, 'spm'), vocab_size=vocab_sz, model_type=model_type,
-            character_coverage=char_coverage, unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS,
-            unk_id=0, pad_id=1, bos_id=2, eos_id=3, user_defined_symbols=SPECIALS[4:], hard_vocab_limit=False,
-            input_sentence_size=max_sentences, shuffle_input_sentence=True, minloglevel=2, **kwargs)
+            input=raw,
+            model_prefix=os.path.join(out_dir, 'spm'),
+            vocab_size=vocab_sz,
+            model_type=model_type,
+            character_coverage=char_coverage,
+            unk_piece=UNK,
+            pad_piece=PAD,
+            bos_piece=BOS,
+            eos_piece=EOS,
+            unk_id=0,
+            pad_id=1,
+            bos_id=2,
+            eos_id=3,
+            user_defined_symbols=SPECIALS[4:],
+            hard_vocab_limit=False,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            minloglevel=2,
+            **kwargs,
+        )
         os.remove(raw)
         return cls(os.path.join(out_dir, 'spm.model'))
 
     def config(self) -> dict:
-        with open(self.model_path, 'rb') as f: h = hashlib.sha256(f.read()).hexdigest()
+        with open(self.model_path, 'rb') as f:
+            h = hashlib.sha256(f.read()).hexdigest()
         return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
 
     def __getstate__(self):
@@ -60,12 +89,15 @@ class SentencePieceTokenizer:
         res = []
         for t in self(text):
             i = stoi.get(t)
-            if i is None: i = stoi[t] = len(itos); itos.append(t)
+            if i is None:
+                i = stoi[t] = len(itos)
+                itos.append(t)
             res.append(i)
         return res
 
     # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
-    def batch(self, texts: list[str]) -> list[list[str]]: return [self(t) for t in texts]
+    def batch(self, texts: list[str]) -> list[list[str]]:
+        return [self(t) for t in texts]
 
     def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
         return [self.encode(t, stoi, itos) for t in texts]
