@@ -18,7 +18,7 @@ from .distributed import all_reduce_sum, world_size
 from .events import Callback, CancelFitException, CancelTrainException
 from .log import log
 from .optim import lrs_for, set_hyper
-from .schedule import one_cycle, one_cycle_mom
+from .schedule import one_cycle_scheds
 
 MAX_EPOCHS = 10**6  # the epochs a planned fit is started with: the plan ends it long before
 
@@ -175,9 +175,7 @@ def fit_one_cycle_budget(
     """`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds (`plan`: PlannedSchedule's options);
     returns the PlannedSchedule (its `n_steps`, `step_s`)."""
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)
-    scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
-    if moms is not None:
-        scheds['mom'] = [one_cycle_mom(moms, pct_start)] * len(lrs)
+    scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
     sched = PlannedSchedule(scheds, budget_s, **plan)
     learn.fit(MAX_EPOCHS, lr=lrs, cbs=[sched, *(cbs or [])], resume=resume)
     return sched

@@ -42,7 +42,7 @@ from .optim import (
 )
 from .precision import GradientClip, MixedPrecision, NanGuard
 from .recorder import GatherPreds, ProgressCallback, Recorder
-from .schedule import LRFinder, ParamScheduler, one_cycle, one_cycle_mom
+from .schedule import LRFinder, ParamScheduler, one_cycle_scheds
 from .stopping import Resume
 
 
@@ -287,9 +287,7 @@ class Learner:
     ):
         "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
-        scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
-        if moms is not None:
-            scheds['mom'] = [one_cycle_mom(moms, pct_start)] * len(lrs)
+        scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
         if wd is not None:
             self.wd = wd
             self.opt = None

@@ -68,6 +68,14 @@ def one_cycle_mom(moms=(0.95, 0.85, 0.95), pct_start=0.25):
     return combine_scheds([pct_start, 1 - pct_start], [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
 
 
+def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95)):
+    "One-cycle schedules for each layer group's peak LR in `lrs` (and momentum unless `moms` is None)."
+    scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
+    if moms is not None:
+        scheds['mom'] = [one_cycle_mom(moms, pct_start)] * len(lrs)
+    return scheds
+
+
 def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
     """Slanted triangular LR (Howard & Ruder 2018, eq. 3).
 
