@@ -6,7 +6,17 @@ import tarfile
 import pandas as pd
 import pytest
 
-from ulmfit.datasets import DataError, ImdbReader, TableReader, TextCorpusReader, WikiTextReader, find_bad_utf8
+from ulmfit.datasets import (
+    DataError,
+    ImdbReader,
+    MultiReader,
+    TableReader,
+    TextCorpusReader,
+    WikiTextReader,
+    dataset_reader,
+    find_bad_utf8,
+    reader_for,
+)
 
 
 def _imdb(root):
@@ -114,3 +124,35 @@ def test_table_errors(tmp_path):
     with pytest.raises(DataError, match=r'b\.csv: undecodable bytes at byte offset 20'):
         list(TableReader(tmp_path / 'b.csv', label_cols='label'))
     assert len(list(TableReader(tmp_path / 'b.csv', label_cols='label', errors='replace'))) == 2
+
+
+def test_reader_for_picks_by_path(tmp_path):
+    imdb = _imdb(tmp_path)
+    (tmp_path / 'wiki').mkdir()
+    (tmp_path / 'wiki' / 'wiki.valid.tokens').write_text(' = A = \n one two \n')
+    (tmp_path / 'a.txt').write_text('first doc\nsecond doc\n')
+    (tmp_path / 'b.txt').write_text('third doc\n')
+    pd.DataFrame({'text': ['x', 'y'], 'label': ['p', 'n']}).to_csv(tmp_path / 't.csv', index=False)
+    pd.DataFrame({'text': ['x', 'y']}).to_csv(tmp_path / 'u.csv', index=False)
+    assert isinstance(reader_for([imdb]), ImdbReader)
+    assert isinstance(reader_for([tmp_path / 'wiki']), WikiTextReader)
+    assert isinstance(reader_for(str(tmp_path / 'wiki' / 'wiki.valid.tokens')), WikiTextReader)
+    assert [d.label for d in reader_for([tmp_path / 't.csv'])] == ['p', 'n']
+    with pytest.raises(DataError, match="missing label column 'label'"):
+        reader_for([tmp_path / 'u.csv'])
+    assert [d.label for d in reader_for([tmp_path / 'u.csv'], label_col=None)] == [None, None]
+    both = reader_for(f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}", split='valid')  # one reader for both files
+    assert isinstance(both, TextCorpusReader) and [(d.text, d.split) for d in both][-1] == ('third doc', 'valid')
+    mixed = reader_for([tmp_path / 'a.txt', tmp_path / 't.csv'])
+    assert isinstance(mixed, MultiReader) and [d.text for d in mixed] == ['first doc', 'second doc', 'x', 'y']
+    with pytest.raises(FileNotFoundError, match='corpus not found: .*nope.txt'):
+        reader_for([tmp_path / 'a.txt', tmp_path / 'nope.txt'])
+
+
+def test_dataset_reader_by_name(tmp_path):
+    (tmp_path / 'sample').mkdir()
+    pd.DataFrame({'text': ['x'], 'label': ['p'], 'is_valid': [True]}).to_csv(tmp_path / 'sample' / 'texts.csv')
+    assert [(d.text, d.split) for d in dataset_reader('imdb_sample', folder=tmp_path)] == [('x', 'valid')]
+    assert isinstance(dataset_reader('imdb', folder=_imdb(tmp_path / 'i')), ImdbReader)
+    with pytest.raises(ValueError, match="unknown dataset 'imbd'"):
+        dataset_reader('imbd')

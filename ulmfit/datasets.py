@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from common.download import untar_data
 from ulmfit.tokenize import FLD
 
 
@@ -504,6 +505,78 @@ def _truthy(v) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ('true', '1', 'yes', 'valid')
     return bool(v)
+
+
+# ---- which reader for which dataset: the one place that decides ----
+DATASETS = ('imdb', 'imdb_sample', 'wikitext-103', 'wikitext-2')
+
+
+class MultiReader:
+    "Several readers one after another."
+
+    def __init__(self, readers):
+        self.readers = list(readers)
+
+    def __iter__(self):
+        for r in self.readers:
+            yield from r
+
+    def fingerprint(self):
+        return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
+
+
+def path_kind(p):
+    "What a corpus path holds, from how it looks: 'imdb', 'wikitext', 'table' or 'text'."
+    p, name = Path(p), Path(p).name.lower()
+    if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or name.endswith(('.tgz', '.tar.gz')):
+        return 'imdb'
+    if '.raw' in name or '.tokens' in name:
+        return 'wikitext'
+    if p.is_dir() and any(re.search(r'\.(raw|tokens)(\.gz)?$', q.name) for q in p.iterdir()):
+        return 'wikitext'
+    if name.removesuffix('.gz').endswith(('.csv', '.tsv', '.parquet', '.pq')):
+        return 'table'
+    return 'text'
+
+
+def reader_for(paths, split='train', label_col='label', errors='strict'):
+    """The reader for corpus files or folders (a list, or one comma-separated string), picked by `path_kind`: an
+    IMDB folder or .tgz, WikiText files or a folder of them, a table (column 'text', plus `label_col` unless None),
+    else plain text (`split` names its documents' split). Several WikiText or plain-text paths make one reader;
+    other mixes are read one after another."""
+    paths = [Path(p) for p in (paths.split(',') if isinstance(paths, str) else paths) if str(p)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"corpus not found: {', '.join(missing)}")
+    kinds = [path_kind(p) for p in paths]
+
+    def make(ps, kind):
+        if kind == 'imdb':
+            return ImdbReader(ps[0], errors=errors)
+        if kind == 'wikitext':
+            return WikiTextReader(ps, errors=errors)
+        if kind == 'table':
+            return TableReader(ps[0], text_cols='text', label_cols=label_col, valid_col='is_valid', errors=errors)
+        return TextCorpusReader(ps, split=split, errors=errors)
+
+    if len(set(kinds)) == 1 and kinds[0] in ('wikitext', 'text'):
+        return make(paths, kinds[0])
+    readers = [make([p], k) for p, k in zip(paths, kinds)]
+    return readers[0] if len(readers) == 1 else MultiReader(readers)
+
+
+def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
+    """The reader of a named dataset (`DATASETS`), fetched into the data root (or taken from the mirror) unless its
+    `folder` is given. IMDB gives train, test and unsup reviews; the sample, its labelled table."""
+    if name not in DATASETS:
+        raise ValueError(f'unknown dataset {name!r}; choose from {DATASETS}')
+    folder = Path(folder) if folder else untar_data(name, root, mirror)
+    if name == 'imdb_sample':
+        csvs = sorted(folder.rglob('texts.csv'))
+        if not csvs:
+            raise FileNotFoundError(f'no texts.csv in {folder}')
+        return reader_for(csvs[:1], errors=errors)
+    return reader_for([folder], errors=errors)
 
 
 def read_text(path, errors: str = 'strict') -> str:

@@ -32,7 +32,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 from . import recipe
 from .awd_lstm import AWDLSTMConfig
 from .classifier import encoder_state
-from .datasets import ImdbReader, TableReader
+from .datasets import dataset_reader
 from .dry_run import dry_run_folder, write_table
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import resolve_pretrained
@@ -182,19 +182,10 @@ PRESETS = {
 
 def imdb_store(cfg):
     "The token store of the dataset: labels, splits and the vocab built from its text."
-    from common.download import untar_data
-
     tok, errors = SpacyTokenizer(), cfg.get('errors', 'strict')  # runs saved before the setting existed: strict
-    if cfg['dataset'] == 'imdb':
-        folder = untar_data('imdb')
-        reader, test_split = ImdbReader(folder, splits=('train', 'test', 'unsup'), errors=errors), 'test'
-    else:
-        folder = cfg.get('sample_folder') or untar_data('imdb_sample')  # a dry run brings its own texts.csv
-        csv = next(Path(folder).rglob('texts.csv'))
-        reader = TableReader(csv, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
-        test_split = 'valid'
+    reader = dataset_reader(cfg['dataset'], folder=cfg.get('sample_folder'), errors=errors)  # a dry run's own table
     store = build_store(reader, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], name=cfg['dataset'])
-    return store, test_split
+    return store, 'test' if cfg['dataset'] == 'imdb' else 'valid'
 
 
 # --dry-run: synthetic reviews, no pretrained LM, the tiny model, every stage for one epoch of a few batches.

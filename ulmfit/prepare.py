@@ -11,62 +11,10 @@ import time
 from pathlib import Path
 
 from common.log import log
-from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
+from ulmfit.datasets import DATASETS, dataset_reader, reader_for
 from ulmfit.store import TokenStore, build_store, train_spm
 from ulmfit.tokenize import SpacyTokenizer
 from ulmfit.vocab import Vocab
-
-DATASETS = ('imdb', 'imdb_sample', 'wikitext-103', 'wikitext-2')
-
-
-def reader_for_path(path, errors: str = 'strict'):
-    "Pick a reader from what a path looks like."
-    p = Path(path)
-    name = p.name.lower()
-    if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or (p.is_file() and name.endswith(('.tgz', '.tar.gz'))):
-        return ImdbReader(p, errors=errors)
-    if p.is_dir() and any(
-        q.suffix in ('.raw', '.tokens') or q.name.endswith(('.raw.gz', '.tokens.gz')) for q in p.iterdir()
-    ):
-        return WikiTextReader(p, errors=errors)
-    if '.raw' in name or '.tokens' in name:
-        return WikiTextReader(p, errors=errors)
-    if name.removesuffix('.gz').endswith(('.csv', '.tsv', '.parquet', '.pq')):
-        return TableReader(p, text_cols='text', label_cols='label', valid_col='is_valid', errors=errors)
-    return TextCorpusReader(p, errors=errors)
-
-
-class MultiReader:
-    "Several readers one after another."
-
-    def __init__(self, readers):
-        self.readers = list(readers)
-
-    def __iter__(self):
-        for r in self.readers:
-            yield from r
-
-    def fingerprint(self):
-        return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
-
-
-def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, errors: str = 'strict'):
-    "The reader for a named dataset (fetched if needed) or for explicit `corpus` paths."
-    if corpus:
-        rs = [reader_for_path(p, errors) for p in corpus]
-        return rs[0] if len(rs) == 1 else MultiReader(rs)
-    from common.download import untar_data
-
-    if dataset not in DATASETS:
-        raise ValueError(f'unknown dataset {dataset!r}; choose from {DATASETS} or pass --corpus')
-    path = untar_data(dataset, root, mirror)
-    if dataset == 'imdb':
-        return ImdbReader(path, errors=errors)
-    if dataset == 'imdb_sample':
-        return TableReader(
-            path / 'texts.csv', text_cols='text', label_cols='label', valid_col='is_valid', errors=errors
-        )
-    return WikiTextReader(path, errors=errors)
 
 
 def prepare_dataset(
@@ -85,7 +33,7 @@ def prepare_dataset(
     progress: bool = True,
 ) -> TokenStore:
     "Fetch + tokenize + numericalize a dataset into a TokenStore (reused when already built)."
-    reader = dataset_reader(dataset, corpus, mirror, root, errors)
+    reader = reader_for(corpus, errors=errors) if corpus else dataset_reader(dataset, root, mirror, errors=errors)
     if isinstance(vocab, (str, Path)):
         p = Path(vocab)
         vocab = Vocab.load(p / 'vocab.json' if p.is_dir() else p)

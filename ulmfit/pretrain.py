@@ -29,7 +29,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
-from .datasets import ImdbReader, TextCorpusReader, WikiTextReader
+from .datasets import ImdbReader, WikiTextReader, dataset_reader, reader_for
 from .dry_run import dry_run_folder, write_corpus
 from .loaders import LMLoader
 from .model_io import save_model_folder
@@ -184,19 +184,6 @@ class FirstDocs:
         return {**self.reader.fingerprint(), 'first_docs': self.n}
 
 
-def corpus_reader(paths, split='train', errors='strict'):
-    "A reader for corpus files: WikiText .tokens/.raw files by name, anything else as plain text."
-    paths = [Path(p) for p in (paths.split(',') if isinstance(paths, str) else paths) if str(p)]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"corpus not found: {', '.join(missing)}")
-    if all(p.name.split('.')[-1] in ('tokens', 'raw') or p.name.endswith(('.tokens.gz', '.raw.gz')) for p in paths):
-        return WikiTextReader(paths, errors=errors)
-    if len(paths) == 1 and ((paths[0] / 'train' / 'pos').is_dir() or paths[0].name.endswith(('.tgz', '.tar.gz'))):
-        return ImdbReader(paths[0], errors=errors)  # the same reader as `imdb` uses, so both share one token store
-    return TextCorpusReader(paths, split=split, errors=errors)
-
-
 def _wt103_file(folder, split):
     for name in (f'wiki.{split}.tokens', f'wiki.{split}.tokens.gz', f'wiki.{split}.raw', f'wiki.{split}.raw.gz'):
         if (Path(folder) / name).exists():
@@ -206,13 +193,11 @@ def _wt103_file(folder, split):
 
 def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
-    if cfg['corpus'] == 'imdb':
-        from common.download import untar_data
-
-        src = str(untar_data('imdb'))
-        train = corpus_reader(src, errors=cfg['errors'])
+    if cfg['corpus'] == 'imdb':  # the same reader as `imdb` uses, so both share one token store
+        train = dataset_reader('imdb', errors=cfg['errors'])
+        src = str(train.path)
     elif cfg['corpus']:
-        train = corpus_reader(cfg['corpus'], errors=cfg['errors'])
+        train = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors'])
         src = cfg['corpus']
     else:
         from common.download import untar_data
@@ -221,10 +206,10 @@ def resolve_corpora(cfg):
         path = _wt103_file(folder, 'train')
         if path is None:
             raise FileNotFoundError(f"no wiki.train.tokens in {folder}")
-        train, src = corpus_reader([path], errors=cfg['errors']), str(path)
+        train, src = reader_for([path], errors=cfg['errors']), str(path)
     valid = None
     if cfg['valid']:
-        valid = corpus_reader(cfg['valid'], split='valid', errors=cfg['errors'])
+        valid = reader_for(cfg['valid'], split='valid', label_col=None, errors=cfg['errors'])
     elif not isinstance(train, ImdbReader):  # IMDB is validated on 1% of its own reviews, not on WikiText
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
         if os.environ.get('ULMFIT_MIRROR'):
