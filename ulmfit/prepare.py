@@ -12,14 +12,14 @@ from pathlib import Path
 
 from common.log import log
 from ulmfit.datasets import ImdbReader, TableReader, TextCorpusReader, WikiTextReader
-from ulmfit.store import TokenStore, build_store, train_spm
+from ulmfit.store import build_store, train_spm
 from ulmfit.tokenize import SpacyTokenizer
 from ulmfit.vocab import Vocab
 
 DATASETS = ('imdb', 'imdb_sample', 'wikitext-103', 'wikitext-2')
 
 
-def reader_for_path(path, errors: str = 'strict'):
+def reader_for_path(path, errors='strict'):
     "Pick a reader from what a path looks like."
     p = Path(path)
     name = p.name.lower()
@@ -50,7 +50,7 @@ class MultiReader:
         return dict(reader='multi', parts=[r.fingerprint() for r in self.readers])
 
 
-def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, errors: str = 'strict'):
+def dataset_reader(dataset, corpus=None, mirror=None, root=None, errors='strict'):
     "The reader for a named dataset (fetched if needed) or for explicit `corpus` paths."
     if corpus:
         rs = [reader_for_path(p, errors) for p in corpus]
@@ -70,20 +70,20 @@ def dataset_reader(dataset: str | None, corpus=None, mirror=None, root=None, err
 
 
 def prepare_dataset(
-    dataset: str | None = 'imdb',
+    dataset='imdb',
     corpus=None,
-    tokenizer: str = 'spacy',
-    max_vocab: int = 60000,
-    min_freq: int = 3,
-    n_workers: int | None = None,
+    tokenizer='spacy',
+    max_vocab=60000,
+    min_freq=3,
+    n_workers=None,
     mirror=None,
     root=None,
-    vocab: Vocab | str | None = None,
-    spm_vocab_size: int = 15000,
-    spm_model_type: str = 'unigram',
-    errors: str = 'strict',
-    progress: bool = True,
-) -> TokenStore:
+    vocab=None,
+    spm_vocab_size=15000,
+    spm_model_type='unigram',
+    errors='strict',
+    progress=True,
+):
     "Fetch + tokenize + numericalize a dataset into a TokenStore (reused when already built)."
     reader = dataset_reader(dataset, corpus, mirror, root, errors)
     if isinstance(vocab, (str, Path)):
