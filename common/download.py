@@ -98,12 +98,13 @@ class DownloadError(RuntimeError):
     "A download, verification or extraction failed (the message names the file or URL)."
 
 
-def get_data_root(root=None) -> Path:
-    "Where datasets live: `root`, else $ULMFIT_DATA, else ./data."
+def get_data_root(root=None):
+    "Where datasets live, as a Path: `root`, else $ULMFIT_DATA, else ./data."
     return Path(root or os.environ.get('ULMFIT_DATA') or 'data')
 
 
-def sha256_file(path, block: int = 1 << 20) -> str:
+def sha256_file(path, block=1 << 20):
+    "The file's sha256 as a hex string."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         while b := f.read(block):
@@ -111,7 +112,7 @@ def sha256_file(path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify(path, entry: dict, expected_size: int | None = None) -> bool:
+def verify(path, entry, expected_size=None):
     "Check size (when expected or in the entry) and sha256 (when the registry knows one for this size); True if hashed."
     path = Path(path)
     size = path.stat().st_size
@@ -130,8 +131,8 @@ def verify(path, entry: dict, expected_size: int | None = None) -> bool:
     return True
 
 
-def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> Path:
-    "Download `url` to `dest` with a progress bar; resumes a `dest.part` left by an earlier attempt."
+def download_url(url, dest, progress=True, timeout=60):
+    "Download `url` to `dest` (returned as a Path) with a progress bar; resumes a `dest.part` left by an earlier try."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
@@ -173,7 +174,7 @@ def download_url(url: str, dest, progress: bool = True, timeout: float = 60) -> 
     return dest
 
 
-def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> Path:
+def fetch_archive(name, root=None, mirror=None, progress=True):
     "Path to dataset `name`'s archive in `root/archives`, copied from the mirror or downloaded if missing."
     entry = registry_entry(name)
     dest = get_data_root(root) / 'archives' / entry['archive']
@@ -213,18 +214,18 @@ def fetch_archive(name: str, root=None, mirror=None, progress: bool = True) -> P
     return dest
 
 
-def registry_entry(name: str) -> dict:
+def registry_entry(name):
     if name not in REGISTRY:
         raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
     return REGISTRY[name]
 
 
-def _inside(base: Path, target: str) -> bool:
+def _inside(base, target):
     base = os.path.realpath(base)
     return os.path.commonpath([base, os.path.realpath(os.path.join(base, target))]) == base
 
 
-def check_members(archive, dest) -> None:
+def check_members(archive, dest):
     "Refuse absolute paths, `..`, links that leave `dest`, and device files, before extracting anything."
     dest = Path(dest)
     if zipfile.is_zipfile(archive):
@@ -252,8 +253,8 @@ def check_members(archive, dest) -> None:
         raise DownloadError(f'{archive}: damaged or partial archive ({type(e).__name__}: {e})') from None
 
 
-def extract_archive(archive, dest) -> Path:
-    """Extract `archive` (tar/tgz/zip) so that `dest` appears complete or not at all.
+def extract_archive(archive, dest):
+    """Extract `archive` (tar/tgz/zip) so that `dest` appears complete or not at all; returns `dest` as a Path.
 
     If the archive holds one top-level folder, its contents become `dest`; otherwise everything goes into `dest`."""
     archive, dest = Path(archive), Path(dest)
@@ -293,8 +294,8 @@ def extract_archive(archive, dest) -> Path:
     return dest
 
 
-def untar_data(name: str, data_root=None, mirror=None, progress: bool = True) -> Path:
-    "Folder of dataset `name` under `data_root` ($ULMFIT_DATA, ./data): fetched, verified, extracted on first use."
+def untar_data(name, data_root=None, mirror=None, progress=True):
+    "Folder (a Path) of dataset `name` under `data_root` ($ULMFIT_DATA, ./data): fetched, verified, extracted once."
     root = get_data_root(data_root)
     entry = registry_entry(name)
     dest = root / entry['folder']

@@ -34,14 +34,14 @@ log.propagate = False
 log.addHandler(_Handler())
 
 
-def set_verbosity(name: str) -> None:
+def set_verbosity(name):
     "Show warnings only ('quiet'), progress and results ('normal'), or everything ('verbose')."
     if name not in LEVELS:
         raise ValueError(f'verbosity must be one of {sorted(LEVELS)}, got {name!r}')
     log.setLevel(LEVELS[name])
 
 
-def show_progress() -> bool:
+def show_progress():
     "Whether progress bars should be drawn here."
     return log.isEnabledFor(logging.INFO) and rank() == 0
 

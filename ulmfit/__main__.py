@@ -26,7 +26,8 @@ def _expected():
     return (DataError,)
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Run `python -m ulmfit <command>`; returns the exit status."
     return dispatch('python -m ulmfit', COMMANDS, argv, expected=_expected)
 
 

@@ -19,7 +19,8 @@ from .dry_run import dry_run_folder, write_table
 ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
 
-def classify_main(argv=None) -> int:
+def classify_main(argv=None):
+    "Entry point of `python -m ulmfit classify`; returns the exit status."
     p = argparse.ArgumentParser(
         prog='python -m ulmfit classify', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -113,7 +114,8 @@ def classify(a, config=None, lm=None):
     )
 
 
-def predict_main(argv=None) -> int:
+def predict_main(argv=None):
+    "Entry point of `python -m ulmfit predict`; returns the exit status."
     p = argparse.ArgumentParser(
         prog='python -m ulmfit predict', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

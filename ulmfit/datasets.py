@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +26,7 @@ class DataError(ValueError):
     "Bad input data (the message names the file, row or column)."
 
 
-def _fingerprint_path(p) -> list:
+def _fingerprint_path(p):
     "Paths + sizes + mtimes of a file or every file under a folder (cheap, changes when the data does)."
     p = Path(p)
     files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file())
@@ -38,7 +37,7 @@ def _fingerprint_path(p) -> list:
 REPLACE_HINT = "rerun with --errors replace (errors='replace' in Python) to substitute them"
 
 
-def decode(raw: bytes, name: str, errors: str = 'strict', base: int = 0) -> str:
+def decode(raw, name, errors='strict', base=0):
     "UTF-8 decode with an error naming the file and byte offset."
     try:
         return raw.decode('utf-8', errors=errors)
@@ -49,7 +48,7 @@ def decode(raw: bytes, name: str, errors: str = 'strict', base: int = 0) -> str:
         ) from None
 
 
-def find_bad_utf8(path) -> int | None:
+def find_bad_utf8(path):
     "Byte offset of the first invalid UTF-8 sequence in `path` (decompressed for .gz), or None."
     dec, pos = codecs.getincrementaldecoder('utf-8')(), 0
     with _open_bin(path) as f:
@@ -74,7 +73,7 @@ def _check_nonempty(path):
         raise DataError(f'{path}: empty file')
 
 
-def _lines(path, errors='strict') -> Iterator[str]:
+def _lines(path, errors='strict'):
     "Decoded lines (with their '\\n'), errors reported with the byte offset in the (decompressed) file."
     _check_nonempty(path)
     pos, n = 0, 0
@@ -97,9 +96,7 @@ class ImdbReader:
 
     `label='rating'` gives the rating from the file name `{id}_{rating}.txt` instead (unsup reviews have 0)."""
 
-    def __init__(
-        self, path, splits: Sequence[str] = ('train', 'test', 'unsup'), label: str = 'sentiment', errors: str = 'strict'
-    ):
+    def __init__(self, path, splits=('train', 'test', 'unsup'), label='sentiment', errors='strict'):
         self.path, self.splits, self.label, self.errors = Path(path), tuple(splits), label, errors
         if not self.path.exists():
             raise FileNotFoundError(f'IMDB data not found: {self.path}')
@@ -119,7 +116,7 @@ class ImdbReader:
             raise DataError(f'{name}: empty file')
         return Doc(decode(raw, name, self.errors), lbl, split, name)
 
-    def __iter__(self) -> Iterator[Doc]:
+    def __iter__(self):
         n = 0
         for d in self._docs():
             n += 1
@@ -130,7 +127,7 @@ class ImdbReader:
                 f"train|test/pos|neg|unsup/<id>_<rating>.txt files)"
             )
 
-    def _docs(self) -> Iterator[Doc]:
+    def _docs(self):
         if self.path.is_file():  # stream straight out of the archive, in archive order
             with tarfile.open(self.path, 'r|*') as tf:
                 for mem in tf:
@@ -153,7 +150,7 @@ class ImdbReader:
                         raw = fh.read()
                     yield self._doc(m, raw, str(d / f))
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self):
         p = self.path
         fp = (
             _fingerprint_path(p)
@@ -173,7 +170,7 @@ class ImdbReader:
 _re_title = re.compile(r'^ = [^=].* = \n?$')
 
 
-def _wiki_split(path) -> str:
+def _wiki_split(path):
     name = Path(path).name
     for s in ('train', 'valid', 'test'):
         if f'.{s}.' in name or name.startswith(s):
@@ -184,7 +181,7 @@ def _wiki_split(path) -> str:
 class WikiTextReader:
     "WikiText `.raw`/`.tokens` files (or a folder of them, `.gz` too), one Doc per article (` = Title = ` heading)."
 
-    def __init__(self, paths, errors: str = 'strict'):
+    def __init__(self, paths, errors='strict'):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         files = []
         for p in map(Path, paths):
@@ -198,7 +195,7 @@ class WikiTextReader:
             raise FileNotFoundError(f'no WikiText .raw/.tokens files in {paths}')
         self.files, self.errors = files, errors
 
-    def __iter__(self) -> Iterator[Doc]:
+    def __iter__(self):
         for f in self.files:
             n = 0
             for d in self._file_docs(f):
@@ -207,7 +204,7 @@ class WikiTextReader:
             if n == 0:
                 raise DataError(f'{f}: no text (empty or whitespace only)')
 
-    def _file_docs(self, f) -> Iterator[Doc]:
+    def _file_docs(self, f):
         split, buf, title, prev = _wiki_split(f), [], None, ''
         lines = _lines(f, self.errors)
         line = next(lines, None)
@@ -224,7 +221,7 @@ class WikiTextReader:
         if buf and ''.join(buf).strip():
             yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self):
         return dict(reader='wikitext', errors=self.errors, files=[_fingerprint_path(f) for f in self.files])
 
 
@@ -236,7 +233,7 @@ class TextCorpusReader:
     a folder of `.txt` files (one doc per file), `.gz` transparently. `mode='auto'` picks 'blank' when the first
     1000 lines hold a blank line."""
 
-    def __init__(self, paths, mode: str = 'auto', split: str = 'train', errors: str = 'strict'):
+    def __init__(self, paths, mode='auto', split='train', errors='strict'):
         if mode not in ('auto', 'lines', 'blank'):
             raise ValueError(f"mode must be auto|lines|blank, not {mode!r}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -274,7 +271,7 @@ class TextCorpusReader:
         if buf:
             yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
 
-    def __iter__(self) -> Iterator[Doc]:
+    def __iter__(self):
         for p in self.paths:
             n = 0
             for d in self._path_docs(p):
@@ -287,7 +284,7 @@ class TextCorpusReader:
                     else f'{p}: no text (empty or whitespace only)'
                 )
 
-    def _path_docs(self, p) -> Iterator[Doc]:
+    def _path_docs(self, p):
         if not p.is_dir():
             yield from self._file_docs(p)
             return
@@ -298,7 +295,7 @@ class TextCorpusReader:
                     raise DataError(f'{f}: empty file')
                 yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self):
         return dict(
             reader='text',
             mode=self.mode,
@@ -311,7 +308,7 @@ class TextCorpusReader:
 # ---------------------------------------------------------------- tables
 
 
-def join_fields(values: Sequence[str], mark_fields: bool) -> str:
+def join_fields(values, mark_fields):
     "Several text columns -> one text: `['a', 'b']` -> `'xxfld 1 a xxfld 2 b'` (fastai's field markers)."
     if not mark_fields:
         return ' '.join(values)
@@ -327,11 +324,11 @@ class TableReader:
         src,
         text_cols='text',
         label_cols=None,
-        valid_col: str | None = 'is_valid',
-        mark_fields: bool | None = None,
-        label_delim: str | None = None,
-        errors: str = 'strict',
-        chunksize: int = 10_000,
+        valid_col='is_valid',
+        mark_fields=None,
+        label_delim=None,
+        errors='strict',
+        chunksize=10_000,
     ):
         self.src = src
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
@@ -352,7 +349,7 @@ class TableReader:
         self._check_columns(self._columns())
 
     @property
-    def multi_label(self) -> bool:
+    def multi_label(self):
         return len(self.label_cols) > 1 or self.label_delim is not None
 
     def _kind(self):
@@ -418,7 +415,7 @@ class TableReader:
             return tuple(str(v).split(self.label_delim))
         return v.item() if hasattr(v, 'item') else v
 
-    def __iter__(self) -> Iterator[Doc]:
+    def __iter__(self):
         row0 = 0
         for df in self._chunks():
             self._check_columns(list(df.columns))
@@ -433,7 +430,7 @@ class TableReader:
         if row0 == 0:
             raise DataError(f'{self.name}: no rows')
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self):
         import pandas as pd
 
         if isinstance(self.src, pd.DataFrame):
@@ -501,7 +498,7 @@ def check_labelled(df, text_col, label_cols, valid_col=None):
             )
 
 
-def _truthy(v) -> bool:
+def _truthy(v):
     if isinstance(v, str):
         return v.strip().lower() in ('true', '1', 'yes', 'valid')
     return bool(v)
@@ -579,7 +576,7 @@ def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
     return reader_for([folder], errors=errors)
 
 
-def read_text(path, errors: str = 'strict') -> str:
+def read_text(path, errors='strict'):
     "Whole file as text (`.gz` transparently), with the file and byte offset on bad bytes."
     with _open_bin(path) as f:
         raw = f.read()

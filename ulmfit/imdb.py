@@ -215,7 +215,8 @@ DRY_RUN = dict(
 )
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Entry point of `python -m ulmfit imdb`; returns the exit status."
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit imdb', description=__doc__)
     if cfg['dry_run']:
         with dry_run_folder() as tmp:

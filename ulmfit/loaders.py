@@ -38,13 +38,13 @@ class LMLoader:
         ids,
         offsets=None,
         doc_idx=None,
-        bs: int = 64,
-        bptt: int = 70,
-        shuffle: bool = False,
-        var_bptt: bool = False,
-        backwards: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
+        bs=64,
+        bptt=70,
+        shuffle=False,
+        var_bptt=False,
+        backwards=False,
+        rank=0,
+        world_size=1,
     ):
         if offsets is None:  # a TokenStore
             ids, offsets = ids.ids, ids.offsets
@@ -60,14 +60,14 @@ class LMLoader:
         if self.row_len < 2:
             raise ValueError(f'{self.n_tokens} tokens are too few for bs={bs} rows')
 
-    def __len__(self) -> int:
+    def __len__(self):
         "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."
         return math.ceil((self.row_len - 1) / self.bptt)
 
     def _order(self):
         return self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
 
-    def _seq_len(self) -> int:
+    def _seq_len(self):
         if not self.var_bptt:
             return self.bptt
         bptt = self.bptt if torch.rand(()).item() < 0.95 else self.bptt / 2
@@ -120,7 +120,7 @@ class SortishSampler(Sampler):
     `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last).
     """
 
-    def __init__(self, lengths, bs: int, mega: int = 50):
+    def __init__(self, lengths, bs, mega=50):
         self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
 
     def __len__(self):
@@ -139,7 +139,7 @@ class SortishSampler(Sampler):
         return iter(np.concatenate([batches[first]] + rest + last).tolist())
 
 
-def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int | None = None):
+def pad_collate(samples, pad_idx=1, pad_first=True, max_len=None):
     """[(ids, label), ...] -> x (bs, sl) LongTensor padded with `pad_idx`, y (bs,) or (bs, n_labels).
 
         pad_first=True:   [pad pad pad  a   b   c ]      (the RNN reads the text last, right before pooling)
@@ -165,7 +165,7 @@ def pad_collate(samples, pad_idx: int = 1, pad_first: bool = True, max_len: int 
 class TextClassDataset(Dataset):
     "Docs `idx` of a TokenStore as (ids, label); ids truncated to the last `max_len` tokens when given."
 
-    def __init__(self, store, idx, max_len: int | None = None):
+    def __init__(self, store, idx, max_len=None):
         self.store, self.idx, self.max_len = store, np.asarray(idx), max_len
 
     def __len__(self):
@@ -179,20 +179,20 @@ class TextClassDataset(Dataset):
         return ids, self.store.labels[j]
 
     @property
-    def lengths(self) -> np.ndarray:
+    def lengths(self):
         ls = self.store.lengths[self.idx]
         return np.minimum(ls, self.max_len) if self.max_len is not None else ls
 
 
 def class_loaders(
     store,
-    bs: int = 64,
+    bs=64,
     train_splits=('train',),
     valid_splits=('test',),
-    max_len: int | None = None,
-    pad_first: bool = True,
-    num_workers: int = 0,
-) -> tuple[DataLoader, DataLoader]:
+    max_len=None,
+    pad_first=True,
+    num_workers=0,
+):
     "Train (SortishSampler) and valid (SortSampler) DataLoaders over a store's labeled docs of the given splits."
     pad = store.vocab.pad_idx
     dls = []

@@ -12,26 +12,26 @@ from pathlib import Path
 
 from common.log import log
 from ulmfit.datasets import DATASETS, dataset_reader, reader_for
-from ulmfit.store import TokenStore, build_store, train_spm
+from ulmfit.store import build_store, train_spm
 from ulmfit.tokenize import SpacyTokenizer
 from ulmfit.vocab import Vocab
 
 
 def prepare_dataset(
-    dataset: str | None = 'imdb',
+    dataset='imdb',
     corpus=None,
-    tokenizer: str = 'spacy',
-    max_vocab: int = 60000,
-    min_freq: int = 3,
-    n_workers: int | None = None,
+    tokenizer='spacy',
+    max_vocab=60000,
+    min_freq=3,
+    n_workers=None,
     mirror=None,
     root=None,
-    vocab: Vocab | str | None = None,
-    spm_vocab_size: int = 15000,
-    spm_model_type: str = 'unigram',
-    errors: str = 'strict',
-    progress: bool = True,
-) -> TokenStore:
+    vocab=None,
+    spm_vocab_size=15000,
+    spm_model_type='unigram',
+    errors='strict',
+    progress=True,
+):
     "Fetch + tokenize + numericalize a dataset into a TokenStore (reused when already built)."
     reader = reader_for(corpus, errors=errors) if corpus else dataset_reader(dataset, root, mirror, errors=errors)
     if isinstance(vocab, (str, Path)):

@@ -297,7 +297,8 @@ DRY_RUN = dict(
 )
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Entry point of `python -m ulmfit pretrain`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
     given = [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]

@@ -36,13 +36,13 @@ PRETRAINED = {
 }
 
 
-def named_for(backwards: bool) -> str:
+def named_for(backwards):
     "The published model for a reading direction."
     return next(n for n, e in PRETRAINED.items() if e['backwards'] == backwards)
 
 
-def model_dir(name: str, data_root=None) -> Path:
-    "Where the model folder of `name` is cached."
+def model_dir(name, data_root=None):
+    "Where the model folder of `name` is cached (a Path)."
     return get_data_root(data_root) / 'models' / name
 
 
@@ -52,7 +52,7 @@ def find_pretrained(runs, backwards):
     return max(cands, key=lambda p: (p / 'lm.pth').stat().st_mtime) if cands else None
 
 
-def _only(folder: Path, ext: str, archive: Path) -> Path:
+def _only(folder, ext, archive):
     found = sorted(folder.rglob(f'*.{ext}'))
     if len(found) != 1:
         names = [str(p.relative_to(folder)) for p in found]
@@ -63,8 +63,8 @@ def _only(folder: Path, ext: str, archive: Path) -> Path:
     return found[0]
 
 
-def get_pretrained(name: str, data_root=None, mirror=None, progress: bool = True) -> Path:
-    "The model folder of a named pretrained LM: fetched, checked, imported and cached on first use."
+def get_pretrained(name, data_root=None, mirror=None, progress=True):
+    "The model folder (a Path) of a named pretrained LM: fetched, checked, imported and cached on first use."
     if name not in PRETRAINED:
         raise KeyError(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}")
     dest = model_dir(name, data_root)
@@ -112,8 +112,8 @@ def get_pretrained(name: str, data_root=None, mirror=None, progress: bool = True
     return dest
 
 
-def pretrained_folder(spec, data_root=None) -> Path:
-    "A model folder from a known name (fetched on first use) or a path."
+def pretrained_folder(spec, data_root=None):
+    "A model folder (a Path) from a known name (fetched on first use) or a path."
     if str(spec) in PRETRAINED:
         return get_pretrained(str(spec), data_root)
     if not (Path(spec) / 'lm.pth').exists():

@@ -58,21 +58,21 @@ class TokenStore:
     def __len__(self):
         return len(self.offsets) - 1
 
-    def __getitem__(self, i) -> np.ndarray:
+    def __getitem__(self, i):
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
     def __repr__(self):
         return f'TokenStore({self.path}, {len(self)} docs, {len(self.ids)} tokens, vocab {len(self.vocab)})'
 
     @property
-    def lengths(self) -> np.ndarray:
+    def lengths(self):
         return np.diff(self.offsets)
 
     @property
-    def n_tokens(self) -> int:
+    def n_tokens(self):
         return len(self.ids)
 
-    def split_idx(self, *names: str) -> np.ndarray:
+    def split_idx(self, *names):
         "Indices of the docs in any of the named splits (all docs when no name is given)."
         if not names:
             return np.arange(len(self))
@@ -82,19 +82,19 @@ class TokenStore:
         codes = [self.split_names.index(n) for n in names]
         return np.flatnonzero(np.isin(self.splits, codes))
 
-    def labeled_idx(self, *names: str) -> np.ndarray:
+    def labeled_idx(self, *names):
         "Indices of labeled docs in the named splits."
         idx = self.split_idx(*names)
         return idx if self.multi_label else idx[self.labels[idx] >= 0]
 
     @property
-    def is_valid(self) -> np.ndarray:
+    def is_valid(self):
         return (
             self.splits == self.split_names.index('valid') if 'valid' in self.split_names else np.zeros(len(self), bool)
         )
 
 
-def store_key(source_fp: dict, tok_cfg: dict, vocab_cfg: dict) -> str:
+def store_key(source_fp, tok_cfg, vocab_cfg):
     "Hash of everything that determines the store's contents."
     blob = json.dumps(
         dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg), sort_keys=True, default=str
@@ -111,16 +111,16 @@ def _vocab_cfg(vocab, max_vocab, min_freq):
 def build_store(
     reader,
     tok=None,
-    vocab: Vocab | None = None,
-    max_vocab: int = 60000,
-    min_freq: int = 3,
-    n_workers: int | None = None,
+    vocab=None,
+    max_vocab=60000,
+    min_freq=3,
+    n_workers=None,
     root=None,
-    chunk: int = 256,
-    progress: bool = True,
-    name: str = '',
-) -> TokenStore:
-    """Tokenize + numericalize `reader`'s docs into a store under `root/cache` (reused when it exists).
+    chunk=256,
+    progress=True,
+    name='',
+):
+    """Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused when it exists).
 
     `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
     tok = tok or SpacyTokenizer()
@@ -228,10 +228,8 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
     atomic_write_json(tmp / 'meta.json', meta)
 
 
-def train_spm(
-    reader, root=None, vocab_sz: int = 15000, model_type: str = 'unigram', n_sample: int = 20000, seed: int = 42
-) -> SentencePieceTokenizer:
-    "Train (or reuse, cached under `root/cache`) a SentencePiece model on a reservoir sample of `n_sample` docs."
+def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=20000, seed=42):
+    "A SentencePieceTokenizer trained (or reused from `root/cache`) on a reservoir sample of `n_sample` docs."
     key = hashlib.sha256(
         json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True, default=str).encode()
     ).hexdigest()[:20]
@@ -247,7 +245,7 @@ def train_spm(
     return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
 
 
-def _encode_labels(labels: list, reader):
+def _encode_labels(labels, reader):
     "Raw labels -> (array, names, multi_label). Single: int ids (-1 unlabeled); multi: (n, n_labels) 0/1 floats."
     present = [lb for lb in labels if lb is not None]
     if not present:

@@ -1,7 +1,6 @@
 "Vocab: token <-> id, built from counts (specials first, size padded to a multiple of 8), saved as JSON."
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -14,7 +13,7 @@ FAKE = 'xxfake'
 class Vocab:
     "Maps tokens to ids and back; unknown tokens map to `xxunk` (id 0)."
 
-    def __init__(self, itos: Sequence[str]):
+    def __init__(self, itos):
         self.itos = list(itos)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
@@ -23,9 +22,7 @@ class Vocab:
             raise ValueError(f'vocab must start with the special tokens {SPECIALS}')
 
     @classmethod
-    def from_counts(
-        cls, counts: Mapping[str, int], max_vocab: int = 60000, min_freq: int = 3, specials: Sequence[str] = SPECIALS
-    ) -> 'Vocab':
+    def from_counts(cls, counts, max_vocab=60000, min_freq=3, specials=SPECIALS):
         "Most frequent tokens (count >= min_freq, ties in first-seen order) after the specials, padded to 8k size."
         if max_vocab < len(specials):
             raise ValueError(f'max_vocab={max_vocab} is smaller than the {len(specials)} specials')
@@ -37,7 +34,7 @@ class Vocab:
         return cls(itos)
 
     @classmethod
-    def from_tokens(cls, docs: Iterable[Sequence[str]], **kwargs) -> 'Vocab':
+    def from_tokens(cls, docs, **kwargs):
         "Count tokens over `docs` (lists of tokens) and build the vocab."
         counts = {}
         for d in docs:
@@ -58,37 +55,37 @@ class Vocab:
         return f'Vocab({len(self)} tokens: {self.itos[9:14]}...)'
 
     @property
-    def pad_idx(self) -> int:
+    def pad_idx(self):
         return self.stoi[PAD]
 
-    def numericalize(self, toks: Sequence[str]) -> np.ndarray:
-        "Tokens -> int64 ids (unknowns -> 0)."
+    def numericalize(self, toks):
+        "Tokens -> numpy array of int64 ids (unknowns -> 0)."
         get = self.stoi.get
         return np.fromiter((get(t, 0) for t in toks), np.int64, len(toks))
 
-    def textify(self, ids, sep: str = ' ', decode_caps: bool = True) -> str:
+    def textify(self, ids, sep=' ', decode_caps=True):
         "Ids -> text; with `decode_caps`, `xxmaj the` -> `The` and `xxup the` -> `THE` for display."
         toks = [self.itos[int(i)] for i in ids]
         if decode_caps:
             toks = undo_caps(toks)
         return sep.join(toks)
 
-    def to_json(self) -> dict:
+    def to_json(self):
         return dict(itos=self.itos)
 
-    def save(self, path) -> None:
+    def save(self, path):
         "Write the vocab as JSON (`{'itos': [...]}`), atomically."
         atomic_write_json(path, self.to_json(), indent=None)
 
     @classmethod
-    def load(cls, path) -> 'Vocab':
+    def load(cls, path):
         "Read a vocab written by `save` (or a plain JSON list of tokens)."
         with open(path, encoding='utf-8') as f:
             d = json.load(f)
         return cls(d['itos'] if isinstance(d, dict) else d)
 
 
-def undo_caps(toks: Sequence[str]) -> list[str]:
+def undo_caps(toks):
     "Undo the case rules for display: `['xxmaj', 'the', 'xxup', 'end']` -> `['The', 'END']`."
     res, mode = [], None
     for t in toks:

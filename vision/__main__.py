@@ -23,7 +23,8 @@ def _expected():
     return (BadImageError,)
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Run `python -m vision <command>`; returns the exit status."
     return dispatch('python -m vision', COMMANDS, argv, expected=_expected)
 
 

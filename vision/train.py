@@ -214,7 +214,8 @@ def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):
     return write_synthetic_images(folder, names)
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Entry point of `python -m vision train`; returns the exit status."
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:

@@ -157,7 +157,8 @@ DRY_RUN = {
 }
 
 
-def main(argv=None) -> int:
+def main(argv=None):
+    "Entry point of `python -m vision transfer`; returns the exit status."
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
     if unknown:

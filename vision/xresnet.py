@@ -119,7 +119,7 @@ def make_head(nf, n_out, concat_pool=False, p=0.0):
     return h
 
 
-def xresnet(cfg: XResNetConfig):
+def xresnet(cfg):
     "Build `nn.Sequential(body, head)` from a config."
     c = cfg.c_in
     w = lambda n: max(8, int(n * cfg.width))  # noqa: E731

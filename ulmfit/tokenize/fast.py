@@ -38,13 +38,11 @@ class SpacyTokenizer:
 
     kind = 'spacy'
 
-    def __init__(
-        self, lang: str = 'en', include_bos: bool = True, include_eos: bool = False, memo_size: int = 2_000_000
-    ):
+    def __init__(self, lang='en', include_bos=True, include_eos=False, memo_size=2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
         self._fast, self._memos, self._specials, self._risks, self._ends, self._lens = None, {}, None, None, None, None
 
-    def config(self) -> dict:
+    def config(self):
         "Everything that changes the output (goes into the store's cache key)."
         return dict(
             kind=self.kind,
@@ -92,7 +90,7 @@ class SpacyTokenizer:
             self._risks = tuple(bit), tuple(mask), bit, mask
         return self._risks
 
-    def _flag(self, p: str, risk: tuple[dict, dict], toks: list[str], bare: list[str]) -> None:
+    def _flag(self, p, risk, toks, bare):
         "Record the risk masks of the tokens piece `p` starts/ends with, split with and without special cases."
         _, _, bit, mask = self._risk_sets
         st = mask.get(toks[0], 0) | mask.get(bare[0], 0)
@@ -103,28 +101,28 @@ class SpacyTokenizer:
             risk[1][p] = en
 
     @property
-    def _special_keys(self) -> frozenset:
+    def _special_keys(self):
         if self._specials is None:
             self._specials = frozenset(self._fast_tok.rules)
         return self._specials
 
-    def prepare(self, text: str) -> str:
+    def prepare(self, text):
         "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
         return prepare(text, self.include_bos, self.include_eos)
 
-    def reference(self, text: str) -> list[str]:
+    def reference(self, text):
         "The slow, obviously-correct path (`rules.reference`) with this tokenizer's settings."
         return reference(text, self.lang, self.include_bos, self.include_eos)
 
     @property
-    def _special_ends(self) -> tuple[frozenset, frozenset]:
+    def _special_ends(self):
         "First and last token texts that any special case produces."
         if self._ends is None:
             outs = [[t[ORTH] for t in v] for v in self._fast_tok.rules.values()]
             self._ends = frozenset(o[0] for o in outs if o), frozenset(o[-1] for o in outs if o)
         return self._ends
 
-    def _other_risk(self, p: str, t: str, start: bool) -> bool:
+    def _other_risk(self, p, t, start):
         "Does `p` start (or end) with a risky token other than `t`?"
         _, _, bit, mask = self._risk_sets
         if self._lens is None:
@@ -133,7 +131,7 @@ class SpacyTokenizer:
             return any(p[:n] != t and p[:n] in mask for n in self._lens[0])
         return any(p[-n:] != t and p[-n:] in bit for n in self._lens[1])
 
-    def _fill(self, miss: list[str], memo: dict, risk: tuple[dict, dict], conv) -> None:
+    def _fill(self, miss, memo, risk, conv):
         "Tokenize the pieces missing from `memo` with one spaCy call; store `conv(tokens)` and boundary risk masks."
         # A piece with whitespace inside ('end.\\n\\nThe', from '<br /><br />') is its chunks plus one token per
         # whitespace run: the run itself, or run + ' ' at the piece's end (that space joins it). Its chunks are
@@ -184,7 +182,7 @@ class SpacyTokenizer:
             if en:
                 risk[1][p] = en
 
-    def _affix_split(self, p: str) -> list[str] | None:
+    def _affix_split(self, p):
         """Tokens of a word with one opening bracket/quote and/or one closing mark (`'(film,'` -> `['(', 'film', ',']`),
         or None when `p` is not of that shape or a special case could be involved (English rules only).
 
@@ -209,7 +207,7 @@ class SpacyTokenizer:
         return toks
 
     @staticmethod
-    def _split(tokenizer, pieces: list[str]) -> list[list[str]]:
+    def _split(tokenizer, pieces):
         "Tokens of each piece, from one call on the pieces joined by ' zqz ' (a word no special case involves)."
         # Each piece sees the same single-space context as in the text; a token belongs to the piece it starts in.
         if not pieces:
@@ -228,7 +226,7 @@ class SpacyTokenizer:
             toks[kk].append(joined[i : i + n])
         return toks
 
-    def _pieces(self, text: str) -> tuple[str, list[str] | None]:
+    def _pieces(self, text):
         "The prepared text and its pieces, or None for the pieces when the text must take the plain path."
         text = self.prepare(text)
         if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace():
@@ -237,7 +235,7 @@ class SpacyTokenizer:
             return text, None
         return text, text.split(' ')
 
-    def _run(self, texts: list[str], memo: dict, risk: tuple[dict, dict], conv) -> list[list]:
+    def _run(self, texts, memo, risk, conv):
         "Outputs of a batch of documents: every piece missing from the memo goes through one `_fill`."
         if len(memo) > self.memo_size:
             memo.clear()
@@ -258,7 +256,7 @@ class SpacyTokenizer:
             for text, pieces, got in docs
         ]
 
-    def _join(self, text: str, pieces: list[str], got: list | None, memo: dict, risk: tuple[dict, dict], conv) -> list:
+    def _join(self, text, pieces, got, memo, risk, conv):
         "Output of one document from the memo, or from the plain path if a special case joins two of its pieces."
         if got is None:
             got = list(map(memo.__getitem__, pieces))
@@ -277,10 +275,10 @@ class SpacyTokenizer:
                     return self._plain(text, conv)
         return list(chain.from_iterable(got))
 
-    def _plain(self, text: str, conv) -> list:
+    def _plain(self, text, conv):
         return list(conv([t.text for t in self._fast_tok(text)]))
 
-    def _conv(self, post: dict, stoi: dict | None = None, itos: list | None = None):
+    def _conv(self, post, stoi=None, itos=None):
         "Tokens -> post-processed tokens (or their ids in `stoi`/`itos`), cached per token: the rules are per token."
 
         def conv(toks):
@@ -302,24 +300,24 @@ class SpacyTokenizer:
 
         return conv
 
-    def batch(self, texts: list[str]) -> list[list[str]]:
+    def batch(self, texts):
         "Tokens of each document (identical to `reference`); pieces unseen so far go through spaCy together."
         m = self._memos
         if 'str' not in m:
             m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
         return self._run(texts, m['str'], m['str_risk'], m['str_conv'])
 
-    def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
+    def encode_batch(self, texts, stoi, itos):
         "Token ids of each document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
         m = self._memos
         if m.get('ids_of') is not stoi:
             m.update(ids={}, ids_risk=({}, {}), ids_of=stoi, ids_conv=self._conv({}, stoi, itos))
         return self._run(texts, m['ids'], m['ids_risk'], m['ids_conv'])
 
-    def __call__(self, text: str) -> list[str]:
+    def __call__(self, text):
         "Tokens of one document (identical to `reference(text)`)."
         return self.batch([text])[0]
 
-    def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
+    def encode(self, text, stoi, itos):
         "Token ids of one document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
         return self.encode_batch([text], stoi, itos)[0]

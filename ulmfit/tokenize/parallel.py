@@ -7,7 +7,6 @@ them to global ids and counts every token on the way (the vocab is built from th
 import gc
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
 from multiprocessing import get_context
@@ -56,7 +55,7 @@ def _enc_batch(texts):
     return _W['pid'], ids, lens, new
 
 
-def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
+def _batches(texts, chunk):
     b = []
     for t in texts:
         b.append(t)
@@ -67,7 +66,7 @@ def _batches(texts: Iterable[str], chunk: int) -> Iterator[list[str]]:
         yield b
 
 
-def default_workers() -> int:
+def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
@@ -91,9 +90,7 @@ def _run(fn, tok, texts, n_workers, chunk):
             yield pending.popleft().get()
 
 
-def tokenize_texts(
-    texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256
-) -> Iterator[list[str]]:
+def tokenize_texts(texts, tok=None, n_workers=None, chunk=256):
     "Tokenize `texts` in `n_workers` processes, yielding one token list per text, in order."
     tok = tok or SpacyTokenizer()
     for res in _run(_tok_batch, tok, texts, n_workers, chunk):
@@ -126,13 +123,11 @@ class TokenTable:
         self.counts += np.bincount(ids, minlength=len(self.counts)) if len(ids) else 0
         return ids
 
-    def counter(self) -> dict:
+    def counter(self):
         return {t: int(c) for t, c in zip(self.itos, self.counts[: len(self.itos)])}
 
 
-def encode_texts(
-    texts: Iterable[str], tok=None, n_workers: int | None = None, chunk: int = 256, table: TokenTable | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def encode_texts(texts, tok=None, n_workers=None, chunk=256, table=None):
     "Tokenize in parallel, yielding (ids int32, doc_lens) per batch with ids into `table` (which also counts)."
     tok = tok or SpacyTokenizer()
     table = TokenTable() if table is None else table

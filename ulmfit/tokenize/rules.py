@@ -37,7 +37,7 @@ _HTML_FIXES = [
 _re_spaces = re.compile(r'  +')
 
 
-def fix_html(t: str) -> str:
+def fix_html(t):
     "Undo HTML/WikiText escapes: `'a<br />b &lt;i&gt;'` -> `'a\\nb <i>'`, `'x @-@ y'` -> `'x-y'`, `'&amp;'` -> `'&&'`."
     for old, new in _HTML_FIXES:
         if old in t:
@@ -50,14 +50,14 @@ def fix_html(t: str) -> str:
 _re_rep = re.compile(r'(\S)(\1{3,})')
 
 
-def _has_run4(t: str) -> bool:
+def _has_run4(t):
     "Does any character occur 4 times in a row? (A vectorised pre-check: the regex alone costs ~50 us per review.)"
     a = np.frombuffer(t.encode('utf-32-le', 'surrogatepass'), np.uint32)
     e = a[1:] == a[:-1]
     return bool((e[:-2] & e[1:-1] & e[2:]).any())
 
 
-def replace_rep(t: str) -> str:
+def replace_rep(t):
     "A character repeated 4+ times: `'wow!!!!!'` -> `'wow xxrep 5 ! '`."
     if len(t) < 4 or not _has_run4(t):
         return t
@@ -69,7 +69,7 @@ def replace_rep(t: str) -> str:
 _re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
 
 
-def replace_wrep(t: str) -> str:
+def replace_wrep(t):
     "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no  way'`."
     return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
 
@@ -77,12 +77,12 @@ def replace_wrep(t: str) -> str:
 _re_spec = re.compile(r'([/#])')
 
 
-def spec_add_spaces(t: str) -> str:
+def spec_add_spaces(t):
     "Put spaces around `/` and `#`: `'and/or #1'` -> `'and / or  # 1'`."
     return _re_spec.sub(r' \1 ', t) if '/' in t or '#' in t else t
 
 
-def rm_useless_spaces(t: str) -> str:
+def rm_useless_spaces(t):
     "Collapse runs of spaces (not other whitespace): `'a   b\\n\\nc'` -> `'a b\\n\\nc'`."
     return _re_spaces.sub(' ', t) if '  ' in t else t
 
@@ -90,7 +90,7 @@ def rm_useless_spaces(t: str) -> str:
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
 
 
-def replace_all_caps(toks: list[str]) -> list[str]:
+def replace_all_caps(toks):
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
     res = []
     for t in toks:
@@ -101,7 +101,7 @@ def replace_all_caps(toks: list[str]) -> list[str]:
     return res
 
 
-def replace_maj(toks: list[str]) -> list[str]:
+def replace_maj(toks):
     "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
     res = []
     for t in toks:
@@ -112,7 +112,7 @@ def replace_maj(toks: list[str]) -> list[str]:
     return res
 
 
-def lowercase(toks: list[str]) -> list[str]:
+def lowercase(toks):
     "Lowercase every token: `['xxmaj', 'the', 'iPhone']` -> `['xxmaj', 'the', 'iphone']`."
     return [t.lower() for t in toks]
 
@@ -121,14 +121,14 @@ PRE_RULES = [fix_html, replace_rep, replace_wrep, spec_add_spaces, rm_useless_sp
 POST_RULES = [replace_all_caps, replace_maj, lowercase]
 
 
-def apply_pre_rules(t: str, rules=PRE_RULES) -> str:
+def apply_pre_rules(t, rules=PRE_RULES):
     "Run the text-level rules in order."
     for r in rules:
         t = r(t)
     return t
 
 
-def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
+def apply_post_rules(toks, rules=POST_RULES):
     "Run the token-level rules in order (fastai v1 order: caps, then maj, then lowercase)."
     for r in rules:
         toks = r(toks)
@@ -140,7 +140,7 @@ def apply_post_rules(toks: list[str], rules=POST_RULES) -> list[str]:
 _PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by every tokenizer of a process
 
 
-def blank_tokenizer(lang: str = 'en', fast: bool = False, rules: bool = True):
+def blank_tokenizer(lang='en', fast=False, rules=True):
     "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
     if (lang, fast, rules) not in _PIPES:
         import spacy
@@ -156,7 +156,7 @@ def blank_tokenizer(lang: str = 'en', fast: bool = False, rules: bool = True):
     return _PIPES[lang, fast, rules]
 
 
-def prepare(text: str, include_bos: bool = True, include_eos: bool = False) -> str:
+def prepare(text, include_bos=True, include_eos=False):
     "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
     if include_bos:
         text = f'{BOS} {text}'
@@ -165,6 +165,6 @@ def prepare(text: str, include_bos: bool = True, include_eos: bool = False) -> s
     return apply_pre_rules(text)
 
 
-def reference(text: str, lang: str = 'en', include_bos: bool = True, include_eos: bool = False) -> list[str]:
+def reference(text, lang='en', include_bos=True, include_eos=False):
     "The slow, obviously-correct path: pre-rules, plain spaCy on the whole text, post-rules."
     return apply_post_rules([t.text for t in blank_tokenizer(lang)(prepare(text, include_bos, include_eos))])

@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-from collections.abc import Iterable
 
 import sentencepiece as spm
 
@@ -14,19 +13,19 @@ class SentencePieceTokenizer:
 
     kind = 'spm'
 
-    def __init__(self, model_path, include_bos: bool = True, include_eos: bool = False):
+    def __init__(self, model_path, include_bos=True, include_eos=False):
         self.model_path, self.include_bos, self.include_eos = str(model_path), include_bos, include_eos
         self._sp = None
 
     @classmethod
     def train(
         cls,
-        texts: Iterable[str],
+        texts,
         out_dir,
-        vocab_sz: int = 15000,
-        model_type: str = 'unigram',
-        max_sentences: int = 1_000_000,
-        char_coverage: float = 0.99999,
+        vocab_sz=15000,
+        model_type='unigram',
+        max_sentences=1_000_000,
+        char_coverage=0.99999,
         **kwargs,
     ):
         "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
@@ -64,7 +63,7 @@ class SentencePieceTokenizer:
         os.remove(raw)
         return cls(os.path.join(out_dir, 'spm.model'))
 
-    def config(self) -> dict:
+    def config(self):
         with open(self.model_path, 'rb') as f:
             h = hashlib.sha256(f.read()).hexdigest()
         return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
@@ -81,11 +80,11 @@ class SentencePieceTokenizer:
             self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         return self._sp
 
-    def __call__(self, text: str) -> list[str]:
+    def __call__(self, text):
         toks = self.sp.encode(apply_pre_rules(text), out_type=str)
         return ([BOS] if self.include_bos else []) + toks + ([EOS] if self.include_eos else [])
 
-    def encode(self, text: str, stoi: dict, itos: list) -> list[int]:
+    def encode(self, text, stoi, itos):
         res = []
         for t in self(text):
             i = stoi.get(t)
@@ -96,8 +95,8 @@ class SentencePieceTokenizer:
         return res
 
     # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
-    def batch(self, texts: list[str]) -> list[list[str]]:
+    def batch(self, texts):
         return [self(t) for t in texts]
 
-    def encode_batch(self, texts: list[str], stoi: dict, itos: list) -> list[list[int]]:
+    def encode_batch(self, texts, stoi, itos):
         return [self.encode(t, stoi, itos) for t in texts]
