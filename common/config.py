@@ -9,6 +9,7 @@
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -126,3 +127,26 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
 def config_to_json(cfg):
     "JSON text of a config (paths and other objects as strings)."
     return json.dumps(cfg, indent=2, default=str, sort_keys=True)
+
+
+def named_settings(argv):
+    "The settings a command line names (`--lm-lr 1e-3` and `--lm-lr=1e-3` name 'lm_lr')."
+    return [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]
+
+
+def resume_config(run_dir, cfg, given, settings, may_change=()):
+    """The config saved in the run folder `run_dir`, for `--resume`: settings newer than the run take their
+    defaults, and of the settings `given` on the command line, those in `may_change` take their new value. Any other
+    given with a different value is a ConfigError: the rest of the run would disagree with its first part."""
+    path = Path(run_dir) / 'config.json'
+    if not path.exists():
+        raise FileNotFoundError(f'nothing to resume: {path} does not exist')
+    saved = {**{k: s.default for k, s in settings.items()}, **json.loads(path.read_text())}
+    refused = [k for k in given if k not in (*may_change, 'resume') and cfg.get(k) != saved.get(k)]
+    if refused:
+        flags = lambda ks: ', --'.join(k.replace('_', '-') for k in ks)  # noqa: E731
+        can = f'only --{flags(may_change)} can' if may_change else 'none can'
+        raise ConfigError(
+            f"--resume {run_dir}: the run keeps its own settings; --{flags(refused)} can't change ({can})"
+        )
+    return {**saved, **{k: cfg[k] for k in given if k in may_change}, 'resume': str(run_dir)}

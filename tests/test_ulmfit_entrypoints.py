@@ -13,7 +13,8 @@ import ulmfit.__main__ as ulmfit_cli
 from common.config import resolve_config
 from ulmfit.generate import generate
 from ulmfit.model_io import load_model_folder
-from ulmfit.pretrain import PRESETS, SETTINGS, pretrain, spm_key
+from ulmfit.pretrain import PRESETS, SETTINGS, pretrain
+from ulmfit.store import spm_key
 
 WORDS = 'the cat dog sat on a mat and ran to house tree sun moon big small red blue'.split()
 
@@ -218,7 +219,7 @@ def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
     args = _cli(tmp_path, '--tokenizer', 'spm', '--max-vocab', '80', '--dry-run', 'true')
     assert ulmfit_cli.main(args) == 0
     assert ulmfit_cli.main(args) == 0  # a second run finds the same SentencePiece model
-    assert len(list((tmp_path / 'data' / 'cache' / 'spm').iterdir())) == 1
+    assert len(list((tmp_path / 'data' / 'cache').glob('spm-*'))) == 2  # prepare's (60 pieces) and pretrain's (80)
     # the key does not depend on the process (a salted hash() would differ in the next run and on other ranks)
     assert spm_key({'reader': 'text', 'files': [['/c.txt', 10, 0]]}, 80) == '07df66d9f31cb7ac8359'
     model = tmp_path / 'runs' / 'lm-tiny' / 'model'
@@ -240,3 +241,13 @@ def test_ctrl_c_in_imdb_names_the_resume_command(tmp_path, monkeypatch, capsys):
     assert _main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs')]) == 130
     run = tmp_path / 'runs' / 'imdb-tiny'
     assert f'resume with: python -m ulmfit imdb --resume {run}' in capsys.readouterr().err
+
+
+def test_imdb_resume_refuses_settings_it_cannot_change(tmp_path, capsys):
+    run = tmp_path / 'r'
+    run.mkdir()
+    (run / 'config.json').write_text('{"clas_lr": 0.02, "max_vocab": 60000}')
+    assert ulmfit_cli.main(['imdb', '--resume', str(run), '--clas-lr', '0.1', '--max-vocab', '60000']) == 2
+    assert "--clas-lr can't change (only --budget-minutes can)" in capsys.readouterr().err
+    assert ulmfit_cli.main(['imdb', '--resume', str(tmp_path / 'none')]) == 2
+    assert 'nothing to resume' in capsys.readouterr().err

@@ -13,8 +13,8 @@ metrics.jsonl, the resolved config, loss/accuracy curves and the confusion matri
 skips the stages whose outputs are already in that folder.
 """
 
-import json
 import shlex
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 
 from common.budget import StageBudget
 from common.cli import Interrupted
-from common.config import ConfigError, Setting, parse_run_config
+from common.config import ConfigError, Setting, named_settings, parse_run_config, resume_config
 from common.learner import DataLoaders
 from common.log import log
 from common.plots import plot_confusion
@@ -121,6 +121,10 @@ SETTINGS = {
         'a temporary folder: a quick check',
     ),
 }
+
+# What `--resume` may change; a different value of anything else would make the rest of the run disagree with its
+# first part. The budget applies to what is left of the run.
+RESUME_OVERRIDES = ('budget_minutes',)
 
 PRESETS = {
     'tiny': dict(
@@ -223,19 +227,19 @@ def main(argv=None):
             write_table(tmp / 'texts.csv', 48)
             run({**cfg, **DRY_RUN, 'sample_folder': str(tmp), 'runs': str(tmp / 'runs')})
         return 0
-    run(cfg)
+    run(cfg, named_settings(sys.argv[1:] if argv is None else argv))
     return 0
 
 
-def run(cfg):
-    "The whole pipeline; returns the run folder."
+def run(cfg, given=()):
+    "The whole pipeline; returns the run folder. `given`: the settings named on the command line."
     t_start, times = time.time(), {}
-    budget = stage_budget(cfg) if cfg.get('budget_minutes') else None
     if cfg['resume']:
         run_dir = Path(cfg['resume'])
-        cfg = {**json.loads((run_dir / 'config.json').read_text()), 'resume': cfg['resume']}
+        cfg = resume_config(run_dir, cfg, given, SETTINGS, RESUME_OVERRIDES)
     else:
         run_dir = new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
+    budget = stage_budget(cfg) if cfg.get('budget_minutes') else None
     torch.manual_seed(cfg['seed'])
     t = time.time()
     store, test_split = imdb_store(cfg)

@@ -5,7 +5,6 @@ training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, c
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
 
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import torch
 
 from common.budget import fit_one_cycle_budget
 from common.cli import Interrupted
-from common.config import ConfigError, Setting, parse_run_config
+from common.config import Setting, named_settings, parse_run_config, resume_config
 from common.distributed import cleanup_distributed, setup_distributed
 from common.events import Callback, CancelFitException
 from common.learner import DataLoaders
@@ -31,11 +30,10 @@ from common.stopping import CheckpointCallback, TimeBudget
 from .awd_lstm import AWDLSTMConfig
 from .datasets import ImdbReader, WikiTextReader, dataset_reader, reader_for
 from .dry_run import dry_run_folder, write_corpus
-from .loaders import LMLoader
 from .model_io import save_model_folder
-from .recipe import lm_learner
+from .recipe import lm_learner, lm_loaders, split_docs
 from .sampled_softmax import SampledSoftmax
-from .store import build_store
+from .store import build_store, train_spm
 from .tokenize import SpacyTokenizer
 
 SETTINGS = {
@@ -162,7 +160,6 @@ PRESETS = {
 }
 
 
-SETTING_DEFAULTS = {k: s.default for k, s in SETTINGS.items()}  # for run folders saved before a setting existed
 # What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. A different value of
 # anything else would make the rest of the run disagree with its first part.
 RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
@@ -224,45 +221,27 @@ def resolve_corpora(cfg):
     return first(train, cfg['max_docs']), (first(valid, cfg['max_valid_docs']) if valid else None), src
 
 
-def spm_key(fingerprint, max_vocab):
-    "SentencePiece cache key, the same in every process and DDP rank (Python's hash() is salted per process)."
-    return hashlib.sha256(json.dumps([fingerprint, max_vocab], sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def build_lm_data(cfg, r=0, ws=1):
     "Token stores and LM loaders for training and validation; returns (dls, vocab, info)."
-    tok = SpacyTokenizer() if cfg['tokenizer'] == 'spacy' else None
     train_r, valid_r, src = resolve_corpora(cfg)
     n_workers = cfg['n_workers'] or None
-    if tok is None:  # SentencePiece: trained on (a sample of) the corpus, cached by the store's key
-        from common.download import get_data_root
-
-        from .tokenize import SentencePieceTokenizer
-
-        sp_dir = get_data_root() / 'cache' / 'spm' / spm_key(train_r.fingerprint(), cfg['max_vocab'])
-        if not (sp_dir / 'spm.model').exists():
-            texts = (d.text for i, d in enumerate(train_r) if i < 20000)
-            SentencePieceTokenizer.train(texts, sp_dir, vocab_sz=min(cfg['max_vocab'], 15000))
-        tok = SentencePieceTokenizer(sp_dir / 'spm.model')
+    if cfg['tokenizer'] == 'spacy':
+        tok = SpacyTokenizer()
+    else:  # SentencePiece: trained on a sample of the corpus, cached by the corpus and settings
+        tok = train_spm(train_r, vocab_sz=min(cfg['max_vocab'], 15000))
     store = build_store(
         train_r, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], n_workers=n_workers, name='lm-train'
     )
-    holdout = None
     if valid_r is not None:
-        vstore = build_store(valid_r, tok, vocab=store.vocab, n_workers=n_workers, name='lm-valid')
-        v_ids, v_offsets, v_idx = vstore.ids, vstore.offsets, None
-        t_idx = None
+        t_idx, valid = None, (build_store(valid_r, tok, vocab=store.vocab, n_workers=n_workers, name='lm-valid'), None)
     else:  # hold out 1% of the documents (at least one)
-        g = torch.Generator().manual_seed(cfg['seed'])
-        perm = torch.randperm(len(store), generator=g).numpy()
-        n_val = max(1, len(store) // 100)
-        holdout, t_idx = perm[:n_val], perm[n_val:]
-        v_ids, v_offsets, v_idx = store.ids, store.offsets, holdout
+        t_idx, v_idx = split_docs(np.arange(len(store)), 0.01, cfg['seed'])
+        valid = (store, v_idx)
     lm = dict(bs=cfg['bs'], bptt=cfg['bptt'], backwards=cfg['backwards'], rank=r, world_size=ws)
-    train = LMLoader(store.ids, store.offsets, t_idx, shuffle=True, var_bptt=cfg['var_bptt'], **lm)
+    dls = lm_loaders((store, t_idx), valid, var_bptt=cfg['var_bptt'], **lm)
+    train, valid = dls.train, dls.valid
     if cfg['epoch_tokens']:
         train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
-    valid = LMLoader(v_ids, v_offsets, v_idx, shuffle=False, **lm)
     info = {
         'corpus': src,
         'train_docs': len(store) if t_idx is None else len(t_idx),
@@ -301,7 +280,7 @@ def main(argv=None):
     "Entry point of `python -m ulmfit pretrain`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
-    given = [a[2:].split('=')[0].replace('-', '_') for a in argv if a.startswith('--')]
+    given = named_settings(argv)
     if cfg['dry_run'] and not cfg['corpus'] and not cfg['resume']:
         with dry_run_folder() as tmp:
             corpus, valid = write_corpus(tmp / 'train.txt', 40), write_corpus(tmp / 'valid.txt', 8, seed=1)
@@ -315,22 +294,6 @@ def main(argv=None):
     return 0
 
 
-def resume_config(cfg, given):
-    "The saved config of the run `cfg['resume']`, with the settings in `given` that may change on a resume."
-    run_dir = Path(cfg['resume'])
-    if not (run_dir / 'config.json').exists():
-        raise FileNotFoundError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
-    saved = {**SETTING_DEFAULTS, **json.loads((run_dir / 'config.json').read_text())}
-    refused = [k for k in given if k not in (*RESUME_OVERRIDES, 'resume') and cfg.get(k) != saved.get(k)]
-    if refused:
-        raise ConfigError(
-            f"--resume {run_dir}: the run keeps its own settings; --"
-            f"{', --'.join(k.replace('_', '-') for k in refused)} can't change (only --"
-            f"{', --'.join(k.replace('_', '-') for k in RESUME_OVERRIDES)} can)"
-        )
-    return {**saved, **{k: cfg[k] for k in given if k in RESUME_OVERRIDES}, 'resume': cfg['resume']}
-
-
 def pretrain(cfg, r=0, ws=1, given=()):
     "Run the whole pretraining; returns the run folder. `given`: the settings named on the command line."
     t0 = time.time()
@@ -340,7 +303,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
         resume = run_dir / 'checkpoints' / 'last.pth'
         if not resume.exists():
             raise FileNotFoundError(f"nothing to resume: {resume} does not exist")
-        cfg = resume_config(cfg, given)
+        cfg = resume_config(run_dir, cfg, given, SETTINGS, RESUME_OVERRIDES)
     torch.manual_seed(cfg['seed'])
     if ws > 1 and r != 0:
         torch.distributed.barrier()  # rank 0 builds the token stores first; the others then open them

@@ -69,17 +69,28 @@ def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=
     )
 
 
+def split_docs(docs, valid_pct, seed=42):
+    "(train, valid) document indices: `valid_pct` of `docs` (at least one) held out at random; both sorted."
+    docs = np.asarray(docs)
+    perm = docs[torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).numpy()]
+    n_val = max(1, int(round(len(docs) * valid_pct)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def lm_loaders(train, valid, bs=64, bptt=70, backwards=False, rank=0, world_size=1, var_bptt=True):
+    """An LM's DataLoaders; `train` and `valid` are each (store, document indices, or None for all of it). The
+    training loader shuffles and varies its sequence length (`var_bptt`); both shard by rank."""
+    kw = dict(bs=bs, bptt=bptt, backwards=backwards, rank=rank, world_size=world_size)
+    return DataLoaders(
+        LMLoader(train[0].ids, train[0].offsets, train[1], shuffle=True, var_bptt=var_bptt, **kw),
+        LMLoader(valid[0].ids, valid[0].offsets, valid[1], shuffle=False, **kw),
+    )
+
+
 def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs=None):
     "LM loaders over a store's docs (all, or `docs`), holding out `valid_pct` of the documents at random."
-    docs = np.arange(len(store)) if docs is None else np.asarray(docs)
-    g = torch.Generator().manual_seed(seed)
-    perm = docs[torch.randperm(len(docs), generator=g).numpy()]
-    n_val = max(1, int(round(len(docs) * valid_pct)))
-    kw = dict(bs=bs, bptt=bptt, backwards=backwards)
-    return DataLoaders(
-        LMLoader(store.ids, store.offsets, np.sort(perm[n_val:]), shuffle=True, **kw),
-        LMLoader(store.ids, store.offsets, np.sort(perm[:n_val]), shuffle=False, **kw),
-    )
+    train_idx, valid_idx = split_docs(np.arange(len(store)) if docs is None else docs, valid_pct, seed)
+    return lm_loaders((store, train_idx), (store, valid_idx), bs, bptt, backwards)
 
 
 def fit_stage(learn, name, epochs, lr, moms, budget=None):

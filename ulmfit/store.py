@@ -228,12 +228,14 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
     atomic_write_json(tmp / 'meta.json', meta)
 
 
+def spm_key(*inputs):
+    "SentencePiece cache key of its inputs, the same in every process and DDP rank (Python's hash() is salted)."
+    return hashlib.sha256(json.dumps(list(inputs), sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=20000, seed=42):
     "A SentencePieceTokenizer trained (or reused from `root/cache`) on a reservoir sample of `n_sample` docs."
-    key = hashlib.sha256(
-        json.dumps([reader.fingerprint(), vocab_sz, model_type, n_sample, seed], sort_keys=True, default=str).encode()
-    ).hexdigest()[:20]
-    out = get_data_root(root) / 'cache' / f'spm-{key}'
+    out = get_data_root(root) / 'cache' / f'spm-{spm_key(reader.fingerprint(), vocab_sz, model_type, n_sample, seed)}'
     if (out / 'spm.model').exists():
         return SentencePieceTokenizer(out / 'spm.model')
     rng, sample = random.Random(seed), []
