@@ -251,3 +251,10 @@ def test_imdb_resume_refuses_settings_it_cannot_change(tmp_path, capsys):
     assert "--clas-lr can't change (only --budget-minutes can)" in capsys.readouterr().err
     assert ulmfit_cli.main(['imdb', '--resume', str(tmp_path / 'none')]) == 2
     assert 'nothing to resume' in capsys.readouterr().err
+
+
+def test_imdb_refuses_a_wrong_stage_count_before_any_work(tmp_path, capsys):
+    args = ['imdb', '--clas-epochs', '1,1', '--runs', str(tmp_path / 'runs')]
+    assert ulmfit_cli.main(args) == 2
+    assert 'clas_epochs: [1, 1] must give 4 stages' in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()

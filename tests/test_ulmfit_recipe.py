@@ -231,3 +231,11 @@ def test_predict_tokenizes_the_texts_in_one_batch(trained, monkeypatch):
     with pytest.warns(UserWarning, match='1 empty'):
         preds = clf.predict(['red alpha dog omega', ' ', 'omega cat alpha'])
     assert calls == [2] and preds[1] == (None, {}) and preds[0].label == 'pos'
+
+
+def test_one_stage_table_for_imdb_and_the_api():
+    assert recipe.CLAS_STAGES == recipe.clas_stages(2e-2, (1, 1, 1, 2))
+    assert [(n, e) for n, e, _ in recipe.clas_stages(1e-2, (2, 0, 1, 3))] == [(-1, 2), (-2, 0), (-3, 1), (0, 3)]
+    assert [lr for *_, lr in recipe.clas_stages(1e-2, (1, 1, 1, 1))] == pytest.approx([1e-2, 5e-3, 2.5e-3, 5e-4])
+    with pytest.raises(ValueError, match=r'clas_epochs: \[1, 1\] must give 4 stages'):
+        recipe.clas_stages(1e-2, (1, 1))

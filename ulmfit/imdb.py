@@ -31,7 +31,6 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig
-from .classifier import encoder_state
 from .datasets import dataset_reader
 from .dry_run import dry_run_folder, write_table
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
@@ -234,12 +233,11 @@ def main(argv=None):
 def run(cfg, given=()):
     "The whole pipeline; returns the run folder. `given`: the settings named on the command line."
     t_start, times = time.time(), {}
+    recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])  # a wrong stage count fails now, not hours later
     if cfg['resume']:
-        run_dir = Path(cfg['resume'])
-        cfg = resume_config(run_dir, cfg, given, SETTINGS, RESUME_OVERRIDES)
-    else:
-        run_dir = new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
-    budget = stage_budget(cfg) if cfg.get('budget_minutes') else None
+        cfg = resume_config(cfg['resume'], cfg, given, SETTINGS, RESUME_OVERRIDES)
+    budget = stage_budget(cfg) if cfg.get('budget_minutes') else None  # checks the split before any work
+    run_dir = Path(cfg['resume']) if cfg['resume'] else new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
     torch.manual_seed(cfg['seed'])
     t = time.time()
     store, test_split = imdb_store(cfg)
@@ -307,59 +305,83 @@ def stage_budget(cfg):
 
 
 def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, budget=None):
-    "Fine-tune the LM and train + evaluate the classifier for one reading direction."
-    d = 'bwd' if backwards else 'fwd'
-    share = (lambda stage: budget.start(f'{d}/{stage}')) if budget is not None else None
-    times = {}
-    lm_dir, clas_dir = run_dir / f'lm_{d}', run_dir / f'clas_{d}'
-    g = torch.Generator().manual_seed(cfg['seed'])
-    # ---- LM fine-tuning (skipped when resuming past it) ----
+    """Fine-tune the LM, train the classifier and evaluate it once on the test reviews, for one reading direction.
+    Returns (test probabilities, targets, report, stage wall times)."""
+    d, times = 'bwd' if backwards else 'fwd', {}
+    g = torch.Generator().manual_seed(cfg['seed'])  # draws the LM's and then the classifier's documents
+    lm_state, config = finetune_stage(cfg, store, run_dir, d, g, budget, times)
+    learn, test_dl, n_train, n_valid = classifier_stage(
+        cfg, store, test_split, classes, run_dir, d, g, lm_state, config, budget, times
+    )
+    t = time.time()
+    p, targs = recipe.predict_probs(learn, test_dl)
+    times['evaluate'] = round(time.time() - t, 1)
+    res = recipe.classification_report(p, targs, classes)
+    log.info(
+        f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {n_train:,}, '
+        f'validated on {n_valid:,} held-out training reviews)'
+    )
+    return p, targs, res, times
+
+
+def _share(budget, d):
+    "The stage-name -> seconds function of a direction's budget (None: the epochs as set)."
+    return (lambda stage: budget.start(f'{d}/{stage}')) if budget is not None else None
+
+
+def finetune_stage(cfg, store, run_dir, d, g, budget, times):
+    """ULMFiT stage 2 for direction `d`: vocab transfer from the pretrained LM, then LM fine-tuning on the reviews.
+    Reuses the run folder's fine-tuned LM when there is one. Returns (LM state dict, model config)."""
+    lm_dir, backwards = run_dir / f'lm_{d}', d == 'bwd'
     if (lm_dir / 'lm.pth').exists():
         log.info(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
         lm_model, config, _ = load_model_folder(lm_dir)
-        lm_state = lm_model.state_dict()
-    else:
-        t = time.time()
-        key = 'pretrained_bwd' if backwards else 'pretrained'
-        src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
-        if src is None:
-            opt = key.replace('_', '-')
-            log.warning(
-                '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-                f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
-                f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
-                "weights).\n" + '!' * 80
-            )
-            config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
-            state = None
-        else:
-            m, pconfig, itos = load_model_folder(src)
-            state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
-            log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
-            config = replace(pconfig, vocab_sz=len(store.vocab))
-        docs = None
-        if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
-            docs = torch.randperm(len(store), generator=g)[: cfg['lm_docs']].sort().values.numpy()
-        dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
-        learn = recipe.finetune_lm(
-            state,
-            config,
-            dls,
-            cfg['lm_frozen_epochs'],
-            cfg['lm_frozen_lr'],
-            cfg['lm_epochs'],
-            cfg['lm_lr'],
-            precision=cfg['precision'],
-            drop_mult=cfg['lm_drop_mult'],
-            cbs=[RunLogger(run_dir, f'lm_{d}')],
-            budget=share,
+        return lm_model.state_dict(), config
+    t = time.time()
+    key = 'pretrained_bwd' if backwards else 'pretrained'
+    src = resolve_pretrained(cfg[key], cfg['runs'], backwards, cfg['preset'], fwd_spec=cfg['pretrained'])
+    if src is None:
+        opt = key.replace('_', '-')
+        log.warning(
+            '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
+            f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
+            f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
+            "weights).\n" + '!' * 80
         )
-        lm_state = learn.model.state_dict()
-        save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
-        times['lm_finetune'] = round(time.time() - t, 1)
-    # ---- classifier ----
-    # The test reviews are read once, for the final number: every per-epoch validation uses training reviews held out
-    # here, and the classifier trains only on the rest.
+        config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
+        state = None
+    else:
+        m, pconfig, itos = load_model_folder(src)
+        state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
+        log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
+        config = replace(pconfig, vocab_sz=len(store.vocab))
+    docs = None
+    if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
+        docs = torch.randperm(len(store), generator=g)[: cfg['lm_docs']].sort().values.numpy()
+    dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
+    learn = recipe.finetune_lm(
+        state,
+        config,
+        dls,
+        cfg['lm_frozen_epochs'],
+        cfg['lm_frozen_lr'],
+        cfg['lm_epochs'],
+        cfg['lm_lr'],
+        precision=cfg['precision'],
+        drop_mult=cfg['lm_drop_mult'],
+        cbs=[RunLogger(run_dir, f'lm_{d}')],
+        budget=_share(budget, d),
+    )
+    save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
+    times['lm_finetune'] = round(time.time() - t, 1)
+    return learn.model.state_dict(), config
+
+
+def classifier_stage(cfg, store, test_split, classes, run_dir, d, g, lm_state, config, budget, times):
+    """ULMFiT stage 3 for direction `d`: gradual unfreezing on the training reviews, validating on training reviews
+    held out from it (the test reviews are read once, for the final number). Reuses the run folder's classifier
+    when there is one. Returns (Learner, test loader, training reviews, held-out reviews)."""
+    backwards, clas_dir = d == 'bwd', run_dir / f'clas_{d}'
     train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: cfg['train_docs']].sort().values.numpy()]
@@ -367,70 +389,54 @@ def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, bud
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
     dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False) if len(valid_idx) else None)
     test_dl = mk(test_idx, False)
+    kw = dict(bptt=cfg['bptt'], max_len=cfg['max_len'], precision=cfg['precision'])
     if (clas_dir / 'clas.pth').exists():
         log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
-        model, *_ = load_classifier(clas_dir)
-        learn = recipe.clas_learner(
-            config, len(classes), dls, bptt=cfg['bptt'], max_len=cfg['max_len'], precision=cfg['precision']
-        )
-        learn.model = model
-    else:
-        t = time.time()
-        learn = recipe.clas_learner(
-            config,
-            len(classes),
-            dls,
-            label_smoothing=cfg['label_smoothing'],
-            drop_mult=cfg['clas_drop_mult'],
-            bptt=cfg['bptt'],
-            max_len=cfg['max_len'],
-            precision=cfg['precision'],
-            cbs=[RunLogger(run_dir, f'clas_{d}')],
-        )
-        lr = cfg['clas_lr']
-        stages = [
-            (n, e, lr * f) for (n, _, _), e, f in zip(recipe.CLAS_STAGES, cfg['clas_epochs'], (1, 0.5, 0.25, 0.05))
-        ]
-        enc = encoder_state(lm_state)
-        sample = (valid_idx if len(valid_idx) else train_idx)[: 8 * cfg['clas_bs']]  # held out at random: a fair sample
-
-        def after(i):  # after the first fit: set the test evaluation's time aside
-            return (
-                stages[i][1]
-                and f'{d}/eval' not in budget.reserved
-                and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl)
-            )
-
-        times['clas_stages'] = recipe.train_classifier(
-            learn, enc, stages, budget=share, after_stage=after if budget is not None else None
-        )
-        save_classifier(
-            clas_dir,
-            learn.model,
-            config,
-            store.vocab.itos,
-            classes,
-            {
-                'multi_label': False,
-                'thresholds': None,
-                'bptt': cfg['bptt'],
-                'max_len': cfg['max_len'],
-                'drop_mult': cfg['clas_drop_mult'],
-                'backwards': backwards,
-                'truncate': trunc or 0,
-                'tokenizer': SpacyTokenizer().config(),
-            },
-        )
-        times['clas_train'] = round(time.time() - t, 1)
+        learn = recipe.clas_learner(config, len(classes), dls, **kw)
+        learn.model, *_ = load_classifier(clas_dir)
+        return learn, test_dl, len(train_idx), len(valid_idx)
     t = time.time()
-    p, targs = recipe.predict_probs(learn, test_dl)
-    times['evaluate'] = round(time.time() - t, 1)
-    res = recipe.classification_report(p, targs, classes)
-    log.info(
-        f'[{d}] test accuracy {res["accuracy"]:.4f} on {len(targs):,} reviews (trained on {len(train_idx):,}, '
-        f'validated on {len(valid_idx):,} held-out training reviews)'
+    learn = recipe.clas_learner(
+        config,
+        len(classes),
+        dls,
+        label_smoothing=cfg['label_smoothing'],
+        drop_mult=cfg['clas_drop_mult'],
+        cbs=[RunLogger(run_dir, f'clas_{d}')],
+        **kw,
     )
-    return p, targs, res, times
+    stages = recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])
+    sample = (valid_idx if len(valid_idx) else train_idx)[: 8 * cfg['clas_bs']]  # held out at random: a fair sample
+
+    def after(i):  # after the first fit: set the test evaluation's time aside
+        return (
+            stages[i][1]
+            and f'{d}/eval' not in budget.reserved
+            and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl)
+        )
+
+    times['clas_stages'] = recipe.train_classifier(
+        learn, lm_state, stages, budget=_share(budget, d), after_stage=after if budget is not None else None
+    )
+    save_classifier(
+        clas_dir,
+        learn.model,
+        config,
+        store.vocab.itos,
+        classes,
+        {
+            'multi_label': False,
+            'thresholds': None,
+            'bptt': cfg['bptt'],
+            'max_len': cfg['max_len'],
+            'drop_mult': cfg['clas_drop_mult'],
+            'backwards': backwards,
+            'truncate': trunc or 0,
+            'tokenizer': SpacyTokenizer().config(),
+        },
+    )
+    times['clas_train'] = round(time.time() - t, 1)
+    return learn, test_dl, len(train_idx), len(valid_idx)
 
 
 def reserve_evaluation(budget, d, learn, sample_dl, test_dl):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.budget import fit_one_cycle_budget
+from common.config import ConfigError
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi
@@ -24,13 +25,19 @@ from .awd_lstm import ARTARCallback, RNNCallback, clas_config, get_language_mode
 from .classifier import clas_splitter, encoder_state, get_text_classifier
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
 
-# The fastai ULMFiT IMDB example's classifier schedule (configurable through the run config / API arguments).
-CLAS_STAGES = [  # (freeze_to, epochs, top lr); lower groups get lr / 2.6**k
-    (-1, 1, 2e-2),
-    (-2, 1, 1e-2),
-    (-3, 1, 5e-3),
-    (0, 2, 1e-3),
-]
+# The fastai ULMFiT IMDB example's gradual unfreezing: (freeze_to, the stage's top lr as a share of the first's).
+UNFREEZING = ((-1, 1), (-2, 1 / 2), (-3, 1 / 4), (0, 1 / 20))
+
+
+def clas_stages(lr=2e-2, epochs=(1, 1, 1, 2)):
+    """The classifier's stage table [(freeze_to, epochs, top lr)]: `UNFREEZING` with `epochs` per stage, from a
+    first-stage `lr` (2e-2, then 1e-2, 5e-3, 1e-3); lower layer groups get lr / 2.6**k."""
+    if len(epochs) != len(UNFREEZING):
+        raise ConfigError(f'clas_epochs: {list(epochs)} must give {len(UNFREEZING)} stages (head, -2, -3, all)')
+    return [(n, e, lr * f) for (n, f), e in zip(UNFREEZING, epochs)]
+
+
+CLAS_STAGES = clas_stages()
 
 
 def match_embeds(state, old_itos, new_itos):
