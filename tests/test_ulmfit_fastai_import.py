@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ulmfit.fastai_import import convert_fastai_state, import_fastai, main, read_itos
+from ulmfit.cli import import_fastai_main
+from ulmfit.fastai_import import convert_fastai_state, import_fastai, read_itos
 from ulmfit.model_io import load_encoder_folder, load_model_folder
 
 V, EMB, HID, N = 24, 8, 10, 3
@@ -58,7 +59,7 @@ def test_import_matches_reference_forward(tmp_path, v1, wrapped):
     with open(tmp_path / 'itos.pkl', 'wb') as f:
         pickle.dump(itos(), f)
     assert (
-        main(
+        import_fastai_main(
             [
                 '--weights',
                 str(tmp_path / 'lm.pth'),

@@ -14,8 +14,9 @@ from common import download
 from common.checkpoint import CheckpointError
 from common.download import DownloadError
 from ulmfit.awd_lstm import AWDLSTMConfig, get_language_model
+from ulmfit.cli import models_main
 from ulmfit.model_io import load_model_folder, save_model_folder
-from ulmfit.pretrained import get_pretrained, models_main, resolve_pretrained
+from ulmfit.pretrained import get_pretrained, resolve_pretrained
 
 
 def fastai_archive(members=('pth', 'pkl'), bwd=False, pkl_obj=None, pth_obj=None):

@@ -9,9 +9,9 @@ COMMANDS = {
     'prepare': ('ulmfit.prepare:main', 'download a dataset and build its token store (tokenize + numericalize)'),
     'pretrain': ('ulmfit.pretrain:main', 'pretrain an AWD-LSTM language model (WikiText-103 or any corpus)'),
     'generate': ('ulmfit.generate:main', 'generate text from a language-model folder'),
-    'import-fastai': ('ulmfit.fastai_import:main', "convert fastai's published WT103 weights into a model folder"),
+    'import-fastai': ('ulmfit.cli:import_fastai_main', "convert fastai's published WT103 weights into a model folder"),
     'models': (
-        'ulmfit.pretrained:models_main',
+        'ulmfit.cli:models_main',
         'list the pretrained LMs known by name (fastai-wt103, ...) and whether cached',
     ),
     'imdb': ('ulmfit.imdb:main', 'ULMFiT end to end on IMDB: fine-tune the LM, train the classifier, evaluate'),

@@ -1,4 +1,5 @@
-"""`python -m ulmfit classify` and `python -m ulmfit predict`: ULMFiT on your own CSV/TSV/Parquet files.
+"""The small commands: `classify` and `predict` (ULMFiT on your own CSV/TSV/Parquet files), `import-fastai` and
+`models` (pretrained weights).
 
 python -m ulmfit classify --csv reviews.csv --text-col text --label-col label [--pretrained runs/lm-cpu/model]
 python -m ulmfit classify --csv reviews.csv --pretrained fastai-wt103     # fastai's published WT103 weights
@@ -7,14 +8,19 @@ python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
+from common.download import get_data_root, registry_entry
 from common.log import log
 from common.runs import new_run_dir, write_config, write_json
 
+from . import pretrained
 from .awd_lstm import AWDLSTMConfig
 from .dry_run import dry_run_folder, write_table
+from .fastai_import import import_fastai
+from .pretrained import PRETRAINED, find_pretrained, get_pretrained, model_dir, named_for
 
 ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
@@ -143,4 +149,58 @@ def predict_main(argv=None):
         df[f'prob_{c}'] = [p.probs.get(str(c)) for p in preds]
     df.to_csv(out, index=False)
     log.info(f'wrote {len(df):,} predictions to {out}')
+    return 0
+
+
+def import_fastai_main(argv=None):
+    "CLI: python -m ulmfit import-fastai --weights W.pth --vocab itos.pkl --out DIR"
+    ap = argparse.ArgumentParser(prog='ulmfit import-fastai', description=import_fastai.__doc__)
+    ap.add_argument('--weights', required=True, help="fastai LM .pth (bare state dict or {'model': ...})")
+    ap.add_argument('--vocab', required=True, help='itos pickle (list of str)')
+    ap.add_argument('--out', required=True, help='model folder to write (a new one, unless --overwrite)')
+    ap.add_argument('--overwrite', action='store_true', help='replace the model in an existing --out folder')
+    a = ap.parse_args(argv)
+    _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
+    log.info(
+        f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
+        f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}"
+    )
+    return 0
+
+
+def models_main(argv=None):
+    "CLI: list the known names, where each would come from, and whether it is cached; --get NAME fetches one."
+    p = argparse.ArgumentParser(
+        prog='python -m ulmfit models',
+        description=pretrained.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        '--get',
+        default='',
+        choices=['', *PRETRAINED],
+        metavar='NAME',
+        help='download and import NAME now (e.g. before going offline)',
+    )
+    p.add_argument('--runs', default='runs', help='where local run folders are looked for')
+    a = p.parse_args(argv)
+    if a.get:
+        get_pretrained(a.get)
+    mirror = os.environ.get('ULMFIT_MIRROR')
+    log.info(f"{'name':<18} {'direction':<9} {'cached':<6} source")
+    for name, e in PRETRAINED.items():
+        reg = registry_entry(e['dataset'])
+        src = reg['url']
+        if mirror:  # the mirror's copy is taken when it has one, else the URL (as common.download does)
+            m = Path(mirror) / reg['archive']
+            src = f'{m} (ULMFIT_MIRROR)' if m.exists() else f'{src} (not in ULMFIT_MIRROR {mirror})'
+        cached = 'yes' if (model_dir(name) / 'lm.pth').exists() else 'no'
+        log.info(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
+    log.info(f"cache: {get_data_root() / 'models'}")
+    for bwd in (False, True):
+        local = find_pretrained(a.runs, bwd)
+        log.info(
+            f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
+            f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}"
+        )
     return 0

@@ -11,7 +11,6 @@ fastai key                                   ours
 1.decoder.weight / 1.decoder.bias            1.decoder.weight / 1.decoder.bias
 """
 
-import argparse
 import io
 import pickle
 import re
@@ -20,7 +19,6 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_file
-from common.log import log
 
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .model_io import save_model_folder
@@ -113,19 +111,3 @@ def import_fastai(weights, vocab, out_dir, overwrite=False):
     model.load_state_dict(sd)
     save_model_folder(out_dir, model, config, itos, extras={'source': f'fastai:{Path(weights).name}'})
     return model, config, itos
-
-
-def main(argv=None):
-    "CLI: python -m ulmfit import-fastai --weights W.pth --vocab itos.pkl --out DIR"
-    ap = argparse.ArgumentParser(prog='ulmfit import-fastai', description=__doc__.splitlines()[0])
-    ap.add_argument('--weights', required=True, help="fastai LM .pth (bare state dict or {'model': ...})")
-    ap.add_argument('--vocab', required=True, help='itos pickle (list of str)')
-    ap.add_argument('--out', required=True, help='model folder to write (a new one, unless --overwrite)')
-    ap.add_argument('--overwrite', action='store_true', help='replace the model in an existing --out folder')
-    a = ap.parse_args(argv)
-    _, config, itos = import_fastai(a.weights, a.vocab, a.out, overwrite=a.overwrite)
-    log.info(
-        f"imported {config.n_layers}-layer AWD-LSTM (emb {config.emb_sz}, hid {config.n_hid}, "
-        f"vocab {len(itos)}, tied={config.tie_weights}) -> {a.out}"
-    )
-    return 0

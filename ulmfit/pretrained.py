@@ -1,6 +1,6 @@
 """Pretrained language models by name, and which one a run starts from.
 
-    python -m ulmfit models                        # the names, where each comes from, whether it is cached
+    python -m ulmfit models                        # (ulmfit/cli.py) the names, their sources, whether cached
     python -m ulmfit imdb --pretrained fastai-wt103
 
 A name is fastai's published AWD-LSTM pretrained on WikiText-103, forward or backward. On first use:
@@ -18,7 +18,6 @@ Which LM a run starts from (`resolve_pretrained`), with no --pretrained given:
   3. none: random weights (the caller prints a loud banner).
 """
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -148,39 +147,3 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
     if preset == 'paper':
         return get_pretrained(named_for(backwards), data_root)
     return None
-
-
-def models_main(argv=None):
-    "CLI: list the known names, where each would come from, and whether it is cached; --get NAME fetches one."
-    p = argparse.ArgumentParser(
-        prog='python -m ulmfit models', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        '--get',
-        default='',
-        choices=['', *PRETRAINED],
-        metavar='NAME',
-        help='download and import NAME now (e.g. before going offline)',
-    )
-    p.add_argument('--runs', default='runs', help='where local run folders are looked for')
-    a = p.parse_args(argv)
-    if a.get:
-        get_pretrained(a.get)
-    mirror = os.environ.get('ULMFIT_MIRROR')
-    log.info(f"{'name':<18} {'direction':<9} {'cached':<6} source")
-    for name, e in PRETRAINED.items():
-        reg = registry_entry(e['dataset'])
-        src = reg['url']
-        if mirror:  # the mirror's copy is taken when it has one, else the URL (as common.download does)
-            m = Path(mirror) / reg['archive']
-            src = f'{m} (ULMFIT_MIRROR)' if m.exists() else f'{src} (not in ULMFIT_MIRROR {mirror})'
-        cached = 'yes' if (model_dir(name) / 'lm.pth').exists() else 'no'
-        log.info(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
-    log.info(f"cache: {get_data_root() / 'models'}")
-    for bwd in (False, True):
-        local = find_pretrained(a.runs, bwd)
-        log.info(
-            f"default {'backward' if bwd else 'forward'} LM without --pretrained: "
-            f"{local or f'{named_for(bwd)} with --preset paper, else random weights'}"
-        )
-    return 0
