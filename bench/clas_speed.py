@@ -16,7 +16,7 @@ import os
 import statistics
 import sys
 
-if 'OMP_WAIT_POLICY' not in os.environ:
+if __name__ == '__main__' and 'OMP_WAIT_POLICY' not in os.environ:
     # OpenMP threads that spin while waiting make a busy 2-core machine several times slower (the LSTM's
     # per-time-step kernels wait a lot); sleeping waiters avoid that. It must be set before torch loads.
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
@@ -117,7 +117,7 @@ def main(argv=None):
         bptt=a.bptt,
         max_len=a.max_len,
         threads=torch.get_num_threads(),
-        omp_wait_policy=os.environ['OMP_WAIT_POLICY'],
+        omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'),
         malloc_tuned=tuned,
         torch=torch.__version__,
     )

@@ -120,3 +120,15 @@ def test_pretrain_on_an_imdb_folder_holds_out_reviews_and_shares_the_prepared_st
     assert data['train_docs'] == 124  # 125 reviews, 1% (one) held out for validation
     store = prepare_dataset(None, corpus=[str(tmp_path / 'imdb')], max_vocab=4000, min_freq=1, n_workers=1)
     assert data['store'] == str(store.path)
+
+
+def test_lm_speed_bench_runs_the_sampled_softmax(capsys):
+    from bench import lm_speed
+
+    args = ['--small', '--vocab', '500', '--bs', '4', '--bptt', '8', '--batches', '2', '--warmup', '1']
+    lm_speed.main([*args, '--sampled-softmax', '64'])
+    res = json.loads(capsys.readouterr().out)
+    assert res['sampled_softmax'] == 64 and res['tokens_per_s'] > 0
+    # its FLOPs count the decoder over the distinct drawn words, fewer than the vocab
+    c = lm_speed.AWDLSTMConfig.preset('paper', vocab_sz=500, emb_sz=200, n_hid=512, n_layers=3)
+    assert lm_speed.lm_flops_per_token(c, 40) < lm_speed.lm_flops_per_token(c)
