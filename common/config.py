@@ -90,6 +90,7 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
     p = argparse.ArgumentParser(
         prog=prog,
         description=description,
+        allow_abbrev=False,  # `--resume` compares the settings named on the command line by their full names
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='presets:\n'
         + '\n'.join(

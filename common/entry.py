@@ -35,7 +35,7 @@ def usage(prog, commands):
     return '\n'.join(lines)
 
 
-def dispatch(prog, commands, argv=None, expected=()):
+def dispatch(prog, commands, argv=None, expected=tuple):
     "Run `prog <command> [options]`; returns the exit code. `expected`: a function returning extra expected errors."
     setup_process()
     argv = list(sys.argv[1:] if argv is None else argv)

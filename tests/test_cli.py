@@ -142,3 +142,23 @@ def test_process_setup_comes_before_torch_loads():
 
     code = "import sys, ulmfit.__main__, vision.__main__; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'
+
+
+def _refuse(argv=None):
+    from common.config import ConfigError
+
+    raise ConfigError('lr: must be positive')
+
+
+def test_dispatch_without_extra_expected_errors(capsys):
+    from common.entry import dispatch
+
+    assert dispatch('prog', {'go': ('test_cli:_refuse', 'refuses')}, ['go']) == 2
+    assert 'error: lr: must be positive' in capsys.readouterr().err
+
+
+def test_resume_flags_are_not_abbreviated(tmp_path, capsys):
+    # an abbreviation would be taken by argparse but not matched by the resume check, so it is refused outright
+    with pytest.raises(SystemExit) as e:
+        ulmfit_cli.main(['pretrain', '--resume', str(tmp_path), '--max-min', '60'])
+    assert e.value.code == 2 and 'unrecognized arguments: --max-min' in capsys.readouterr().err

@@ -120,3 +120,39 @@ def test_holding_out_every_training_review_is_a_one_line_error(tmp_path, monkeyp
     assert main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '36', *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith('error: clas_valid_docs: 36 would leave none of the 36')
+
+
+def test_a_resumed_run_trains_the_classifier_on_the_same_reviews(tmp_path, monkeypatch):
+    import shutil
+
+    from ulmfit.imdb import main
+
+    monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
+    monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
+    trained, make_loader = [], recipe.clas_loader
+
+    def clas_loader(store, idx, bs=64, train=False, *args, **kwargs):
+        if train:
+            trained.append(sorted(np.asarray(idx).tolist()))
+        return make_loader(store, idx, bs, train, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, 'clas_loader', clas_loader)
+    args = ['--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--name', 'r', '--lm-docs', '20']
+    main(
+        [
+            *args,
+            '--clas-valid-docs',
+            '8',
+            '--train-docs',
+            '12',
+            *TINY,
+            '--lm-frozen-epochs',
+            '0',
+            '--clas-epochs',
+            '1,0,0,0',
+        ]
+    )
+    run = tmp_path / 'runs' / 'r'
+    shutil.rmtree(run / 'clas_fwd')  # as if the run had stopped after LM fine-tuning
+    main(['--resume', str(run)])  # reuses the fine-tuned LM, then trains the classifier again
+    assert len(trained) == 2 and len(trained[0]) == 12 and trained[1] == trained[0]

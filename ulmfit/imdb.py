@@ -233,9 +233,9 @@ def main(argv=None):
 def run(cfg, given=()):
     "The whole pipeline; returns the run folder. `given`: the settings named on the command line."
     t_start, times = time.time(), {}
-    recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])  # a wrong stage count fails now, not hours later
     if cfg['resume']:
         cfg = resume_config(cfg['resume'], cfg, given, SETTINGS, RESUME_OVERRIDES)
+    recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])  # a wrong stage count fails now, not hours later
     budget = stage_budget(cfg) if cfg.get('budget_minutes') else None  # checks the split before any work
     run_dir = Path(cfg['resume']) if cfg['resume'] else new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
     torch.manual_seed(cfg['seed'])
@@ -333,6 +333,9 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
     """ULMFiT stage 2 for direction `d`: vocab transfer from the pretrained LM, then LM fine-tuning on the reviews.
     Reuses the run folder's fine-tuned LM when there is one. Returns (LM state dict, model config)."""
     lm_dir, backwards = run_dir / f'lm_{d}', d == 'bwd'
+    docs = None  # drawn first, so a resumed run draws the classifier's documents from the same state
+    if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
+        docs = torch.randperm(len(store), generator=g)[: cfg['lm_docs']].sort().values.numpy()
     if (lm_dir / 'lm.pth').exists():
         log.info(f'[{d}] reusing the fine-tuned LM in {lm_dir}')
         lm_model, config, _ = load_model_folder(lm_dir)
@@ -355,9 +358,6 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
         state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
         log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
         config = replace(pconfig, vocab_sz=len(store.vocab))
-    docs = None
-    if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
-        docs = torch.randperm(len(store), generator=g)[: cfg['lm_docs']].sort().values.numpy()
     dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
     learn = recipe.finetune_lm(
         state,
