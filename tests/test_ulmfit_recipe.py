@@ -239,3 +239,20 @@ def test_one_stage_table_for_imdb_and_the_api():
     assert [lr for *_, lr in recipe.clas_stages(1e-2, (1, 1, 1, 1))] == pytest.approx([1e-2, 5e-3, 2.5e-3, 5e-4])
     with pytest.raises(ValueError, match=r'clas_epochs: \[1, 1\] must give 4 stages'):
         recipe.clas_stages(1e-2, (1, 1))
+
+
+def test_a_backward_or_cut_classifier_reads_as_it_was_trained_after_save_and_load(trained, tmp_path, monkeypatch):
+    from ulmfit.model_io import load_classifier, save_classifier
+
+    clf, _ = trained
+    model, config, itos, classes, settings = load_classifier(clf.save(tmp_path / 'fwd'))
+    save_classifier(tmp_path / 'bwd', model, config, itos, classes, {**settings, 'backwards': True, 'truncate': 3})
+    bwd = TextClassifier.load(tmp_path / 'bwd', verbose=False)
+    seen, make = [], recipe.ids_loader
+    monkeypatch.setattr(recipe, 'ids_loader', lambda ids, *a, **k: seen.append(ids) or make(ids, *a, **k))
+    bwd.predict(['red alpha dog omega'])
+    expect = bwd.vocab.numericalize(bwd.tok.batch(['red alpha dog omega'])[0])[::-1][-3:]  # reversed, then cut
+    assert seen[0][0].tolist() == expect.tolist()
+    bwd.save(tmp_path / 'again')  # save keeps how it reads
+    assert load_classifier(tmp_path / 'again')[4]['backwards'] is True
+    assert load_classifier(tmp_path / 'again')[4]['truncate'] == 3

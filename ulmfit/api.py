@@ -75,7 +75,7 @@ class TextClassifier:
         self.precision, self.bs, self.bptt, self.max_len = precision, bs, bptt, max_len
         self.data_root, self.verbose = data_root, verbose
         self.vocab, self.enc_state, self.model, self.classes, self.multi_label = None, None, None, None, False
-        self.thresholds = None
+        self.thresholds, self.truncate, self.backwards = None, 0, False  # imdb's classifiers may read cut or reversed
 
     def _log(self, msg):
         if self.verbose:
@@ -255,7 +255,9 @@ class TextClassifier:
             )
         keep = [i for i, t in enumerate(texts) if t.strip()]
         ids = [self.vocab.numericalize(toks) for toks in self.tok.batch([texts[i] for i in keep])]
-        if getattr(self, 'truncate', 0):  # a classifier trained on cut documents (imdb --truncate N) reads them so
+        if self.backwards:  # as recipe.clas_loader reads for a backward model: reversed, then cut in reading order
+            ids = [t[::-1].copy() for t in ids]
+        if self.truncate:  # a classifier trained on cut documents (imdb --truncate N) reads them so
             ids = [t[-self.truncate :] for t in ids]
         out = [Prediction(None, {})] * len(texts)
         if not keep:
@@ -291,6 +293,8 @@ class TextClassifier:
                 'bptt': self.bptt,
                 'max_len': self.max_len,
                 'drop_mult': getattr(self, 'drop_mult', 0.5),
+                'truncate': self.truncate,
+                'backwards': self.backwards,
                 'tokenizer': self.tok.config(),
             },
         )
@@ -302,5 +306,5 @@ class TextClassifier:
         clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
         clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
-        clf.truncate = settings.get('truncate', 0)
+        clf.truncate, clf.backwards = settings.get('truncate', 0), settings.get('backwards', False)
         return clf
