@@ -191,7 +191,7 @@ def test_pretrain_offers_errors_replace(tmp_path, monkeypatch, capsys):
     assert ulmfit_cli.main(argv + ['--errors', 'replace']) == 0
 
 
-def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
+def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch, capsys):
     from ulmfit.prepare import prepare_dataset
 
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
@@ -225,6 +225,17 @@ def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch):
     model = tmp_path / 'runs' / 'lm-tiny' / 'model'
     assert (model / 'spm.model').exists()
     assert generate(model, 'the cat', words=3, seed=0).lower().startswith('the cat')
+    # the API reads texts with the LM's own SentencePiece model; imdb (spaCy rules) refuses it in one line
+    from ulmfit.api import TextClassifier
+    from ulmfit.tokenize import SentencePieceTokenizer
+
+    assert isinstance(TextClassifier.from_pretrained(model, verbose=False).tok, SentencePieceTokenizer)
+    from test_imdb_holdout import sample_mirror
+
+    monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
+    capsys.readouterr()
+    assert ulmfit_cli.main(['imdb', '--preset', 'tiny', '--pretrained', str(model), '--runs', str(tmp_path)]) == 2
+    assert 'this LM was trained on SentencePiece pieces' in capsys.readouterr().err
 
 
 def test_ctrl_c_in_imdb_names_the_resume_command(tmp_path, monkeypatch, capsys):

@@ -35,7 +35,7 @@ from . import recipe
 from .awd_lstm import AWDLSTMConfig
 from .classifier import encoder_state
 from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
-from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
+from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder, tokenizer_for
 from .pretrained import pretrained_folder
 from .store import build_store
 from .tokenize import SpacyTokenizer
@@ -84,7 +84,9 @@ class TextClassifier:
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
         "Start from a language-model folder (from `pretrain` or `import-fastai`) or a name such as 'fastai-wt103'."
-        model, config, itos = load_model_folder(pretrained_folder(model_dir, kwargs.get('data_root')))
+        folder = pretrained_folder(model_dir, kwargs.get('data_root'))
+        model, config, itos, extras = load_model_folder(folder, with_extras=True)
+        kwargs.setdefault('tokenizer', tokenizer_for(folder, extras))  # read texts as the LM was trained
         return cls(lm_state=model.state_dict(), config=config, itos=itos, **kwargs)
 
     # ---- stage 2: the language model ----------------------------------------------------------------

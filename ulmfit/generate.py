@@ -4,11 +4,11 @@ python -m ulmfit generate --model DIR "The movie was" --words 50 --temperature 0
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from .awd_lstm import reset_model
+from .model_io import tokenizer_for
 
 
 def sample_next(logits, temperature=1.0, top_k=None, min_p=None, generator=None):
@@ -42,20 +42,6 @@ def generate_ids(model, ids, n_words, temperature=1.0, top_k=None, min_p=None, b
     return out
 
 
-# ---- glue to the tokenizer and vocab -----------------------------------------------------------------------
-def _tokenizer_for(model_dir, extras):
-    "The tokenizer a model folder was trained with (extras['tokenizer'] in lm.pth; spaCy rules if not recorded)."
-    from .tokenize import SentencePieceTokenizer, SpacyTokenizer
-
-    cfg = extras.get('tokenizer') or {}
-    if cfg.get('kind') == 'spm':
-        spm_path = Path(model_dir) / 'spm.model'  # a copy in the folder wins over a recorded path
-        if not spm_path.exists() and 'model_path' not in cfg:
-            raise FileNotFoundError(f"{model_dir} was trained with SentencePiece but has no spm.model")
-        return SentencePieceTokenizer(spm_path if spm_path.exists() else cfg['model_path'])
-    return SpacyTokenizer()
-
-
 def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=None, seed=None):
     "Continue `prompt` with `words` sampled tokens from the LM in `model_dir`; returns readable text."
     from .model_io import load_model_folder
@@ -65,7 +51,7 @@ def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=Non
     if extras.get('backwards'):
         raise ValueError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
     stoi = {t: i for i, t in enumerate(itos)}
-    toks = _tokenizer_for(model_dir, extras)(prompt)
+    toks = tokenizer_for(model_dir, extras)(prompt)
     ids = [stoi.get(t, stoi.get(UNK, 0)) for t in toks]
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     ban = [stoi[t] for t in (UNK, PAD) if t in stoi]

@@ -33,7 +33,7 @@ from . import recipe
 from .awd_lstm import AWDLSTMConfig
 from .datasets import dataset_reader
 from .dry_run import dry_run_folder, write_table
-from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder
+from .model_io import check_spacy_lm, load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import resolve_pretrained
 from .store import build_store
 from .tokenize import SpacyTokenizer
@@ -354,7 +354,8 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
         config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
         state = None
     else:
-        m, pconfig, itos = load_model_folder(src)
+        m, pconfig, itos, extras = load_model_folder(src, with_extras=True)
+        check_spacy_lm(src, extras)
         state, n = recipe.match_embeds(m.state_dict(), itos, store.vocab.itos)
         log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
         config = replace(pconfig, vocab_sz=len(store.vocab))

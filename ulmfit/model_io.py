@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 from common.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
+from common.config import ConfigError
 
 from .awd_lstm import AWDLSTMConfig, clas_config, get_language_model
 from .classifier import encoder_state, get_text_classifier
+from .tokenize import SentencePieceTokenizer, SpacyTokenizer
 
 
 def save_model_folder(path, model, config, itos, extras=None):
@@ -106,3 +108,24 @@ def load_classifier(path):
     )
     load_model_state(model, ck['model'], path / 'clas.pth')
     return model, config, itos, classes, settings
+
+
+def tokenizer_for(model_dir, extras):
+    "The tokenizer a model folder was trained with (extras['tokenizer'] in lm.pth; spaCy rules if not recorded)."
+    cfg = extras.get('tokenizer') or {}
+    if cfg.get('kind') == 'spm':
+        spm_path = Path(model_dir) / 'spm.model'  # a copy in the folder wins over a recorded path
+        if not spm_path.exists() and 'model_path' not in cfg:
+            raise FileNotFoundError(f"{model_dir} was trained with SentencePiece but has no spm.model")
+        return SentencePieceTokenizer(spm_path if spm_path.exists() else cfg['model_path'])
+    return SpacyTokenizer()
+
+
+def check_spacy_lm(model_dir, extras):
+    "Refuse an LM trained on SentencePiece pieces where texts are read with spaCy rules (its vocab would not match)."
+    if (extras.get('tokenizer') or {}).get('kind') == 'spm':
+        raise ConfigError(
+            f"{model_dir}: this LM was trained on SentencePiece pieces, but IMDB is read with spaCy rules, so "
+            "almost none of its vocab would match: pretrain with --tokenizer spacy, or use the Python API "
+            "(TextClassifier.from_pretrained reads with the LM's own tokenizer)"
+        )
