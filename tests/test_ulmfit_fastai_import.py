@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import CheckpointError
 from ulmfit.cli import import_fastai_main
 from ulmfit.fastai_import import convert_fastai_state, import_fastai, read_itos
 from ulmfit.model_io import load_encoder_folder, load_model_folder
@@ -86,7 +87,7 @@ def test_import_matches_reference_forward(tmp_path, v1, wrapped):
 def test_unknown_key_is_an_error():
     sd = fastai_state()
     sd['0.something_else'] = torch.zeros(1)
-    with pytest.raises(ValueError, match='something_else'):
+    with pytest.raises(CheckpointError, match='something_else'):
         convert_fastai_state(sd)
 
 
@@ -103,7 +104,7 @@ def test_vocab_pickle_is_restricted(tmp_path):
         p = tmp_path / f'bad{i}.pkl'
         with open(p, 'wb') as f:
             pickle.dump(bad, f)
-        with pytest.raises(ValueError):
+        with pytest.raises(CheckpointError):
             read_itos(p)
 
 
@@ -111,7 +112,7 @@ def test_vocab_size_mismatch(tmp_path):
     torch.save(fastai_state(), tmp_path / 'lm.pth')
     with open(tmp_path / 'itos.pkl', 'wb') as f:
         pickle.dump(itos()[:-1], f)
-    with pytest.raises(ValueError, match='rows'):
+    with pytest.raises(CheckpointError, match='rows'):
         import_fastai(tmp_path / 'lm.pth', tmp_path / 'itos.pkl', tmp_path / 'out')
 
 
@@ -138,3 +139,15 @@ def test_out_folder_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert (out / 'vocab.json').read_text() == '{"itos": ["mine"]}'
     assert ulmfit_cli.main(argv + ['--overwrite']) == 0
     assert (out / 'lm.pth').exists()
+
+
+def test_a_bad_vocab_pickle_is_a_one_line_error(tmp_path, capsys):
+    import ulmfit.__main__ as ulmfit_cli
+
+    torch.save(fastai_state(), tmp_path / 'lm.pth')
+    with open(tmp_path / 'itos.pkl', 'wb') as f:
+        pickle.dump({'not': 'a list'}, f)
+    argv = ['import-fastai', '--weights', str(tmp_path / 'lm.pth'), '--vocab', str(tmp_path / 'itos.pkl')]
+    assert ulmfit_cli.main([*argv, '--out', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'itos.pkl'}: expected a list of strings" in err and 'Traceback' not in err

@@ -201,7 +201,7 @@ class TextClassifier:
         self.classes = list(store.label_names)
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
         if len(tr) == 0 or len(va) == 0:
-            raise ValueError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
+            raise DataError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
         dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True), recipe.clas_loader(store, va, self.bs))
         learn = recipe.clas_learner(
             self.config,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_file
+from common.checkpoint import CheckpointError, load_file
 
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .model_io import save_model_folder
@@ -40,9 +40,9 @@ def read_itos(path):
     try:
         itos = _ListOfStrUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not a plain list-of-strings pickle ({e})") from None
+        raise CheckpointError(f"{path}: not a plain list-of-strings pickle ({e})") from None
     if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
-        raise ValueError(f"{path}: expected a list of strings, got {type(itos).__name__}")
+        raise CheckpointError(f"{path}: expected a list of strings, got {type(itos).__name__}")
     return itos
 
 
@@ -52,7 +52,7 @@ def read_fastai_state(path):
     if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
         obj = obj['model']
     if not isinstance(obj, dict) or '0.encoder.weight' not in obj:
-        raise ValueError(f"{path}: not a fastai AWD-LSTM language model state dict (no '0.encoder.weight')")
+        raise CheckpointError(f"{path}: not a fastai AWD-LSTM language model state dict (no '0.encoder.weight')")
     return obj
 
 
@@ -77,7 +77,7 @@ def convert_fastai_state(sd, pad_id=1):
                 continue
             out[f'0.rnns.{i}.module.weight_hh_l0' if name == 'weight_hh_l0_raw' else f'0.rnns.{i}.{name}'] = v
         else:
-            raise ValueError(f"unexpected key in fastai state dict: {k!r}")
+            raise CheckpointError(f"unexpected key in fastai state dict: {k!r}")
     vocab_sz, emb_sz = out['0.embed.emb.weight'].shape
     n_hid = out['0.rnns.0.module.weight_ih_l0'].shape[0] // 4 if n_layers > 1 else emb_sz  # 1150 (v1) or 1152 (v2)
     dec_w = out.get('1.decoder.weight')
@@ -106,7 +106,7 @@ def import_fastai(weights, vocab, out_dir, overwrite=False):
     itos = read_itos(vocab)
     sd, config = convert_fastai_state(read_fastai_state(weights), pad_id=itos.index('xxpad') if 'xxpad' in itos else 1)
     if len(itos) != config.vocab_sz:
-        raise ValueError(f"vocab has {len(itos)} tokens but the embedding has {config.vocab_sz} rows")
+        raise CheckpointError(f"vocab has {len(itos)} tokens but the embedding has {config.vocab_sz} rows")
     model = get_language_model(config)
     model.load_state_dict(sd)
     save_model_folder(out_dir, model, config, itos, extras={'source': f'fastai:{Path(weights).name}'})

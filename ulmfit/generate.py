@@ -7,6 +7,8 @@ import argparse
 
 import torch
 
+from common.config import ConfigError
+
 from .awd_lstm import reset_model
 from .model_io import tokenizer_for
 
@@ -49,7 +51,7 @@ def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=Non
 
     model, config, itos, extras = load_model_folder(model_dir, with_extras=True)
     if extras.get('backwards'):
-        raise ValueError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
+        raise ConfigError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
     stoi = {t: i for i, t in enumerate(itos)}
     toks = tokenizer_for(model_dir, extras)(prompt)
     ids = [stoi.get(t, stoi.get(UNK, 0)) for t in toks]

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from common.config import ConfigError
+
 
 class LMLoader:
     """Language-model batches straight off a token store's memmap.
@@ -49,7 +51,7 @@ class LMLoader:
         if offsets is None:  # a TokenStore
             ids, offsets = ids.ids, ids.offsets
         if bs % world_size:
-            raise ValueError(f'global bs={bs} is not divisible by world_size={world_size}')
+            raise ConfigError(f'bs: global bs={bs} is not divisible by world_size={world_size}')
         self.ids, self.offsets = ids, np.asarray(offsets)
         self.doc_idx = np.arange(len(self.offsets) - 1) if doc_idx is None else np.asarray(doc_idx)
         self.bs, self.global_bs, self.bptt, self.shuffle = bs // world_size, bs, bptt, shuffle
@@ -58,7 +60,9 @@ class LMLoader:
         self.n_tokens = int(lens.sum())
         self.row_len = self.n_tokens // bs  # L: tokens per row (the stream's tail that doesn't fill a row is dropped)
         if self.row_len < 2:
-            raise ValueError(f'{self.n_tokens} tokens are too few for bs={bs} rows')
+            raise ConfigError(
+                f'bs: {self.n_tokens} tokens are too few for {bs} rows of the LM batch; lower bs or give more text'
+            )
 
     def __len__(self):
         "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from common.checkpoint import atomic_write_json
+from common.config import ConfigError
 from ulmfit.tokenize import MAJ, PAD, SPECIALS, UNK, UP
 
 FAKE = 'xxfake'
@@ -25,7 +26,7 @@ class Vocab:
     def from_counts(cls, counts, max_vocab=60000, min_freq=3, specials=SPECIALS):
         "Most frequent tokens (count >= min_freq, ties in first-seen order) after the specials, padded to 8k size."
         if max_vocab < len(specials):
-            raise ValueError(f'max_vocab={max_vocab} is smaller than the {len(specials)} specials')
+            raise ConfigError(f'max_vocab: {max_vocab} is smaller than the {len(specials)} specials')
         sp = set(specials)
         toks = [t for t, c in sorted(counts.items(), key=lambda tc: -tc[1]) if c >= min_freq and t not in sp]
         itos = list(specials) + toks[: max_vocab - len(specials)]
