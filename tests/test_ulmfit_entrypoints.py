@@ -269,3 +269,19 @@ def test_imdb_refuses_a_wrong_stage_count_before_any_work(tmp_path, capsys):
     assert ulmfit_cli.main(args) == 2
     assert 'clas_epochs: [1, 1] must give 4 stages' in capsys.readouterr().err
     assert not (tmp_path / 'runs').exists()
+
+
+def test_pretrain_validates_wikitext_on_its_valid_split_and_other_corpora_on_their_own_docs(tmp_path, monkeypatch):
+    from ulmfit.datasets import WikiTextReader
+    from ulmfit.pretrain import resolve_corpora
+
+    mirror = tmp_path / 'mirror' / 'wikitext-103'
+    mirror.mkdir(parents=True)
+    (mirror / 'wiki.valid.tokens').write_text(' = V = \n valid text \n')
+    monkeypatch.setenv('ULMFIT_MIRROR', str(tmp_path / 'mirror'))
+    (tmp_path / 'wiki.train.tokens').write_text(' = T = \n train text \n')
+    (tmp_path / 'mine.txt').write_text('my own text\nmore of it\n')
+    cfg = dict(valid='', errors='strict', max_docs=0, max_valid_docs=0)
+    _, valid, _ = resolve_corpora({**cfg, 'corpus': str(tmp_path / 'wiki.train.tokens')})
+    assert isinstance(valid, WikiTextReader) and valid.files == [mirror / 'wiki.valid.tokens']
+    assert resolve_corpora({**cfg, 'corpus': str(tmp_path / 'mine.txt')})[1] is None  # 1% of its own documents

@@ -562,6 +562,16 @@ def reader_for(paths, split='train', label_col='label', errors='strict'):
     return readers[0] if len(readers) == 1 else MultiReader(readers)
 
 
+def wikitext_file(folder, split, must=True):
+    "A WikiText folder's file of `split` (wiki.<split>.tokens or .raw, .gz too); None if absent and not `must`."
+    for name in (f'wiki.{split}.tokens', f'wiki.{split}.tokens.gz', f'wiki.{split}.raw', f'wiki.{split}.raw.gz'):
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    if must:
+        raise FileNotFoundError(f'no wiki.{split}.tokens or wiki.{split}.raw in {folder}')
+    return None
+
+
 def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
     """The reader of a named dataset (`DATASETS`), fetched into the data root (or taken from the mirror) unless its
     `folder` is given. IMDB gives train, test and unsup reviews; the sample, its labelled table."""

@@ -21,6 +21,7 @@ from common.budget import fit_one_cycle_budget
 from common.cli import Interrupted
 from common.config import Setting, named_settings, parse_run_config, resume_config
 from common.distributed import cleanup_distributed, setup_distributed
+from common.download import untar_data
 from common.events import Callback, CancelFitException
 from common.learner import DataLoaders
 from common.log import log
@@ -28,7 +29,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
-from .datasets import ImdbReader, WikiTextReader, dataset_reader, reader_for
+from .datasets import WikiTextReader, dataset_reader, reader_for, wikitext_file
 from .dry_run import dry_run_folder, write_corpus
 from .model_io import save_model_folder
 from .recipe import lm_learner, lm_loaders, split_docs
@@ -181,13 +182,6 @@ class FirstDocs:
         return {**self.reader.fingerprint(), 'first_docs': self.n}
 
 
-def _wt103_file(folder, split):
-    for name in (f'wiki.{split}.tokens', f'wiki.{split}.tokens.gz', f'wiki.{split}.raw', f'wiki.{split}.raw.gz'):
-        if (Path(folder) / name).exists():
-            return Path(folder) / name
-    return None
-
-
 def resolve_corpora(cfg):
     "(train reader, valid reader or None, a line describing them)."
     if cfg['corpus'] == 'imdb':  # the same reader as `imdb` uses, so both share one token store
@@ -197,25 +191,18 @@ def resolve_corpora(cfg):
         train = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors'])
         src = cfg['corpus']
     else:
-        from common.download import untar_data
-
-        folder = untar_data('wikitext-103')
-        path = _wt103_file(folder, 'train')
-        if path is None:
-            raise FileNotFoundError(f"no wiki.train.tokens in {folder}")
+        path = wikitext_file(untar_data('wikitext-103'), 'train')
         train, src = reader_for([path], errors=cfg['errors']), str(path)
     valid = None
     if cfg['valid']:
         valid = reader_for(cfg['valid'], split='valid', label_col=None, errors=cfg['errors'])
-    elif not isinstance(train, ImdbReader):  # IMDB is validated on 1% of its own reviews, not on WikiText
+    elif isinstance(train, WikiTextReader):  # WikiText's own valid split; other corpora hold out 1% of their docs
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
         if os.environ.get('ULMFIT_MIRROR'):
             candidates.append(Path(os.environ['ULMFIT_MIRROR']) / 'wikitext-103')
-        for c in candidates:
-            p = _wt103_file(c, 'valid')
-            if p is not None:
-                valid = WikiTextReader([p], errors=cfg['errors'])
-                break
+        found = [p for p in (wikitext_file(c, 'valid', must=False) for c in candidates) if p]
+        if found:
+            valid = WikiTextReader(found[:1], errors=cfg['errors'])
     # Unwrapped when all docs are read, so the store key is the reader's own: `prepare` and `imdb` build the same.
     first = lambda r, n: FirstDocs(r, n) if n else r  # noqa: E731
     return first(train, cfg['max_docs']), (first(valid, cfg['max_valid_docs']) if valid else None), src
