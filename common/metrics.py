@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from .distributed import all_gather_cat, all_reduce_sum
+
 
 def accuracy(pred, targ):
     "Fraction of argmax predictions equal to the target (works on (bs, n) or (bs, sl, n) logits)."
@@ -57,8 +59,6 @@ class AvgMetric(Metric):
         self.count += n
 
     def sync(self):
-        from .distributed import all_reduce_sum
-
         self.total, self.count = all_reduce_sum([self.total, self.count])
 
     @property
@@ -80,8 +80,6 @@ class AvgLoss(Metric):
         self.count += n
 
     def sync(self):
-        from .distributed import all_reduce_sum
-
         self.total, self.count = all_reduce_sum([self.total, self.count])
 
     @property
@@ -117,8 +115,6 @@ class F1Score(Metric):
         self.targs.append(learn.yb.flatten().cpu())
 
     def sync(self):
-        from .distributed import all_gather_cat
-
         cat = lambda ts: torch.cat(ts) if ts else torch.empty(0, dtype=torch.long)  # noqa: E731
         self.preds, self.targs = [all_gather_cat(cat(self.preds))], [all_gather_cat(cat(self.targs))]
 

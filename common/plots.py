@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _plt():
+    # matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use('Agg')
@@ -84,8 +87,6 @@ def plot_lr_find(lrs, losses, suggestions, path):
 def plot_confusion(cm, classes, path, normalize=False):
     "Confusion matrix (rows: actual, columns: predicted)."
     plt = _plt()
-    import numpy as np
-
     cm = np.asarray(cm, dtype=float)
     if normalize:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)

@@ -21,6 +21,7 @@ COMMANDS = {
 
 
 def _expected():
+    # called by dispatch after setup_process(): this loads torch, which must come after it
     from .datasets import DataError
 
     return (DataError,)

@@ -32,8 +32,8 @@ from common.learner import DataLoaders
 from common.log import log, show_progress
 
 from . import recipe
-from .awd_lstm import AWDLSTMConfig
-from .classifier import encoder_state
+from .awd_lstm import AWDLSTMConfig, get_language_model
+from .classifier import encoder_state, fit_thresholds
 from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder, tokenizer_for
 from .pretrained import pretrained_folder
@@ -144,8 +144,6 @@ class TextClassifier:
 
     def save_lm(self, path):
         "Write the (fine-tuned) language model as a model folder."
-        from .awd_lstm import get_language_model
-
         m = get_language_model(self.config)
         m.load_state_dict(self.lm_state)
         return save_model_folder(path, m, self.config, self.itos)
@@ -220,8 +218,6 @@ class TextClassifier:
         self.model, self.drop_mult = learn.model.eval(), drop_mult
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:
-            from .classifier import fit_thresholds
-
             self.thresholds = fit_thresholds(probs, targs).tolist()
             self.results = {
                 'accuracy_multi': ((probs >= torch.tensor(self.thresholds)) == targs.bool()).float().mean().item()

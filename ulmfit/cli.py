@@ -20,7 +20,7 @@ from . import pretrained
 from .awd_lstm import AWDLSTMConfig
 from .dry_run import dry_run_folder, write_table
 from .fastai_import import import_fastai
-from .pretrained import PRETRAINED, find_pretrained, get_pretrained, model_dir, named_for
+from .pretrained import PRETRAINED, find_pretrained, get_pretrained, model_dir, named_for, resolve_pretrained
 
 ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
@@ -85,9 +85,9 @@ def classify_main(argv=None):
 
 def classify(a, config=None, lm=None):
     "The classify command with parsed arguments `a`; `config` (no pretrained LM) and `lm` (fine-tuning) for dry runs."
+    # torch, pandas and spacy load only when a command runs: `--help` and bad arguments answer at once
     from .api import TextClassifier
     from .datasets import as_frame, check_labelled
-    from .pretrained import resolve_pretrained
 
     t0 = time.time()
     # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
@@ -131,6 +131,7 @@ def predict_main(argv=None):
     p.add_argument('--out', required=True, help='output CSV: the input columns plus pred and one prob_<class> each')
     p.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = p.parse_args(argv)
+    # torch, pandas and spacy load only after the arguments parse
     from .api import TextClassifier
     from .datasets import DataError, as_frame
 

@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from common.download import untar_data
 from ulmfit.tokenize import FLD
 
@@ -357,12 +359,12 @@ class TableReader:
         return 'parquet' if s.endswith(('.parquet', '.pq')) else 'tsv' if s.endswith('.tsv') else 'csv'
 
     def _columns(self):
-        import pandas as pd
+        import pandas as pd  # pandas loads only when a table is read
 
         if isinstance(self.src, pd.DataFrame):
             return list(self.src.columns)
         if self._kind() == 'parquet':
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # only for Parquet files
 
             return list(pq.ParquetFile(self.src).schema_arrow.names)
         return list(next(iter(self._chunks(nrows=1))).columns)
@@ -374,7 +376,7 @@ class TableReader:
                 raise DataError(f'{self.name}: missing {what} column {c!r}; columns are {cols}')
 
     def _chunks(self, nrows=None):
-        import pandas as pd
+        import pandas as pd  # pandas loads only when a table is read
 
         if isinstance(self.src, pd.DataFrame):
             yield self.src
@@ -431,7 +433,7 @@ class TableReader:
             raise DataError(f'{self.name}: no rows')
 
     def fingerprint(self):
-        import pandas as pd
+        import pandas as pd  # pandas loads only when a table is read
 
         if isinstance(self.src, pd.DataFrame):
             h = hashlib.sha256(pd.util.hash_pandas_object(self.src, index=True).values.tobytes()).hexdigest()
@@ -452,8 +454,7 @@ class TableReader:
 
 def as_frame(data, text_col, errors='strict'):
     "A DataFrame from a DataFrame, a CSV/TSV/Parquet path, a list/Series of strings (a file's name is kept in attrs)."
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # pandas loads only when a table is read
 
     if isinstance(data, pd.DataFrame):
         return data

@@ -10,7 +10,9 @@ import torch
 from common.config import ConfigError
 
 from .awd_lstm import reset_model
-from .model_io import tokenizer_for
+from .model_io import load_model_folder, tokenizer_for
+from .tokenize import BOS, EOS, PAD, UNK
+from .vocab import undo_caps
 
 
 def sample_next(logits, temperature=1.0, top_k=None, min_p=None, generator=None):
@@ -46,9 +48,6 @@ def generate_ids(model, ids, n_words, temperature=1.0, top_k=None, min_p=None, b
 
 def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=None, seed=None):
     "Continue `prompt` with `words` sampled tokens from the LM in `model_dir`; returns readable text."
-    from .model_io import load_model_folder
-    from .tokenize import PAD, UNK
-
     model, config, itos, extras = load_model_folder(model_dir, with_extras=True)
     if extras.get('backwards'):
         raise ConfigError(f"{model_dir} is a backward LM (it reads text right to left): generate with a forward one")
@@ -63,9 +62,6 @@ def generate(model_dir, prompt, words=50, temperature=0.8, top_k=None, min_p=Non
 
 def detokenize(toks):
     "Tokens -> display text: case markers applied, BOS/EOS dropped, no space before punctuation."
-    from .tokenize import BOS, EOS
-    from .vocab import undo_caps
-
     toks = [t for t in undo_caps(toks) if t not in (BOS, EOS)]
     text = ''
     for t in toks:

@@ -23,6 +23,7 @@ from array import array
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from common.checkpoint import DiskFullError, atomic_write_json
 from common.download import get_data_root
@@ -153,8 +154,6 @@ def build_store(
 
 
 def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name):
-    from tqdm import tqdm
-
     t0 = time.time()
     labels, splits, split_names, lens = [], array('B'), {}, array('q')
 

@@ -18,6 +18,7 @@ COMMANDS = {
 
 
 def _expected():
+    # called by dispatch after setup_process(): this loads torch, which must come after it
     from .data import BadImageError
 
     return (BadImageError,)

@@ -17,6 +17,7 @@ from common.learner import Learner
 from common.log import log, show_progress
 from common.metrics import accuracy
 from common.optim import OPTIMIZERS
+from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from .data import BatchTransform, imagenet_folder_dls, write_synthetic_images
@@ -250,8 +251,6 @@ def train(cfg):
     preds, targs = learn.get_preds()
     cm = confusion_matrix(preds, targs, len(classes))
     acc = float(cm.diag().sum() / cm.sum())
-    from common.plots import plot_confusion
-
     plot_confusion(cm.numpy(), classes, run_dir / 'plots' / 'confusion.png')
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
     metrics = {
