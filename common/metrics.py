@@ -16,11 +16,6 @@ def accuracy(pred, targ):
     return (pred.argmax(dim=-1) == targ).float().mean()
 
 
-def error_rate(pred, targ):
-    "1 - accuracy."
-    return 1 - accuracy(pred, targ)
-
-
 def accuracy_multi(pred, targ, thresh=0.5, sigmoid=True):
     "Per-label accuracy for multi-label targets (logits thresholded after a sigmoid)."
     if sigmoid:

@@ -88,11 +88,6 @@ def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
     )
 
 
-def per_group(make_sched, values):
-    "One schedule per param group: `make_sched(v)` for each value `v` in `values`."
-    return [make_sched(v) for v in values]
-
-
 # ---- callbacks -------------------------------------------------------------------------------------------------
 class ParamScheduler(Callback):
     "Sets hyper-parameters each training batch: {'lr': sched or [sched per layer group], 'mom': ...}."

@@ -5,7 +5,8 @@ import pandas as pd
 import torch
 
 from ulmfit.datasets import TableReader, TextCorpusReader
-from ulmfit.loaders import LMLoader, class_loaders
+from ulmfit.loaders import LMLoader
+from ulmfit.recipe import clas_loader
 from ulmfit.store import TokenStore, build_store
 from ulmfit.tokenize import SpacyTokenizer
 
@@ -52,7 +53,7 @@ def test_loaders_from_store(tmp_path):
     x, y = next(iter(LMLoader(s, bs=4, bptt=8)))
     assert x.shape == (4, 8) and (x[:, 1:] == y[:, :-1]).all()
     c = build_store(TableReader(DF, label_cols='label'), min_freq=1, n_workers=1, root=tmp_path, progress=False)
-    trn, val = class_loaders(c, bs=2, train_splits='train', valid_splits='valid')
+    trn, val = (clas_loader(c, c.labeled_idx(s), bs=2, train=s == 'train') for s in ('train', 'valid'))
     xb, yb = next(iter(trn))
     assert xb.shape[0] == 2 and yb.dtype == torch.long
     assert sum(len(b[1]) for b in val) == 2

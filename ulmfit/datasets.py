@@ -587,13 +587,6 @@ def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
     return reader_for([folder], errors=errors)
 
 
-def read_text(path, errors='strict'):
-    "Whole file as text (`.gz` transparently), with the file and byte offset on bad bytes."
-    with _open_bin(path) as f:
-        raw = f.read()
-    return decode(raw, str(path), errors)
-
-
 __all__ = [
     'Doc',
     'DataError',
@@ -604,7 +597,6 @@ __all__ = [
     'TableReader',
     'join_fields',
     'find_bad_utf8',
-    'read_text',
     'as_frame',
     'table_source',
     'check_labelled',

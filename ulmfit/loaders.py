@@ -1,11 +1,10 @@
 "Batches for the language model (LMLoader) and the classifier (SortishSampler, SortSampler, pad_collate)."
 
 import math
-from functools import partial
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from common.config import ConfigError
 
@@ -186,34 +185,3 @@ class TextClassDataset(Dataset):
     def lengths(self):
         ls = self.store.lengths[self.idx]
         return np.minimum(ls, self.max_len) if self.max_len is not None else ls
-
-
-def class_loaders(
-    store,
-    bs=64,
-    train_splits=('train',),
-    valid_splits=('test',),
-    max_len=None,
-    pad_first=True,
-    num_workers=0,
-):
-    "Train (SortishSampler) and valid (SortSampler) DataLoaders over a store's labeled docs of the given splits."
-    pad = store.vocab.pad_idx
-    dls = []
-    for splits, train in ((train_splits, True), (valid_splits, False)):
-        splits = (splits,) if isinstance(splits, str) else tuple(splits)
-        ds = TextClassDataset(store, store.labeled_idx(*splits), max_len)
-        if len(ds) == 0:
-            raise ValueError(f'{store.path}: no labeled docs in split(s) {splits}')
-        sampler = SortishSampler(ds.lengths, bs) if train else SortSampler(ds.lengths)
-        dls.append(
-            DataLoader(
-                ds,
-                batch_size=bs if train else bs * 2,
-                sampler=sampler,
-                num_workers=num_workers,
-                drop_last=train and len(ds) >= bs,  # see recipe.clas_loader
-                collate_fn=partial(pad_collate, pad_idx=pad, pad_first=pad_first, max_len=max_len),
-            )
-        )
-    return dls[0], dls[1]

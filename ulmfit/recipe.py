@@ -22,7 +22,7 @@ from common.metrics import Perplexity, accuracy, accuracy_multi
 from common.optim import adamw, discriminative_lrs
 
 from .awd_lstm import ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy, lm_loss, lm_splitter
-from .classifier import clas_splitter, encoder_state, get_text_classifier
+from .classifier import clas_splitter, get_text_classifier, load_encoder
 from .loaders import LMLoader, SortishSampler, SortSampler, TextClassDataset, pad_collate
 
 # The fastai ULMFiT IMDB example's gradual unfreezing: (freeze_to, the stage's top lr as a share of the first's).
@@ -236,7 +236,7 @@ def train_classifier(
     train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times. `budget`: see
     `fit_stage` (stages 'clas_0', 'clas_1', ...; one with 0 epochs is skipped); `after_stage(i)` runs after each."""
     if enc_state is not None:
-        learn.model[0].encoder.load_state_dict(encoder_state(enc_state))
+        load_encoder(learn.model, enc_state)
     times = []
     for j, (n, epochs, lr) in enumerate(stages):
         learn.freeze_to(n)
