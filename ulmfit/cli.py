@@ -18,11 +18,10 @@ from common.runs import new_run_dir, write_config, write_json
 
 from . import pretrained
 from .awd_lstm import AWDLSTMConfig
+from .datasets import ERRORS_HELP
 from .dry_run import dry_run_folder, write_table
 from .fastai_import import import_fastai
 from .pretrained import PRETRAINED, find_pretrained, get_pretrained, model_dir, named_for, resolve_pretrained
-
-ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
 
 def classify_main(argv=None):

@@ -37,6 +37,7 @@ def _fingerprint_path(p):
 
 # Every command that reads text offers `--errors replace` (`errors='replace'` in Python).
 REPLACE_HINT = "rerun with --errors replace (errors='replace' in Python) to substitute them"
+ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them"
 
 
 def decode(raw, name, errors='strict', base=0):
@@ -591,6 +592,7 @@ __all__ = [
     'Doc',
     'DataError',
     'REPLACE_HINT',
+    'ERRORS_HELP',
     'ImdbReader',
     'WikiTextReader',
     'TextCorpusReader',

@@ -31,7 +31,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig
-from .datasets import dataset_reader
+from .datasets import ERRORS_HELP, dataset_reader
 from .dry_run import dry_run_folder, write_table
 from .model_io import check_spacy_lm, load_classifier, load_model_folder, save_classifier, save_model_folder
 from .pretrained import resolve_pretrained
@@ -109,11 +109,7 @@ SETTINGS = {
     'name': Setting('', 'run folder name under runs/ (default: imdb-<preset>)'),
     'runs': Setting('runs', 'where run folders go'),
     'resume': Setting('', 'a run folder to continue (stages already done are skipped)'),
-    'errors': Setting(
-        'strict',
-        "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
-        ('strict', 'replace'),
-    ),
+    'errors': Setting('strict', ERRORS_HELP, ('strict', 'replace')),
     'dry_run': Setting(
         False,
         'every stage on a synthetic labelled table with the tiny model, a few batches each, in '

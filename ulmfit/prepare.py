@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from common.log import log
-from ulmfit.datasets import DATASETS, dataset_reader, reader_for
+from ulmfit.datasets import DATASETS, ERRORS_HELP, dataset_reader, reader_for
 from ulmfit.store import build_store, train_spm
 from ulmfit.tokenize import SpacyTokenizer
 from ulmfit.vocab import Vocab
@@ -77,12 +77,7 @@ def main(argv=None):
     ap.add_argument('--n-workers', type=int, default=None, help='tokenizer processes (default: all cores)')
     ap.add_argument('--mirror', metavar='DIR', help='folder holding dataset archives (overrides $ULMFIT_MIRROR)')
     ap.add_argument('--data', metavar='DIR', help='data root (overrides $ULMFIT_DATA, default ./data)')
-    ap.add_argument(
-        '--errors',
-        choices=('strict', 'replace'),
-        default='strict',
-        help="undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
-    )
+    ap.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = ap.parse_args(argv)
     if not a.dataset and not a.corpus:
         ap.error('give --dataset or --corpus')

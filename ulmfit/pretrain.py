@@ -29,7 +29,7 @@ from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
 
 from .awd_lstm import AWDLSTMConfig
-from .datasets import WikiTextReader, dataset_reader, reader_for, wikitext_file
+from .datasets import ERRORS_HELP, WikiTextReader, dataset_reader, reader_for, wikitext_file
 from .dry_run import dry_run_folder, write_corpus
 from .model_io import save_model_folder
 from .recipe import lm_learner, lm_loaders, split_docs
@@ -59,11 +59,7 @@ SETTINGS = {
     'max_vocab': Setting(60000, 'largest vocab size'),
     'min_freq': Setting(3, 'minimum count for a token to enter the vocab'),
     'tokenizer': Setting('spacy', 'spacy (fastai rules) or spm (SentencePiece)', ('spacy', 'spm')),
-    'errors': Setting(
-        'strict',
-        "undecodable bytes: 'strict' stops with the file and offset, 'replace' substitutes them",
-        ('strict', 'replace'),
-    ),
+    'errors': Setting('strict', ERRORS_HELP, ('strict', 'replace')),
     'n_workers': Setting(0, 'tokenizer processes (0 = one per core)'),
     'bs': Setting(64, 'global batch size (rows of the LM stream)'),
     'bptt': Setting(70, 'tokens per sequence (back-propagation through time)'),
