@@ -39,47 +39,45 @@ class Metric:
     def value(self): ...
 
 
-class AvgMetric(Metric):
+class WeightedAvg(Metric):
+    "Average over the pass of a per-batch value, `batch_value(learn)`, weighted by the number of targets."
+
+    def batch_value(self, learn):
+        raise NotImplementedError
+
+    def reset(self):
+        self.total, self.count = 0.0, 0
+
+    def accumulate(self, learn):
+        n = _n_targets(learn.yb)
+        self.total += float(self.batch_value(learn)) * n
+        self.count += n
+
+    def sync(self):
+        self.total, self.count = all_reduce_sum([self.total, self.count])
+
+    @property
+    def value(self):
+        return self.total / self.count if self.count else float('nan')
+
+
+class AvgMetric(WeightedAvg):
     "Batch average of `fn(pred, targ)`, weighted by the number of targets."
 
     def __init__(self, fn):
         self.fn, self.name = fn, getattr(fn, '__name__', type(fn).__name__)
 
-    def reset(self):
-        self.total, self.count = 0.0, 0
-
-    def accumulate(self, learn):
-        n = _n_targets(learn.yb)
-        self.total += float(self.fn(learn.pred, learn.yb)) * n
-        self.count += n
-
-    def sync(self):
-        self.total, self.count = all_reduce_sum([self.total, self.count])
-
-    @property
-    def value(self):
-        return self.total / self.count if self.count else float('nan')
+    def batch_value(self, learn):
+        return self.fn(learn.pred, learn.yb)
 
 
-class AvgLoss(Metric):
+class AvgLoss(WeightedAvg):
     "Average loss over the pass, weighted by the number of targets."
 
     name = 'loss'
 
-    def reset(self):
-        self.total, self.count = 0.0, 0
-
-    def accumulate(self, learn):
-        n = _n_targets(learn.yb)
-        self.total += float(learn.loss) * n
-        self.count += n
-
-    def sync(self):
-        self.total, self.count = all_reduce_sum([self.total, self.count])
-
-    @property
-    def value(self):
-        return self.total / self.count if self.count else float('nan')
+    def batch_value(self, learn):
+        return learn.loss
 
 
 class Perplexity(AvgLoss):
