@@ -133,6 +133,11 @@ def f1_score(pred, targ, average='binary', pos_label=1):
     return sum(f1_for(c) for c in classes) / len(classes)
 
 
+def confusion_matrix(preds, targets, n):
+    "counts[i, j] = items of class i predicted as class j, from integer predictions and targets (n classes)."
+    return torch.bincount(targets.long() * n + preds.long(), minlength=n * n).view(n, n)
+
+
 def as_metric(m):
     "A `Metric` as is; a function wrapped in `AvgMetric`."
     return m if isinstance(m, Metric) else AvgMetric(m)

@@ -342,6 +342,14 @@ def test_metrics_and_get_preds():
     assert AvgMetric(accuracy).name == 'accuracy'
 
 
+def test_confusion_matrix_counts_actual_by_predicted():
+    from common.metrics import confusion_matrix
+
+    preds, targets = torch.tensor([0, 2, 1, 1, 2, 0]), torch.tensor([0, 1, 1, 2, 2, 2])
+    assert confusion_matrix(preds, targets, 3).tolist() == [[1, 0, 0], [0, 1, 1], [1, 1, 1]]
+    assert confusion_matrix(torch.tensor([1]), torch.tensor([1]), 3).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+
+
 def test_early_stopping_and_save_best(tmp_path):
     from common.events import Callback
     from common.stopping import EarlyStopping, SaveBest

@@ -18,7 +18,7 @@ from common.budget import fit_one_cycle_budget
 from common.config import ConfigError
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
-from common.metrics import Perplexity, accuracy, accuracy_multi
+from common.metrics import Perplexity, accuracy, accuracy_multi, confusion_matrix
 from common.optim import adamw, discriminative_lrs
 
 from .awd_lstm import ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy, lm_loss, lm_splitter
@@ -267,10 +267,7 @@ def n_tokens(dl):
 def classification_report(probs, targets, classes):
     "Accuracy, per-class precision/recall/F1 and the confusion matrix (rows: actual)."
     pred = probs.argmax(1)
-    n = len(classes)
-    cm = torch.zeros(n, n, dtype=torch.long)
-    for t, p in zip(targets.tolist(), pred.tolist()):
-        cm[t, p] += 1
+    cm = confusion_matrix(pred, targets, len(classes))
     per = {}
     for i, c in enumerate(classes):
         tp = cm[i, i].item()

@@ -15,7 +15,7 @@ from common.config import Setting, config_to_json, parse_run_config
 from common.download import untar_data
 from common.learner import Learner
 from common.log import log, show_progress
-from common.metrics import accuracy
+from common.metrics import accuracy, confusion_matrix
 from common.optim import OPTIMIZERS
 from common.plots import plot_confusion
 from common.runs import RunLogger, new_run_dir, write_config, write_json
@@ -106,11 +106,6 @@ def dataset_path(cfg, name):
     if cfg['data_path']:
         return Path(cfg['data_path'])
     return Path(untar_data(name, mirror=cfg['mirror']))
-
-
-def confusion_matrix(preds, targs, n):
-    "counts[i, j] = validation images of class i predicted as class j."
-    return torch.bincount(targs * n + preds.argmax(-1), minlength=n * n).view(n, n)
 
 
 def loss_for(cfg):
@@ -249,7 +244,7 @@ def train(cfg):
     ck = save_model(run_dir / 'checkpoints' / 'model.pth', learn.model, cfg, classes)
 
     preds, targs = learn.get_preds()
-    cm = confusion_matrix(preds, targs, len(classes))
+    cm = confusion_matrix(preds.argmax(-1), targs, len(classes))  # rows: actual class
     acc = float(cm.diag().sum() / cm.sum())
     plot_confusion(cm.numpy(), classes, run_dir / 'plots' / 'confusion.png')
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
