@@ -156,3 +156,23 @@ def test_dataset_reader_by_name(tmp_path):
     assert isinstance(dataset_reader('imdb', folder=_imdb(tmp_path / 'i')), ImdbReader)
     with pytest.raises(ValueError, match="unknown dataset 'imbd'"):
         dataset_reader('imbd')
+
+
+def test_one_rule_for_table_files(tmp_path):
+    from ulmfit.datasets import as_frame, path_kind, table_kind
+
+    assert [table_kind(n) for n in ('a.csv', 'a.CSV.gz', 'a.tsv', 'a.tab', 'a.pq', 'a.parquet', 'a.txt')] == [
+        'csv',
+        'csv',
+        'tsv',
+        'tsv',
+        'parquet',
+        'parquet',
+        None,
+    ]
+    pd.DataFrame({'text': ['x y'], 'label': ['p']}).to_csv(tmp_path / 't.tab', sep='\t', index=False)
+    pd.DataFrame({'text': ['x y'], 'label': ['p']}).to_csv(tmp_path / 't.csv.gz', index=False)
+    for name in ('t.tab', 't.csv.gz'):  # the API's reader, the CLI's reader and the store's reader agree
+        assert path_kind(tmp_path / name) == 'table'
+        assert list(as_frame(tmp_path / name, 'text')['text']) == ['x y']
+        assert [d.text for d in TableReader(tmp_path / name, label_cols='label')] == ['x y']

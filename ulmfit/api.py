@@ -34,7 +34,7 @@ from common.log import log, show_progress
 from . import recipe
 from .awd_lstm import AWDLSTMConfig, get_language_model
 from .classifier import encoder_state, fit_thresholds
-from .datasets import DataError, TableReader, TextCorpusReader, as_frame, check_labelled, table_source
+from .datasets import DataError, TableReader, as_frame, check_labelled, path_kind, reader_for, table_source
 from .model_io import load_classifier, load_model_folder, save_classifier, save_model_folder, tokenizer_for
 from .pretrained import pretrained_folder
 from .store import build_store
@@ -45,11 +45,9 @@ Prediction = namedtuple('Prediction', 'label probs')
 
 
 def _text_reader(texts, text_col='text'):
-    "A reader over texts given as a folder of .txt files, a text file, a DataFrame column or a list."
-    if isinstance(texts, (str, Path)) and Path(texts).is_dir():
-        return TextCorpusReader([texts])
-    if isinstance(texts, (str, Path)) and Path(texts).suffix in ('.txt', '.gz'):
-        return TextCorpusReader([texts])
+    "A reader over texts given as a folder or file of texts (datasets.reader_for), a table's column or a list."
+    if isinstance(texts, (str, Path)) and Path(texts).exists() and path_kind(texts) != 'table':
+        return reader_for([texts], label_col=None)
     df = as_frame(texts, text_col)
     return TableReader(df[[text_col]].rename(columns={text_col: 'text'}), text_cols='text', valid_col=None)
 

@@ -356,8 +356,7 @@ class TableReader:
         return len(self.label_cols) > 1 or self.label_delim is not None
 
     def _kind(self):
-        s = self.name.lower().removesuffix('.gz')
-        return 'parquet' if s.endswith(('.parquet', '.pq')) else 'tsv' if s.endswith('.tsv') else 'csv'
+        return table_kind(self.name) or 'csv'
 
     def _columns(self):
         import pandas as pd  # pandas loads only when a table is read
@@ -464,10 +463,10 @@ def as_frame(data, text_col, errors='strict'):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
         try:
-            if p.suffix in ('.parquet', '.pq'):
+            if table_kind(p) == 'parquet':
                 df = pd.read_parquet(p)
-            else:
-                df = pd.read_csv(p, sep='\t' if p.suffix in ('.tsv', '.tab') else ',', encoding_errors=errors)
+            else:  # .gz is decompressed by pandas
+                df = pd.read_csv(p, sep='\t' if table_kind(p) == 'tsv' else ',', encoding_errors=errors)
         except UnicodeDecodeError:
             raise DataError(
                 f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); {REPLACE_HINT}"
@@ -533,9 +532,15 @@ def path_kind(p):
         return 'wikitext'
     if p.is_dir() and any(re.search(r'\.(raw|tokens)(\.gz)?$', q.name) for q in p.iterdir()):
         return 'wikitext'
-    if name.removesuffix('.gz').endswith(('.csv', '.tsv', '.parquet', '.pq')):
-        return 'table'
-    return 'text'
+    return 'table' if table_kind(p) else 'text'
+
+
+def table_kind(path):
+    "'csv', 'tsv' or 'parquet' from a table file's name (.gz too), or None for a name that is not a table's."
+    name = Path(path).name.lower().removesuffix('.gz')
+    if name.endswith(('.parquet', '.pq')):
+        return 'parquet'
+    return 'tsv' if name.endswith(('.tsv', '.tab')) else 'csv' if name.endswith('.csv') else None
 
 
 def reader_for(paths, split='train', label_col='label', errors='strict'):
