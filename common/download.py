@@ -174,12 +174,27 @@ def download_url(url, dest, progress=True, timeout=60):
     return dest
 
 
+def get_mirror(mirror=None):
+    "The mirror folder of dataset archives: `mirror`, else $ULMFIT_MIRROR, else None."
+    mirror = mirror or os.environ.get('ULMFIT_MIRROR')
+    return Path(mirror) if mirror else None
+
+
+def archive_source(name, mirror=None):
+    "Where `name`'s archive comes from when it is not cached: the mirror's copy if it has one, else the URL."
+    entry, m = registry_entry(name), get_mirror(mirror)
+    if m is None:
+        return entry['url']
+    src = m / entry['archive']
+    return f'{src} (mirror)' if src.exists() or not entry['url'] else f"{entry['url']} (not in the mirror {m})"
+
+
 def fetch_archive(name, root=None, mirror=None, progress=True):
     "Path to dataset `name`'s archive in `root/archives`, copied from the mirror or downloaded if missing."
     entry = registry_entry(name)
     dest = get_data_root(root) / 'archives' / entry['archive']
-    mirror = mirror or os.environ.get('ULMFIT_MIRROR')
-    src = Path(mirror) / entry['archive'] if mirror else None
+    mirror = get_mirror(mirror)
+    src = mirror / entry['archive'] if mirror else None
     if dest.exists() and src is not None and src.exists() and src.stat().st_size != dest.stat().st_size:
         dest.unlink()  # the mirror's copy changed (fixed?) since this one was cached: take it again
     if dest.exists():

@@ -123,8 +123,8 @@ def test_mirror_folder_serves_the_archive(server, tmp_path, monkeypatch, capsys)
     monkeypatch.setenv('ULMFIT_MIRROR', str(mirror))
     assert models_main(['--get', 'fastai-wt103-bwd']) == 0
     out = capsys.readouterr().out
-    assert f"{mirror / 'wt103-bwd.tgz'} (ULMFIT_MIRROR)" in out
-    assert f'wt103-fwd.tgz (not in ULMFIT_MIRROR {mirror})' in out
+    assert f"{mirror / 'wt103-bwd.tgz'} (mirror)" in out
+    assert f'wt103-fwd.tgz (not in the mirror {mirror})' in out
     assert server.requests == [] and (tmp_path / 'data' / 'models' / 'fastai-wt103-bwd' / 'lm.pth').exists()
     # what the mirror lacks comes from its URL (the shared data mirror holds datasets, not these models)
     assert get_pretrained('fastai-wt103', progress=False).name == 'fastai-wt103'

@@ -8,11 +8,10 @@ python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from common.download import get_data_root, registry_entry
+from common.download import archive_source, get_data_root
 from common.log import log
 from common.runs import new_run_dir, write_config, write_json
 
@@ -186,14 +185,9 @@ def models_main(argv=None):
     a = p.parse_args(argv)
     if a.get:
         get_pretrained(a.get)
-    mirror = os.environ.get('ULMFIT_MIRROR')
     log.info(f"{'name':<18} {'direction':<9} {'cached':<6} source")
     for name, e in PRETRAINED.items():
-        reg = registry_entry(e['dataset'])
-        src = reg['url']
-        if mirror:  # the mirror's copy is taken when it has one, else the URL (as common.download does)
-            m = Path(mirror) / reg['archive']
-            src = f'{m} (ULMFIT_MIRROR)' if m.exists() else f'{src} (not in ULMFIT_MIRROR {mirror})'
+        src = archive_source(e['dataset'])
         cached = 'yes' if (model_dir(name) / 'lm.pth').exists() else 'no'
         log.info(f"{name:<18} {'backward' if e['backwards'] else 'forward':<9} {cached:<6} {src}")
     log.info(f"cache: {get_data_root() / 'models'}")

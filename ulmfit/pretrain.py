@@ -21,7 +21,7 @@ from common.budget import fit_one_cycle_budget
 from common.cli import Interrupted
 from common.config import Setting, named_settings, parse_run_config, resume_config
 from common.distributed import cleanup_distributed, setup_distributed
-from common.download import untar_data
+from common.download import get_mirror, untar_data
 from common.events import Callback, CancelFitException
 from common.learner import DataLoaders
 from common.log import log
@@ -194,8 +194,8 @@ def resolve_corpora(cfg):
         valid = reader_for(cfg['valid'], split='valid', label_col=None, errors=cfg['errors'])
     elif isinstance(train, WikiTextReader):  # WikiText's own valid split; other corpora hold out 1% of their docs
         candidates = [Path(cfg['corpus'].split(',')[0]).parent] if cfg['corpus'] else [Path(src).parent]
-        if os.environ.get('ULMFIT_MIRROR'):
-            candidates.append(Path(os.environ['ULMFIT_MIRROR']) / 'wikitext-103')
+        if get_mirror():
+            candidates.append(get_mirror() / 'wikitext-103')
         found = [p for p in (wikitext_file(c, 'valid', must=False) for c in candidates) if p]
         if found:
             valid = WikiTextReader(found[:1], errors=cfg['errors'])

@@ -31,7 +31,7 @@ COMMON_SETTINGS = {
     'name': Setting(None, "run folder name under runs_dir (default: <entry point>-<preset>; '-2', '-3'... if taken)"),
     'runs_dir': Setting('runs', 'where run folders go'),
     'data_path': Setting(None, 'a local copy of the data set folder (skips download / mirror)'),
-    'mirror': Setting(None, 'folder or URL holding the data set archives (default: $ULMFIT_MIRROR)'),
+    'mirror': Setting(None, 'folder holding the data set archives (default: $ULMFIT_MIRROR)'),
     'size': Setting(128, 'image side in pixels (training crops and validation centre crops)'),
     'bs': Setting(64, 'batch size'),
     'label_smoothing': Setting(0.1, 'label smoothing eps (0 = plain cross-entropy)'),

@@ -13,7 +13,6 @@ Writes runs/<name>/report.md with the table of the four accuracies.
 
 import copy
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, Setting, config_to_json, parse_run_config
+from common.download import get_mirror
 from common.log import log
 from common.optim import discriminative_lrs
 from common.runs import new_run_dir, write_config, write_json
@@ -183,9 +183,7 @@ def transfer(cfg):
     pretrained, ck = load_model(ck_path)
     run_dir = new_run_dir(cfg['name'] or f"pets-transfer-{cfg['preset']}", cfg['runs_dir'])
     if cfg['data'] is None:
-        cfg['data'] = (
-            'oxford-iiit-pet-subset-160' if cfg['mirror'] or os.environ.get('ULMFIT_MIRROR') else 'oxford-iiit-pet'
-        )
+        cfg['data'] = 'oxford-iiit-pet-subset-160' if get_mirror(cfg['mirror']) else 'oxford-iiit-pet'
     path = dataset_path(cfg, cfg['data'])
     images = path / 'images' if (path / 'images').is_dir() else path
     cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
