@@ -12,8 +12,7 @@ from pathlib import Path
 
 from common.log import log
 from ulmfit.datasets import DATASETS, ERRORS_HELP, dataset_reader, reader_for
-from ulmfit.store import build_store, train_spm
-from ulmfit.tokenize import SpacyTokenizer
+from ulmfit.store import build_store, make_tokenizer
 from ulmfit.vocab import Vocab
 
 
@@ -37,12 +36,7 @@ def prepare_dataset(
     if isinstance(vocab, (str, Path)):
         p = Path(vocab)
         vocab = Vocab.load(p / 'vocab.json' if p.is_dir() else p)
-    if tokenizer == 'spacy':
-        tok = SpacyTokenizer()
-    elif tokenizer == 'spm':
-        tok = train_spm(reader, root, spm_vocab_size, spm_model_type)
-    else:
-        raise ValueError(f"tokenizer must be 'spacy' or 'spm', not {tokenizer!r}")
+    tok = make_tokenizer(tokenizer, reader, root, spm_vocab_size, spm_model_type)
     name = dataset if not corpus else ','.join(Path(c).name for c in corpus)
     return build_store(reader, tok, vocab, max_vocab, min_freq, n_workers, root, progress=progress, name=name)
 

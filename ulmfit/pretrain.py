@@ -34,8 +34,7 @@ from .dry_run import dry_run_folder, write_corpus
 from .model_io import save_model_folder
 from .recipe import lm_learner, lm_loaders, split_docs
 from .sampled_softmax import SampledSoftmax
-from .store import build_store, train_spm
-from .tokenize import SpacyTokenizer
+from .store import build_store, make_tokenizer
 
 SETTINGS = {
     'corpus': Setting(
@@ -208,10 +207,7 @@ def build_lm_data(cfg, r=0, ws=1):
     "Token stores and LM loaders for training and validation; returns (dls, vocab, info)."
     train_r, valid_r, src = resolve_corpora(cfg)
     n_workers = cfg['n_workers'] or None
-    if cfg['tokenizer'] == 'spacy':
-        tok = SpacyTokenizer()
-    else:  # SentencePiece: trained on a sample of the corpus, cached by the corpus and settings
-        tok = train_spm(train_r, vocab_sz=min(cfg['max_vocab'], 15000))
+    tok = make_tokenizer(cfg['tokenizer'], train_r, spm_vocab_size=min(cfg['max_vocab'], 15000))
     store = build_store(
         train_r, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], n_workers=n_workers, name='lm-train'
     )

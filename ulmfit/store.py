@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.checkpoint import DiskFullError, atomic_write_json
+from common.config import ConfigError
 from common.download import get_data_root
 from common.log import show_progress
 from ulmfit.tokenize import SentencePieceTokenizer, SpacyTokenizer, TokenTable, encode_texts
@@ -230,6 +231,15 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
 def spm_key(*inputs):
     "SentencePiece cache key of its inputs, the same in every process and DDP rank (Python's hash() is salted)."
     return hashlib.sha256(json.dumps(list(inputs), sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def make_tokenizer(kind, reader=None, root=None, spm_vocab_size=15000, spm_model_type='unigram'):
+    "The tokenizer named `kind`: 'spacy' (fastai rules), or 'spm' (SentencePiece trained on `reader`, cached)."
+    if kind == 'spacy':
+        return SpacyTokenizer()
+    if kind == 'spm':
+        return train_spm(reader, root, spm_vocab_size, spm_model_type)
+    raise ConfigError(f"tokenizer: must be 'spacy' or 'spm', not {kind!r}")
 
 
 def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=20000, seed=42):
