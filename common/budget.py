@@ -81,16 +81,28 @@ class PlannedSchedule(Callback):
     """Sets hyper-parameters from schedules of pct (`{'lr': sched or [sched per group], 'mom': ...}`, as
     ParamScheduler) over a number of steps planned to fit `budget_s` seconds from `before_fit`.
 
-    `valid_s`: the time of one validation pass; None estimates it as a third of a training step per row."""
+    `valid_s`: the time of one validation pass; None estimates it from the measured step: a validation batch costs
+    `valid_ratio` training steps per row (a forward pass is about a third of a step; more when validation computes
+    what training skips, e.g. the full softmax of a model trained with a sampled one)."""
 
     order = 0
 
     def __init__(
-        self, scheds, budget_s, overhead_s=0.0, n_probe=20, n_skip=2, probe_pct=0.02, valid_s=None, clock=None
+        self,
+        scheds,
+        budget_s,
+        overhead_s=0.0,
+        n_probe=20,
+        n_skip=2,
+        probe_pct=0.02,
+        valid_s=None,
+        valid_ratio=1 / 3,
+        clock=None,
     ):
         if not 0 <= n_skip < n_probe:
             raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
         self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
+        self.valid_ratio = valid_ratio
         self.n_probe, self.n_skip, self.probe_s = n_probe, n_skip, probe_pct * budget_s
         self.clock = clock or time.perf_counter
         self.n_steps = self.step_s = None
@@ -138,8 +150,8 @@ class PlannedSchedule(Callback):
         self.step_s = step_s
         dl_len, valid = len(self.learn.dls.train), self.learn.dls.valid
         valid_s = self.valid_s
-        if valid_s is None and valid is not None:  # a forward pass costs about a third of a training step
-            valid_s = len(valid) * step_s / 3 * _bs(valid) / _bs(self.learn.dls.train)
+        if valid_s is None and valid is not None:
+            valid_s = len(valid) * step_s * self.valid_ratio * _bs(valid) / _bs(self.learn.dls.train)
         valid_s = valid_s or 0.0
         self.n_steps = plan_steps(step_s, self.budget_s, self.overhead_s, elapsed_s, i, valid_s, dl_len)
         self.learn.n_epoch = math.ceil(self.n_steps / dl_len)  # what the progress bar shows

@@ -97,3 +97,17 @@ def test_a_budget_spent_during_the_probe_stops_at_once(monkeypatch):
     learn.add_cbs(clock)
     sched = fit_one_cycle_budget(learn, 1.2, 1e-2, n_probe=10, n_skip=1, valid_s=0.0)
     assert sched.n_steps == learn.train_iter == 3  # 1.5 s after step 3: spent, so no more steps
+
+
+def test_the_validation_estimate_follows_valid_ratio(monkeypatch):
+    plans = {}
+    for ratio in (1 / 3, 3.0):
+        learn = synth_learner(n=256, bs=16)  # 16 steps per epoch, 2 validation batches of 32 rows
+        clock = FakeClock(0.5, 0.25)
+        monkeypatch.setattr(budget, 'time', SimpleNamespace(perf_counter=clock))
+        learn.add_cbs(clock)
+        plans[ratio] = fit_one_cycle_budget(learn, 30.0, 1e-2, n_probe=4, n_skip=1, valid_ratio=ratio).n_steps
+    # a validation pass is estimated at 2 batches x 0.5 s x ratio x 32/16 rows: 0.67 s, or 6 s
+    for ratio, valid_s in ((1 / 3, 2 * 0.5 * (1 / 3) * 2), (3.0, 2 * 0.5 * 3.0 * 2)):
+        assert plans[ratio] == plan_steps(0.5, 30.0, elapsed_s=2.0, n_done=4, valid_s=valid_s, epoch_len=16)
+    assert plans[3.0] < plans[1 / 3]

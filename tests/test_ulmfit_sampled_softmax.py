@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_ulmfit_entrypoints import tiny_cfg
@@ -132,3 +133,13 @@ def test_lm_speed_bench_runs_the_sampled_softmax(capsys):
     # its FLOPs count the decoder over the distinct drawn words, fewer than the vocab
     c = lm_speed.AWDLSTMConfig.preset('paper', vocab_sz=500, emb_sz=200, n_hid=512, n_layers=3)
     assert lm_speed.lm_flops_per_token(c, 40) < lm_speed.lm_flops_per_token(c)
+
+
+def test_an_exact_validation_costs_about_a_sampled_training_step():
+    from ulmfit.awd_lstm import AWDLSTMConfig
+    from ulmfit.sampled_softmax import valid_step_ratio
+
+    c = AWDLSTMConfig(vocab_sz=30000, emb_sz=300, n_hid=600, n_layers=2)
+    # LSTMs 6.48M + full decoder 18M forward FLOPs per token, over 3 x (6.48M + 300 x 2 x 2,381 drawn)
+    assert valid_step_ratio(c, 2380) == pytest.approx((6.48e6 + 18e6) / (3 * (6.48e6 + 600 * 2381)))
+    assert valid_step_ratio(c, 29999) == pytest.approx(1 / 3)  # every word drawn: the usual third

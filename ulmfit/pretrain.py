@@ -33,7 +33,7 @@ from .datasets import ERRORS_HELP, WikiTextReader, dataset_reader, reader_for, w
 from .dry_run import dry_run_folder, write_corpus
 from .model_io import save_model_folder
 from .recipe import lm_learner, lm_loaders, split_docs
-from .sampled_softmax import SampledSoftmax
+from .sampled_softmax import SampledSoftmax, valid_step_ratio
 from .store import build_store, make_tokenizer
 
 SETTINGS = {
@@ -321,8 +321,12 @@ def pretrain(cfg, r=0, ws=1, given=()):
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
         cbs.append(_StopAfter(2))
+    valid_ratio = 1 / 3  # the time budget's cost of a validation batch, in training steps
     if cfg['sampled_softmax']:
-        cbs.append(SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha']))
+        ss = SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha'])
+        cbs.append(ss)  # validation stays exact: its full softmax costs more than a sampled training step's
+        n_drawn = float((1 - (1 - ss.sampler.q.double()) ** ss.k).sum())  # expected distinct words of K draws
+        valid_ratio = valid_step_ratio(config, n_drawn)
     milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
@@ -353,7 +357,8 @@ def pretrain(cfg, r=0, ws=1, given=()):
     fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.0), moms=tuple(cfg['moms']), resume=resume), None
     try:
         if cfg.get('budget_minutes'):  # what the data took is spent: plan the rest (a resumed run keeps its plan)
-            plan = fit_one_cycle_budget(learn, 60 * cfg['budget_minutes'] - (time.time() - t0), cfg['lr'], **fit)
+            budget_s = 60 * cfg['budget_minutes'] - (time.time() - t0)
+            plan = fit_one_cycle_budget(learn, budget_s, cfg['lr'], valid_ratio=valid_ratio, **fit)
         else:
             learn.fit_one_cycle(cfg['epochs'], cfg['lr'], **fit)
     except Interrupted as e:

@@ -76,3 +76,12 @@ class SampledSoftmax(Callback):
             out.reshape(-1, out.size(-1)), dec.weight, dec.bias, y, samples, log_w
         )  # (bs * sl, 1 + u)
         self.learn.yb = y.new_zeros(y.shape)  # the true word is column 0
+
+
+def valid_step_ratio(config, n_drawn):
+    """What an exact validation batch costs in training steps of a sampled-softmax LM (the time budget's estimate):
+    the forward matmul FLOPs of the LSTMs and the full decoder, over three times those of the LSTMs and a decoder of
+    the `n_drawn` distinct sampled words (forward + backward)."""
+    sizes = [config.emb_sz] + [config.n_hid] * (config.n_layers - 1) + [config.emb_sz]
+    lstm = sum(8 * nh * (ni + nh) for ni, nh in zip(sizes[:-1], sizes[1:]))
+    return (lstm + 2 * config.emb_sz * config.vocab_sz) / (3 * (lstm + 2 * config.emb_sz * (n_drawn + 1)))
