@@ -162,3 +162,18 @@ def test_resume_flags_are_not_abbreviated(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ulmfit_cli.main(['pretrain', '--resume', str(tmp_path), '--max-min', '60'])
     assert e.value.code == 2 and 'unrecognized arguments: --max-min' in capsys.readouterr().err
+
+
+def test_classify_leaves_no_run_folder_when_the_split_leaves_a_label_out(tmp_path, capsys):
+    import numpy as np
+
+    in_valid = np.random.default_rng(42).random(12) < 0.5  # the split `fit` draws (seed 42, valid_pct 0.5)
+    labels = ['pos', 'neg'] * 6
+    labels[int(np.flatnonzero(in_valid)[0])] = 'meh'  # only in a validation row
+    csv = tmp_path / 'few.csv'
+    csv.write_text('text,label\n' + ''.join(f'review number {i},{lb}\n' for i, lb in enumerate(labels)))
+    runs = tmp_path / 'runs'
+    argv = ['classify', '--csv', str(csv), '--pretrained', 'none', '--valid-pct', '0.5', '--lm-epochs', '0']
+    assert ulmfit_cli.main([*argv, '--runs', str(runs)]) == 2
+    assert 'meh' in _one_error_line(capsys)
+    assert not runs.exists() or not any(runs.iterdir())

@@ -216,7 +216,9 @@ def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch, capsys):
     )
     store = prepare_dataset(None, [str(corpus)], 'spm', min_freq=1, n_workers=1, spm_vocab_size=60, progress=False)
     assert len(store) == 40 and store.meta['tokenizer']['kind'] == 'spm'
-    args = _cli(tmp_path, '--tokenizer', 'spm', '--max-vocab', '80', '--dry-run', 'true')
+    args = _cli(
+        tmp_path, '--tokenizer', 'spm', '--max-vocab', '80', '--dry-run', 'true', '--snapshot-mtokens', '0.00003'
+    )
     assert ulmfit_cli.main(args) == 0
     assert ulmfit_cli.main(args) == 0  # a second run finds the same SentencePiece model
     assert len(list((tmp_path / 'data' / 'cache').glob('spm-*'))) == 2  # prepare's (60 pieces) and pretrain's (80)
@@ -225,6 +227,9 @@ def test_sentencepiece_prepare_and_pretrain(tmp_path, monkeypatch, capsys):
     model = tmp_path / 'runs' / 'lm-tiny' / 'model'
     assert (model / 'spm.model').exists()
     assert generate(model, 'the cat', words=3, seed=0).lower().startswith('the cat')
+    # a snapshot (after the first batch of 32 tokens) tokenizes text as its model was trained, too
+    snapshot = model.parent / 'snapshots' / '3e-05M'
+    assert generate(snapshot, 'the cat', words=3, seed=0).lower().startswith('the cat')
     # the API reads texts with the LM's own SentencePiece model; imdb (spaCy rules) refuses it in one line
     from ulmfit.api import TextClassifier
     from ulmfit.tokenize import SentencePieceTokenizer

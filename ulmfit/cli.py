@@ -8,6 +8,7 @@ python -m ulmfit predict --model runs/clf-reviews/classifier --csv new.csv --out
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def classify(a, config=None, lm=None):
     "The classify command with parsed arguments `a`; `config` (no pretrained LM) and `lm` (fine-tuning) for dry runs."
     # torch, pandas and spacy load only when a command runs: `--help` and bad arguments answer at once
     from .api import TextClassifier
-    from .datasets import as_frame, check_labelled
+    from .datasets import DataError, as_frame, check_labelled
 
     t0 = time.time()
     # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
@@ -101,15 +102,19 @@ def classify(a, config=None, lm=None):
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
     log.info(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
-    if a.lm_epochs and (src or a.dry_run):
-        clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
-    clf.fit(
-        df,
-        text_col=a.text_col,
-        label_col=labels if len(labels) > 1 else labels[0],
-        valid_col=a.valid_col,
-        valid_pct=a.valid_pct,
-    )
+    try:
+        if a.lm_epochs and (src or a.dry_run):
+            clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
+        clf.fit(
+            df,
+            text_col=a.text_col,
+            label_col=labels if len(labels) > 1 else labels[0],
+            valid_col=a.valid_col,
+            valid_pct=a.valid_pct,
+        )
+    except DataError:  # e.g. validation labels the training rows lack (known only once split): leave nothing behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     out = clf.save(run_dir / 'classifier')
     res = {k: v for k, v in clf.results.items() if k != 'confusion'}
     write_json(run_dir / 'metrics.json', {**res, 'wall_s': round(time.time() - t0, 1)})

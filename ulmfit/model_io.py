@@ -10,6 +10,7 @@ config.json (the config plus classes and settings).
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from common.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
@@ -20,8 +21,9 @@ from .classifier import encoder_state, get_text_classifier
 from .tokenize import SentencePieceTokenizer, SpacyTokenizer
 
 
-def save_model_folder(path, model, config, itos, extras=None):
-    "Write a language model (nn.Sequential(encoder, decoder)), its config and vocab to folder `path`."
+def save_model_folder(path, model, config, itos, extras=None, spm_model=None):
+    """Write a language model (nn.Sequential(encoder, decoder)), its config and vocab to folder `path`, with a copy of
+    the SentencePiece model it was trained with (`spm_model`), so the folder tokenizes text as the model was trained."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if len(itos) != config.vocab_sz:
@@ -33,6 +35,8 @@ def save_model_folder(path, model, config, itos, extras=None):
     save_checkpoint(path / 'encoder.pth', encoder_state(sd), config=cfg, extras=ex)
     atomic_write_json(path / 'vocab.json', {'itos': itos})
     atomic_write_json(path / 'config.json', cfg)
+    if spm_model:
+        shutil.copyfile(spm_model, path / 'spm.model')
     return path
 
 

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -340,6 +339,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
                 vdl,
                 ws,
                 extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
+                spm_model=info['spm_model'],
             )
         )
     learn = lm_learner(
@@ -378,9 +378,8 @@ def pretrain(cfg, r=0, ws=1, given=()):
         config,
         vocab.itos,
         extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
+        spm_model=info['spm_model'],
     )
-    if info['tokenizer'].get('kind') == 'spm':  # the folder must tokenize text the way the model was trained
-        shutil.copyfile(info['spm_model'], model_dir / 'spm.model')
     final = {
         'valid_loss': res['valid_loss'],
         'perplexity': res['perplexity'],
@@ -444,8 +443,9 @@ class TokenSnapshots(Callback):
 
     order = 60  # after the Recorder
 
-    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None):
+    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None, spm_model=None):
         self.todo, self.folder, self.config, self.itos = sorted(mtokens), Path(folder), config, itos
+        self.spm_model = spm_model
         self.valid_dl, self.ws, self.extras, self.tokens, self.t0 = valid_dl, world_size, extras, 0, None
 
     def before_fit(self):
@@ -466,7 +466,9 @@ class TokenSnapshots(Callback):
         res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
         model[0].hidden, model[0].bs = hidden, bs
         model.train()
-        path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras)
+        path = save_model_folder(
+            self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras, spm_model=self.spm_model
+        )
         row = {
             'mtokens': m,
             'tokens': self.tokens,
