@@ -94,7 +94,13 @@ class ProgressCallback(Callback):
     order = 60
 
     def __init__(self, file=None):
-        self.file = file
+        self.file, self.header_done, self.bar, self.enabled = file, False, None, None
+
+    def _on(self):
+        "Whether to draw: set by before_fit; a Learner that only predicts or validates asks the logger."
+        if self.enabled is None:
+            self.enabled = show_progress()
+        return self.enabled
 
     def before_fit(self):
         self.header_done, self.bar = False, None
@@ -112,12 +118,12 @@ class ProgressCallback(Callback):
         )
 
     def before_train(self):
-        if self.enabled:
+        if self._on():
             self._open(f'epoch {self.learn.epoch + 1}/{self.learn.n_epoch} train')
             self.bar.n = self.learn.iter  # a resumed epoch starts past the batches already trained on (Resume)
 
     def before_validate(self):
-        if self.enabled:
+        if self._on():
             self._open(f'epoch {self.learn.epoch + 1}/{self.learn.n_epoch} valid')
 
     def after_batch(self):

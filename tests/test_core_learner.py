@@ -431,3 +431,10 @@ def test_layer_groups_are_split_once_per_freeze_and_optimizer():
     assert len(calls) == 1 and [len(g) for g in learn.layer_groups()] == [4, 2] and len(calls) == 1
     learn.fit_one_cycle(1, 1e-2)  # builds the optimizer: one more split
     assert learn.n_groups == 2 and len(calls) == 2
+
+
+def test_a_learner_that_never_fit_predicts_and_validates_with_progress_bars():
+    learn = synth_learner(progress=True)  # e.g. a saved classifier loaded only to evaluate it
+    preds, targs = learn.get_preds()
+    assert preds.shape == targs.shape and len(preds) > 0
+    assert 'valid_loss' in learn.validate()
