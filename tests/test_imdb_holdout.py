@@ -156,3 +156,7 @@ def test_a_resumed_run_trains_the_classifier_on_the_same_reviews(tmp_path, monke
     shutil.rmtree(run / 'clas_fwd')  # as if the run had stopped after LM fine-tuning
     main(['--resume', str(run)])  # reuses the fine-tuned LM, then trains the classifier again
     assert len(trained) == 2 and len(trained[0]) == 12 and trained[1] == trained[0]
+    saved = (run / 'clas_fwd' / 'clas.pth').stat().st_mtime_ns
+    (run / 'metrics.json').unlink()
+    main(['--resume', str(run)])  # both stages done: the saved classifier is only evaluated
+    assert (run / 'clas_fwd' / 'clas.pth').stat().st_mtime_ns == saved and (run / 'metrics.json').exists()
