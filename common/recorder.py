@@ -123,8 +123,9 @@ class ProgressCallback(Callback):
             self.bar.n = self.learn.iter  # a resumed epoch starts past the batches already trained on (Resume)
 
     def before_validate(self):
-        if self._on():
-            self._open(f'epoch {self.learn.epoch + 1}/{self.learn.n_epoch} valid')
+        if self._on():  # a Learner that never fit (n_epoch 0) just says 'valid'
+            n = self.learn.n_epoch
+            self._open(f'epoch {self.learn.epoch + 1}/{n} valid' if n else 'valid')
 
     def after_batch(self):
         if self.enabled and self.bar is not None:
