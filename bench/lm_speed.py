@@ -132,8 +132,7 @@ def main(argv=None):
         t = statistics.median(times[a.warmup :])
         cols = None
         if a.sampled_softmax:  # the mean number of distinct words K draws give
-            sampler = SampledSoftmax(zipf_counts(a.vocab), a.sampled_softmax).sampler
-            cols = statistics.mean(len(sampler(a.sampled_softmax)[0]) for _ in range(20))
+            cols = SampledSoftmax(zipf_counts(a.vocab), a.sampled_softmax).sampler.expected_distinct(a.sampled_softmax)
         runs[p] = dict(
             tokens_per_s=round(a.bs * a.bptt / t, 1),
             ms_per_batch=round(1000 * t, 1),

@@ -143,3 +143,12 @@ def test_an_exact_validation_costs_about_a_sampled_training_step():
     # LSTMs 6.48M + full decoder 18M forward FLOPs per token, over 3 x (6.48M + 300 x 2 x 2,381 drawn)
     assert valid_step_ratio(c, 2380) == pytest.approx((6.48e6 + 18e6) / (3 * (6.48e6 + 600 * 2381)))
     assert valid_step_ratio(c, 29999) == pytest.approx(1 / 3)  # every word drawn: the usual third
+
+
+def test_expected_distinct_draws_match_the_sampler():
+    from ulmfit.sampled_softmax import UnigramSampler
+
+    torch.manual_seed(0)
+    s = UnigramSampler(torch.arange(1, 501).flip(0).float())
+    drawn = sum(len(s(64)[0]) for _ in range(400)) / 400
+    assert s.expected_distinct(64) == pytest.approx(drawn, rel=0.02)

@@ -324,8 +324,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     if cfg['sampled_softmax']:
         ss = SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha'])
         cbs.append(ss)  # validation stays exact: its full softmax costs more than a sampled training step's
-        n_drawn = float((1 - (1 - ss.sampler.q.double()) ** ss.k).sum())  # expected distinct words of K draws
-        valid_ratio = valid_step_ratio(config, n_drawn)
+        valid_ratio = valid_step_ratio(config, ss.sampler.expected_distinct(ss.k))
     milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.

@@ -42,6 +42,10 @@ class UnigramSampler:
         ids, counts = torch.unique(draws, return_counts=True)  # (u,), (u,)
         return ids, torch.log(k * self.q[ids]) - torch.log(counts.float())
 
+    def expected_distinct(self, k):
+        "The expected number of distinct ids among `k` draws: the sampled decoder's width."
+        return float((1 - (1 - self.q.double()) ** k).sum())
+
 
 class SampledSoftmax(Callback):
     """Trains the LM with a sampled softmax: the decoder skips its full logits in training, and `after_pred`
