@@ -23,73 +23,48 @@ from tqdm import tqdm
 
 from .log import log, show_progress
 
+
+def _entry(url, folder, mirror_sha256=None, archive=None):
+    "A REGISTRY entry; the archive is named after the URL's file unless `archive` says otherwise."
+    known = {size: (sha, 'mirror copy') for size, sha in (mirror_sha256 or {}).items()}
+    return dict(url=url, archive=archive or url.rsplit('/', 1)[1], folder=folder, known=known)
+
+
 # name -> url, archive file name, folder it extracts to, and known copies (size -> sha256). The real upstream
 # archives' hashes are not recorded here; the known copies are this project's mirror files, keyed by size, so a
 # file of that size must match that hash and any other size is accepted unverified (with a note). An entry may
 # also give `size`: then a file of any other size is refused.
+S3 = 'https://s3.amazonaws.com/'
 REGISTRY = {
-    'imdb': dict(
-        url='https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz',
-        archive='imdb.tgz',
-        folder='imdb',
-        known={56242363: ('ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b', 'mirror copy')},
+    'imdb': _entry(
+        S3 + 'fast-ai-nlp/imdb.tgz',
+        'imdb',
+        {56242363: 'ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b'},
     ),
-    'imdb_sample': dict(
-        url='https://s3.amazonaws.com/fast-ai-sample/imdb_sample.tgz',
-        archive='imdb_sample.tgz',
-        folder='imdb_sample',
-        known={569763: ('006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618', 'mirror copy')},
+    'imdb_sample': _entry(
+        S3 + 'fast-ai-sample/imdb_sample.tgz',
+        'imdb_sample',
+        {569763: '006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618'},
     ),
-    'wikitext-103': dict(
-        url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-103.tgz',
-        archive='wikitext-103.tgz',
-        folder='wikitext-103',
-        known={},
+    'wikitext-103': _entry(S3 + 'fast-ai-nlp/wikitext-103.tgz', 'wikitext-103'),
+    'wikitext-103-raw': _entry(S3 + 'research.metamind.io/wikitext/wikitext-103-raw-v1.zip', 'wikitext-103-raw'),
+    'wikitext-2': _entry(S3 + 'fast-ai-nlp/wikitext-2.tgz', 'wikitext-2'),
+    'imagewoof2-160': _entry(
+        S3 + 'fast-ai-imageclas/imagewoof2-160.tgz',
+        'imagewoof2-160',
+        {83997793: 'aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472'},
     ),
-    'wikitext-103-raw': dict(
-        url='https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip',
-        archive='wikitext-103-raw-v1.zip',
-        folder='wikitext-103-raw',
-        known={},
-    ),
-    'wikitext-2': dict(
-        url='https://s3.amazonaws.com/fast-ai-nlp/wikitext-2.tgz',
-        archive='wikitext-2.tgz',
-        folder='wikitext-2',
-        known={},
-    ),
-    'imagewoof2-160': dict(
-        url='https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz',
-        archive='imagewoof2-160.tgz',
-        folder='imagewoof2-160',
-        known={83997793: ('aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472', 'mirror copy')},
-    ),
-    'oxford-iiit-pet': dict(
-        url='https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz',
-        archive='oxford-iiit-pet.tgz',
-        folder='oxford-iiit-pet',
-        known={},
-    ),
+    'oxford-iiit-pet': _entry(S3 + 'fast-ai-imageclas/oxford-iiit-pet.tgz', 'oxford-iiit-pet'),
     # fastai's AWD-LSTM language models pretrained on WikiText-103 (`URLs.WT103_FWD` / `URLs.WT103_BWD`): one `.pth`
     # state dict and one `.pkl` vocab each. fastai publishes no size or hash for them (its checks.txt has none), so
     # no `size`/`known` is recorded; ulmfit/pretrained.py checks what the archive holds when it imports it.
-    'wt103-fwd': dict(
-        url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-fwd.tgz',
-        archive='wt103-fwd.tgz',
-        folder='wt103-fwd',
-        known={},
-    ),
-    'wt103-bwd': dict(
-        url='https://s3.amazonaws.com/fast-ai-modelzoo/wt103-bwd.tgz',
-        archive='wt103-bwd.tgz',
-        folder='wt103-bwd',
-        known={},
-    ),
-    'oxford-iiit-pet-subset-160': dict(
-        url=None,
+    'wt103-fwd': _entry(S3 + 'fast-ai-modelzoo/wt103-fwd.tgz', 'wt103-fwd'),
+    'wt103-bwd': _entry(S3 + 'fast-ai-modelzoo/wt103-bwd.tgz', 'wt103-bwd'),
+    'oxford-iiit-pet-subset-160': _entry(
+        None,
+        'oxford-iiit-pet',
+        {11821500: '9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a'},
         archive='oxford-iiit-pet-subset-160.tgz',
-        folder='oxford-iiit-pet',
-        known={11821500: ('9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a', 'mirror copy')},
     ),
 }
 
@@ -154,17 +129,9 @@ def download_url(url, dest, progress=True, timeout=60):
             have = 0  # server ignored the Range: start over
         length = resp.headers.get('Content-Length')
         total = have + int(length) if length is not None else None
-        with (
-            open(part, 'ab' if have else 'wb') as f,
-            tqdm(
-                total=total,
-                initial=have,
-                unit='B',
-                unit_scale=True,
-                desc=dest.name,
-                disable=not (progress and show_progress()),
-            ) as bar,
-        ):
+        show = progress and show_progress()
+        bar = tqdm(total=total, initial=have, unit='B', unit_scale=True, desc=dest.name, disable=not show)
+        with open(part, 'ab' if have else 'wb') as f, bar:
             while b := resp.read(1 << 20):
                 f.write(b)
                 bar.update(len(b))
@@ -209,21 +176,19 @@ def fetch_archive(name, root=None, mirror=None, progress=True):
         tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
         try:
             shutil.copyfile(src, tmp)
-            verify(tmp, entry, src.stat().st_size)
+            checked = verify(tmp, entry, src.stat().st_size)
             os.replace(tmp, dest)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
     else:
         if not entry['url']:
             raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
         download_url(entry['url'], dest, progress)
         try:
-            verify(dest, entry)
+            checked = verify(dest, entry)
         except DownloadError:
             dest.unlink()
             raise
-    checked = verify(dest, entry)
     if not checked and progress:
         log.warning(f'note: no known sha256 for {dest} ({dest.stat().st_size} bytes); size checked only')
     return dest
@@ -269,9 +234,7 @@ def check_members(archive, dest):
 
 
 def extract_archive(archive, dest):
-    """Extract `archive` (tar/tgz/zip) so that `dest` appears complete or not at all; returns `dest` as a Path.
-
-    If the archive holds one top-level folder, its contents become `dest`; otherwise everything goes into `dest`."""
+    "Extract `archive` (tar/tgz/zip) so that `dest` appears complete or not at all; returns `dest` as a Path."
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
         raise DownloadError(f'{dest} exists already; not overwriting it')
@@ -297,7 +260,8 @@ def extract_archive(archive, dest):
             raise DownloadError(
                 f'{archive}: damaged or partial archive ({type(e).__name__}: {e}); nothing was extracted'
             ) from None
-        tops = [p for p in tmp.iterdir()]
+        tops = list(tmp.iterdir())
+        # One top-level folder becomes `dest` itself; anything else goes into `dest`.
         src = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp
         try:
             os.rename(src, dest)
