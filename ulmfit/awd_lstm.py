@@ -119,13 +119,10 @@ class EmbeddingDropout(nn.Module):
 
 
 def lstm_with_weights(lstm, x, hidden, weights):
-    """Run the one-layer, unidirectional `lstm` over `x` from `hidden` with `weights` = [w_ih, w_hh, b_ih, b_hh] in
-    place of its own parameters; returns `(out, (h, c))` as `lstm(x, hidden)` does.
-
-    It calls the fused kernel `nn.LSTM` itself uses (the private `torch._VF.lstm`), so nothing is reassigned on the
-    module and autograd reaches `weights`. On CUDA, cuDNN wants the four weights in one contiguous buffer (in this
-    order) or it copies them and warns; under fp16 autocast the buffer is cast once rather than weight by weight.
-    """
+    "`lstm(x, hidden)` for a one-layer, unidirectional `lstm`, with `weights` = [w_ih, w_hh, b_ih, b_hh] as its own."
+    # The fused kernel nn.LSTM itself uses (private `torch._VF.lstm`): nothing is reassigned on the module and autograd
+    # reaches `weights`. cuDNN wants the four weights in one contiguous buffer, in this order, or it copies them and
+    # warns; under fp16 autocast the buffer is cast once rather than weight by weight.
     if x.is_cuda:
         flat = torch.cat([w.reshape(-1) for w in weights])
         if torch.is_autocast_enabled('cuda'):  # fp16 (bf16 runs in fp32, see `lstm_in_fp32`)
@@ -137,11 +134,7 @@ def lstm_with_weights(lstm, x, hidden, weights):
 
 
 class WeightDropout(nn.Module):
-    """DropConnect on an `nn.LSTM`'s hidden-to-hidden weight, a fresh mask at every training forward.
-
-    The LSTM keeps its own parameters (`module.weight_hh_l0` is the undropped weight). In training the dropped
-    weight goes to the LSTM's own kernel through `lstm_with_weights`; in eval we just call the module.
-    """
+    "DropConnect on an `nn.LSTM`'s hidden-to-hidden weight (kept undropped in the module), a fresh mask per forward."
 
     def __init__(self, module, weight_p):
         super().__init__()
@@ -162,16 +155,13 @@ class WeightDropout(nn.Module):
 
 
 def lstm_in_fp32(device_type, autocast_dtype, onednn_has_dtype=True):
-    """Whether the LSTM kernel runs in fp32 (autocast off around it) under autocast to `autocast_dtype`.
-
-    - CUDA + bf16: yes. PyTorch's autocast wrapper for cuDNN RNNs casts input and weights to fp16 whatever the
-      autocast dtype (aten/src/ATen/native/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten` casts to kHalf), so a
-      bf16 run would run its LSTMs in fp16 with no loss scaler; passing bf16 weights ourselves needs cuDNN >= 9.13 for
-      bf16 RNNs. fp32 recurrences are safe everywhere, and the decoder, the larger matmul, still runs in bf16.
-    - CUDA + fp16: no, cuDNN runs fp16 RNNs and the GradScaler covers them.
-    - CPU: when oneDNN has no LSTM in that dtype (bf16 on AVX2-only CPUs, fp16 without AVX512-FP16), it would fail."""
+    "Whether the LSTM kernel runs in fp32 (autocast off around it) under autocast to `autocast_dtype`."
     if device_type == 'cuda':
+        # bf16: yes. Autocast's cuDNN RNN wrapper casts to fp16 whatever the autocast dtype (AutocastRNN.cpp,
+        # `_cudnn_rnn_cast_reflatten`), so the LSTMs would run fp16 with no loss scaler, and bf16 RNNs need cuDNN
+        # >= 9.13. The decoder, the larger matmul, still runs in bf16. fp16: no, the GradScaler covers cuDNN's fp16.
         return autocast_dtype == torch.bfloat16
+    # CPU: only where oneDNN has no LSTM in that dtype, which fails (bf16 on AVX2-only CPUs, fp16 without AVX512-FP16).
     return device_type == 'cpu' and not onednn_has_dtype
 
 
@@ -231,10 +221,7 @@ class AWDLSTMEncoder(nn.Module):
     def init_hidden(self, bs):
         "Zero (h, c) for every layer."
         w = self.embed.emb.weight
-        return [
-            (w.new_zeros(1, bs, rnn.module.hidden_size), w.new_zeros(1, bs, rnn.module.hidden_size))
-            for rnn in self.rnns
-        ]
+        return [(w.new_zeros(1, bs, r.module.hidden_size), w.new_zeros(1, bs, r.module.hidden_size)) for r in self.rnns]
 
     def reset(self, bs=None):
         "Forget the hidden state (between epochs, documents, or when the batch size changes)."
@@ -243,10 +230,9 @@ class AWDLSTMEncoder(nn.Module):
 
 
 class LinearDecoder(nn.Module):
-    """Output dropout, then a linear layer to the vocab whose weight may be the embedding's. With `skip_logits`
-    set (by `SampledSoftmax`), training returns no logits: the loss is computed from `out` on a sample of words."""
+    "Output dropout, then a linear layer to the vocab whose weight may be the embedding's."
 
-    skip_logits = False
+    skip_logits = False  # set by `SampledSoftmax`: training returns no logits, the loss samples words from `out`
 
     def __init__(self, config, tie_to=None):
         super().__init__()
@@ -296,14 +282,13 @@ def lm_accuracy(pred, y):
 
 
 def ar_tar(raw_out, out, alpha=2.0, beta=1.0, mask=None):
-    """Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n).
-
-    With `mask` (bs, sl), True at padding, the means run over real positions (and pairs of adjacent real positions)
-    only, so the amount of padding in a classifier batch doesn't change the penalty."""
+    "Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n)."
     if mask is None:
         ar = alpha * out.float().pow(2).mean()
         tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
         return ar + tar
+    # `mask` (bs, sl) is True at padding: the means run over real positions (and pairs of adjacent real ones) only,
+    # so the amount of padding in a classifier batch doesn't change the penalty.
     real = (~mask)[..., None].float()  # (bs, sl, 1)
     pair = real[:, 1:] * real[:, :-1]  # (bs, sl-1, 1) both ends real
     n = out.size(-1)
@@ -327,8 +312,7 @@ class RNNCallback(Callback):
     def before_train(self):
         reset_model(self.learn.model)
 
-    def before_validate(self):
-        reset_model(self.learn.model)
+    before_validate = before_train
 
     def after_pred(self):
         if isinstance(self.learn.pred, tuple):
@@ -339,22 +323,15 @@ class RNNCallback(Callback):
 
 
 class ARTARCallback(Callback):
-    """Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`.
+    "Adds `ar_tar` to the loss backward sees (training only); needs `RNNCallback`."
 
-    Used for the language model and the classifier alike, as fastai does: v1 text/learner.py `RNNLearner(alpha=2.,
-    beta=1.)` backs both `language_model_learner` and `text_classifier_learner`; v2 text/learner.py `TextLearner`
-    adds `RNNRegularizer(alpha=2., beta=1.)` for both."""
-
+    # For the language model and the classifier alike, as fastai does (v1 `RNNLearner`, v2 `RNNRegularizer`).
     # After MixUp-like callbacks (8), which compute the loss afresh, and before MixedPrecision (10), which scales it.
     order = 9
     loss_role = 'add'
 
     def __init__(self, alpha=2.0, beta=1.0):
         self.alpha, self.beta = alpha, beta
-
-    @property
-    def name(self):
-        return 'artar'
 
     def before_fit(self):
         if not isinstance(getattr(self.learn, 'rnn', None), RNNCallback):
@@ -363,6 +340,5 @@ class ARTARCallback(Callback):
     def after_loss(self):
         rnn = self.learn.rnn
         if self.learn.training and rnn.raw_out is not None:
-            self.learn.loss_grad = self.learn.loss_grad + ar_tar(
-                rnn.raw_out, rnn.out, self.alpha, self.beta, getattr(rnn, 'mask', None)
-            )
+            reg = ar_tar(rnn.raw_out, rnn.out, self.alpha, self.beta, rnn.mask)
+            self.learn.loss_grad = self.learn.loss_grad + reg
