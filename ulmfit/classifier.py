@@ -16,12 +16,11 @@ from .awd_lstm import AWDLSTMEncoder
 
 
 class SentenceEncoder(nn.Module):
-    """Runs the encoder over whole documents `bptt` tokens at a time, carrying the hidden state.
+    "Runs the encoder over whole documents `bptt` tokens at a time, carrying the hidden state."
 
-    Only each document's last `max_len` tokens keep outputs (and gradients), so memory is bounded on long
-    documents. Rows may be padded with `pad_id` at the front or at the end: either way each document is
-    read from a zero state starting at its first real token, so the amount of padding changes nothing.
-    """
+    # Only each document's last `max_len` tokens keep outputs (and gradients), so memory is bounded on long documents.
+    # Rows may be padded at the front or at the end: each document is read from a zero state starting at its first
+    # real token, so the amount of padding changes nothing.
 
     def __init__(self, encoder, bptt=72, max_len=72 * 20, pad_id=1):
         super().__init__()
@@ -78,11 +77,9 @@ def masked_concat_pool(output, mask):
 
 def lin_bn_drop(ni, nf, p, act=True):
     "BatchNorm → Dropout → Linear (→ ReLU)."
-    # The Linear keeps its bias, as in fastai v1 layers.py `bn_drop_lin` (the head of the published ULMFiT models).
-    # fastai v2 layers.py `LinBnDrop` drops it (bias=not bn), but with the BatchNorm *before* the Linear that bias
-    # adds nothing the model can't already express: the BatchNorm shift β reaches the output as W·β, so any bias in
-    # W's column space (all of them when W has full row rank, as here: ni > nf) is reachable either way. Keeping it
-    # keeps saved classifiers loadable.
+    # The Linear keeps its bias, as fastai v1 `bn_drop_lin` (the published ULMFiT heads) does and v2 `LinBnDrop`
+    # doesn't: with the BatchNorm before it, its shift β already reaches the output as W·β (any bias, as W has full
+    # row rank here: ni > nf), and keeping it keeps saved classifiers loadable.
     layers = [nn.BatchNorm1d(ni), nn.Dropout(p), nn.Linear(ni, nf)]
     return layers + [nn.ReLU(inplace=True)] if act else layers
 
@@ -107,10 +104,9 @@ class PoolingLinearClassifier(nn.Module):
 
 
 def get_text_classifier(config, n_out, bptt=72, max_len=72 * 20, lin_ftrs=(50,), ps=None):
-    """nn.Sequential(SentenceEncoder, PoolingLinearClassifier); `config` carries the classifier dropouts
-    (see `awd_lstm.clas_config`). Head dropouts default to fastai's: [output_p, 0.1, ...]."""
+    "nn.Sequential(SentenceEncoder, PoolingLinearClassifier); `config` carries the classifier dropouts (`clas_config`)."
     if ps is None:
-        ps = [config.p('output_p')] + [0.1] * len(lin_ftrs)
+        ps = [config.p('output_p')] + [0.1] * len(lin_ftrs)  # fastai's head dropouts
     enc = SentenceEncoder(AWDLSTMEncoder(config), bptt=bptt, max_len=max_len, pad_id=config.pad_id)
     head = PoolingLinearClassifier([config.emb_sz * 3, *lin_ftrs, n_out], list(ps))
     return nn.Sequential(enc, head)

@@ -17,10 +17,9 @@ from common.events import Callback
 
 
 def sampled_softmax_logits(h, weight, bias, targets, samples, log_w):
-    """Logits of the true class (column 0) and of shared samples, each sample's corrected by `log_w`.
-
-    h (n, emb_sz), weight (vocab_sz, emb_sz), bias (vocab_sz,) or None, targets (n,), samples (u,) distinct ids,
-    log_w (u,) log of each sample's expected count over its drawn count, log(k·q_w / c_w)."""
+    "Logits of the true class (column 0) and of shared samples, each sample's corrected by `log_w`."
+    # h (n, emb_sz), weight (vocab_sz, emb_sz), bias (vocab_sz,) or None, targets (n,), samples (u,) distinct ids,
+    # log_w (u,) log of each sample's expected count over its drawn count, log(k·q_w / c_w).
     true = (h * weight[targets]).sum(-1)  # (n,)
     neg = h @ weight[samples].t()  # (n, u)
     if bias is not None:
@@ -48,17 +47,12 @@ class UnigramSampler:
 
 
 class SampledSoftmax(Callback):
-    """Trains the LM with a sampled softmax: the decoder skips its full logits in training, and `after_pred`
-    replaces them with `sampled_softmax_logits` (the target becomes column 0). Validation stays exact."""
+    "Trains the LM with `sampled_softmax_logits` in place of the decoder's full logits (target: column 0)."
 
     order = -4  # after RNNCallback (-5) unpacks the model's outputs, before ARTARCallback (5) uses them
 
     def __init__(self, counts, k=4096, alpha=0.75):
         self.sampler, self.k = UnigramSampler(counts, alpha), k
-
-    @property
-    def name(self):
-        return 'sampled_softmax'
 
     def before_fit(self):
         if not isinstance(getattr(self.learn, 'rnn', None), Callback):
@@ -83,9 +77,9 @@ class SampledSoftmax(Callback):
 
 
 def valid_step_ratio(config, n_drawn):
-    """What an exact validation batch costs in training steps of a sampled-softmax LM (the time budget's estimate):
-    the forward matmul FLOPs of the LSTMs and the full decoder, over three times those of the LSTMs and a decoder of
-    the `n_drawn` distinct sampled words (forward + backward)."""
+    "What an exact validation batch costs in training steps of a sampled-softmax LM (the time budget's estimate)."
+    # Forward matmul FLOPs of the LSTMs and the full decoder, over three times (forward + backward) those of the LSTMs
+    # and a decoder of the `n_drawn` distinct sampled words.
     sizes = [config.emb_sz] + [config.n_hid] * (config.n_layers - 1) + [config.emb_sz]
     lstm = sum(8 * nh * (ni + nh) for ni, nh in zip(sizes[:-1], sizes[1:]))
     return (lstm + 2 * config.emb_sz * config.vocab_sz) / (3 * (lstm + 2 * config.emb_sz * (n_drawn + 1)))
