@@ -14,16 +14,8 @@ from .config import ConfigError
 from .download import DownloadError
 from .log import log
 
-EXPECTED = (
-    ConfigError,
-    CheckpointError,
-    DownloadError,
-    DiskFullError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-)
+USER_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+EXPECTED = (ConfigError, CheckpointError, DownloadError, DiskFullError, *USER_FILE_ERRORS)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -56,9 +48,7 @@ def run_command(fn, argv, expected=()):
     except OSError as e:
         if debug or e.errno != errno.ENOSPC:
             raise
-        log.error(
-            f"error: {e.filename or 'a file'}: no space left on device (the disk is full); free some space and "
-            f"run again"
-        )
+        where = e.filename or 'a file'
+        log.error(f'error: {where}: no space left on device (the disk is full); free some space and run again')
         return 2
     return rc if isinstance(rc, int) else 0  # commands may return what they made (a run folder): that is success

@@ -35,20 +35,15 @@ def default_preset():
 
 def _parse_bool(s):
     v = str(s).lower()
-    if v in ('1', 'true', 'yes', 'on'):
-        return True
-    if v in ('0', 'false', 'no', 'off'):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+    if v not in ('1', 'true', 'yes', 'on', '0', 'false', 'no', 'off'):
+        raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+    return v in ('1', 'true', 'yes', 'on')
 
 
 def _caster(default):
-    if isinstance(default, bool):
-        return _parse_bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
+    for kind, cast in ((bool, _parse_bool), (int, int), (float, float)):
+        if isinstance(default, kind):
+            return cast
     if isinstance(default, (list, tuple)):
         return lambda s: [type(default[0])(x) if default else x for x in s.split(',')]
     if default is None:
@@ -87,15 +82,13 @@ def resolve_config(settings, presets, preset=None, overrides=None):
 
 def parse_run_config(argv, settings, presets, prog, description, positional=None):
     "argparse front end: `--preset NAME` plus one `--key value` per setting; `--help` lists them all."
+    shown = {n: ', '.join(f'{k}={v}' for k, v in ps.items()) or 'the defaults' for n, ps in presets.items()}
     p = argparse.ArgumentParser(
         prog=prog,
         description=description,
         allow_abbrev=False,  # `--resume` compares the settings named on the command line by their full names
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='presets:\n'
-        + '\n'.join(
-            f'  {n}: ' + (', '.join(f'{k}={v}' for k, v in ps.items()) or 'the defaults') for n, ps in presets.items()
-        ),
+        epilog='presets:\n' + '\n'.join(f'  {n}: {s}' for n, s in shown.items()),
     )
     for name, kw in (positional or {}).items():
         p.add_argument(name, **kw)
@@ -136,9 +129,9 @@ def named_settings(argv):
 
 
 def resume_config(run_dir, cfg, given, settings, may_change=()):
-    """The config saved in the run folder `run_dir`, for `--resume`: settings newer than the run take their
-    defaults, and of the settings `given` on the command line, those in `may_change` take their new value. Any other
-    given with a different value is a ConfigError: the rest of the run would disagree with its first part."""
+    "The config saved in `run_dir`, for `--resume`; of the settings `given`, those in `may_change` take new values."
+    # Settings newer than the run take their defaults. Any other setting given with a different value is an error:
+    # the rest of the run would disagree with its first part.
     path = Path(run_dir) / 'config.json'
     if not path.exists():
         raise FileNotFoundError(f'nothing to resume: {path} does not exist')

@@ -19,10 +19,9 @@ GLOBAL_FLAGS = "global flags: --quiet (warnings only), --verbose (more detail), 
 
 def setup_process():
     "Process-wide speed settings, made before torch loads: sleeping OpenMP waiters and glibc malloc tuning."
-    # On a shared machine with more runnable threads than cores, OpenMP workers that spin while waiting at each op's
-    # barrier steal the cores the others need: training ran 2-4x slower. Sleeping waiters cost ~nothing when the
-    # machine is idle. (It only takes effect before torch loads libgomp; `OMP_WAIT_POLICY=active` in the environment
-    # wins.)
+    # On a shared machine with more runnable threads than cores, OpenMP workers spinning at each op's barrier steal
+    # the cores the others need: training ran 2-4x slower. Sleeping waiters cost ~nothing when the machine is idle.
+    # (It only takes effect before torch loads libgomp; `OMP_WAIT_POLICY=active` in the environment wins.)
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tune_malloc()
 

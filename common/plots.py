@@ -98,14 +98,8 @@ def plot_confusion(cm, classes, path, normalize=False):
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}',
-                    ha='center',
-                    va='center',
-                    fontsize=7,
-                    color='white' if cm[i, j] > cm.max() / 2 else 'black',
-                )
+                label = f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}'
+                color = 'white' if cm[i, j] > cm.max() / 2 else 'black'
+                ax.text(j, i, label, ha='center', va='center', fontsize=7, color=color)
     ax.set_xlabel('predicted'), ax.set_ylabel('actual')
     return _save(fig, path)

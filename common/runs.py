@@ -37,9 +37,7 @@ def new_run_dir(name, root='runs'):
 
 def write_json(path, obj):
     "Write JSON atomically (rank 0 only)."
-    if rank() != 0:
-        return path
-    return atomic_write_json(path, obj, indent=2)
+    return atomic_write_json(path, obj, indent=2) if rank() == 0 else path
 
 
 def write_config(run_dir, cfg):
