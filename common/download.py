@@ -23,49 +23,40 @@ from tqdm import tqdm
 
 from .log import log, show_progress
 
+# This project's mirror files, by archive name and size (size -> sha256); the real upstream archives' hashes are not
+# recorded here. A file of a known size must match that hash, and any other size is accepted unverified (with a note).
+MIRROR_SHA256 = {
+    'imdb.tgz': {56242363: 'ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b'},
+    'imdb_sample.tgz': {569763: '006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618'},
+    'imagewoof2-160.tgz': {83997793: 'aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472'},
+    'oxford-iiit-pet-subset-160.tgz': {11821500: '9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a'},
+}
 
-def _entry(url, folder, mirror_sha256=None, archive=None):
+
+def _entry(url, folder, archive=None):
     "A REGISTRY entry; the archive is named after the URL's file unless `archive` says otherwise."
-    known = {size: (sha, 'mirror copy') for size, sha in (mirror_sha256 or {}).items()}
-    return dict(url=url, archive=archive or url.rsplit('/', 1)[1], folder=folder, known=known)
+    archive = archive or url.rsplit('/', 1)[1]
+    known = {size: (sha, 'mirror copy') for size, sha in MIRROR_SHA256.get(archive, {}).items()}
+    return dict(url=url, archive=archive, folder=folder, known=known)
 
 
-# name -> url, archive file name, folder it extracts to, and known copies (size -> sha256). The real upstream
-# archives' hashes are not recorded here; the known copies are this project's mirror files, keyed by size, so a
-# file of that size must match that hash and any other size is accepted unverified (with a note). An entry may
+# name -> url, archive file name, folder it extracts to, and known copies (size -> (sha256, what it is)). An entry may
 # also give `size`: then a file of any other size is refused.
 S3 = 'https://s3.amazonaws.com/'
 REGISTRY = {
-    'imdb': _entry(
-        S3 + 'fast-ai-nlp/imdb.tgz',
-        'imdb',
-        {56242363: 'ee6dba62ec859d3948b6a7eeb16868a315000db3ffbf0ead3a12e952f8bacc9b'},
-    ),
-    'imdb_sample': _entry(
-        S3 + 'fast-ai-sample/imdb_sample.tgz',
-        'imdb_sample',
-        {569763: '006bc11705b90d59b9d2771c140e9e66a54c9d51a358cae698c69f661f223618'},
-    ),
+    'imdb': _entry(S3 + 'fast-ai-nlp/imdb.tgz', 'imdb'),
+    'imdb_sample': _entry(S3 + 'fast-ai-sample/imdb_sample.tgz', 'imdb_sample'),
     'wikitext-103': _entry(S3 + 'fast-ai-nlp/wikitext-103.tgz', 'wikitext-103'),
     'wikitext-103-raw': _entry(S3 + 'research.metamind.io/wikitext/wikitext-103-raw-v1.zip', 'wikitext-103-raw'),
     'wikitext-2': _entry(S3 + 'fast-ai-nlp/wikitext-2.tgz', 'wikitext-2'),
-    'imagewoof2-160': _entry(
-        S3 + 'fast-ai-imageclas/imagewoof2-160.tgz',
-        'imagewoof2-160',
-        {83997793: 'aa5a70e4d4658a1c7a461f9e3618918f704f9a25656c93b95bd7f7602515c472'},
-    ),
+    'imagewoof2-160': _entry(S3 + 'fast-ai-imageclas/imagewoof2-160.tgz', 'imagewoof2-160'),
     'oxford-iiit-pet': _entry(S3 + 'fast-ai-imageclas/oxford-iiit-pet.tgz', 'oxford-iiit-pet'),
     # fastai's AWD-LSTM language models pretrained on WikiText-103 (`URLs.WT103_FWD` / `URLs.WT103_BWD`): one `.pth`
     # state dict and one `.pkl` vocab each. fastai publishes no size or hash for them (its checks.txt has none), so
     # no `size`/`known` is recorded; ulmfit/pretrained.py checks what the archive holds when it imports it.
     'wt103-fwd': _entry(S3 + 'fast-ai-modelzoo/wt103-fwd.tgz', 'wt103-fwd'),
     'wt103-bwd': _entry(S3 + 'fast-ai-modelzoo/wt103-bwd.tgz', 'wt103-bwd'),
-    'oxford-iiit-pet-subset-160': _entry(
-        None,
-        'oxford-iiit-pet',
-        {11821500: '9ac3b67e59584a8189e70f6828fa92b77a1afa86733d4169a61db7d3436d739a'},
-        archive='oxford-iiit-pet-subset-160.tgz',
-    ),
+    'oxford-iiit-pet-subset-160': _entry(None, 'oxford-iiit-pet', archive='oxford-iiit-pet-subset-160.tgz'),
 }
 
 
