@@ -92,21 +92,13 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
     )
     for name, kw in (positional or {}).items():
         p.add_argument(name, **kw)
-    p.add_argument(
-        '--preset',
-        choices=list(presets),
-        default=None,
-        help=f"settings bundle (default: {default_preset()} on this machine: paper on a GPU, else cpu)",
-    )
+    preset_help = f"settings bundle (default: {default_preset()} on this machine: paper on a GPU, else cpu)"
+    p.add_argument('--preset', choices=list(presets), default=None, help=preset_help)
     for k, s in settings.items():
-        p.add_argument(
-            '--' + k.replace('_', '-'),
-            dest=k,
-            type=_caster(s.default),
-            default=argparse.SUPPRESS,
-            metavar=type(s.default).__name__.upper() if s.default is not None else 'VALUE',
-            help=f"{s.help} (default: {s.default})".replace('%', '%%'),
-        )  # argparse %-formats help
+        metavar = type(s.default).__name__.upper() if s.default is not None else 'VALUE'
+        text = f"{s.help} (default: {s.default})".replace('%', '%%')  # argparse %-formats help
+        flag, cast = '--' + k.replace('_', '-'), _caster(s.default)
+        p.add_argument(flag, dest=k, type=cast, default=argparse.SUPPRESS, metavar=metavar, help=text)
     args = vars(p.parse_args(argv))
     preset = args.pop('preset')
     pos = {n: args.pop(n) for n in (positional or {})}

@@ -40,5 +40,4 @@ class DeviceCallback(Callback):
 
     def before_batch(self):
         nb = self.device.type == 'cuda'
-        self.learn.xb = to_device(self.learn.xb, self.device, nb)
-        self.learn.yb = to_device(self.learn.yb, self.device, nb)
+        self.learn.xb, self.learn.yb = to_device((self.learn.xb, self.learn.yb), self.device, nb)

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from common.events import Callback
 
 
-# ---- config -----------------------------------------------------------------------------------------------
 @dataclass
 class AWDLSTMConfig:
     "Model hyperparameters; defaults are fastai's `awd_lstm_lm_config` (the ULMFiT WikiText-103 model)."
@@ -44,8 +43,7 @@ class AWDLSTMConfig:
         "A dropout probability after `drop_mult`."
         return getattr(self, name) * self.drop_mult
 
-    def to_dict(self):
-        return asdict(self)
+    to_dict = asdict
 
     @classmethod
     def from_dict(cls, d):
@@ -82,7 +80,6 @@ def clas_config(config, drop_mult=0.5):
     return replace(config, drop_mult=drop_mult, **CLAS_DROPOUTS)
 
 
-# ---- the four dropouts -----------------------------------------------------------------------------------
 def dropout_mask(x, sz, p):
     "A Bernoulli(1-p) mask of shape `sz` like `x`, scaled by 1/(1-p) so the expectation is unchanged."
     return x.new_empty(*sz).bernoulli_(1 - p).div_(1 - p)
@@ -178,7 +175,6 @@ def _lstm_fp32(x):
     return lstm_in_fp32(dt, dtype, has)
 
 
-# ---- encoder and decoder ---------------------------------------------------------------------------------
 class AWDLSTMEncoder(nn.Module):
     "Embedding + `n_layers` weight-dropped LSTMs; the hidden state is carried (detached) from batch to batch."
 
@@ -270,7 +266,6 @@ def lm_splitter(model):
     return groups + [last]
 
 
-# ---- loss, metrics, AR/TAR ---------------------------------------------------------------------------------
 def lm_loss(pred, y):
     "Cross-entropy over every position: pred (bs, sl, vocab_sz), y (bs, sl)."
     return F.cross_entropy(pred.reshape(-1, pred.size(-1)).float(), y.reshape(-1))
@@ -283,17 +278,16 @@ def lm_accuracy(pred, y):
 
 def ar_tar(raw_out, out, alpha=2.0, beta=1.0, mask=None):
     "Activation regularization α·mean(out²) + temporal AR β·mean((raw[t+1] - raw[t])²), both (bs, sl, n)."
+    sq, dsq = out.float().pow(2), (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2)  # (bs, sl, n), (bs, sl-1, n)
     if mask is None:
-        ar = alpha * out.float().pow(2).mean()
-        tar = beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
-        return ar + tar
+        return alpha * sq.mean() + beta * dsq.mean()
     # `mask` (bs, sl) is True at padding: the means run over real positions (and pairs of adjacent real ones) only,
     # so the amount of padding in a classifier batch doesn't change the penalty.
     real = (~mask)[..., None].float()  # (bs, sl, 1)
     pair = real[:, 1:] * real[:, :-1]  # (bs, sl-1, 1) both ends real
     n = out.size(-1)
-    ar = alpha * (out.float().pow(2) * real).sum() / (real.sum() * n).clamp(min=1)
-    tar = beta * ((raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2) * pair).sum() / (pair.sum() * n).clamp(min=1)
+    ar = alpha * (sq * real).sum() / (real.sum() * n).clamp(min=1)
+    tar = beta * (dsq * pair).sum() / (pair.sum() * n).clamp(min=1)
     return ar + tar
 
 

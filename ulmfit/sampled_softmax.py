@@ -70,9 +70,8 @@ class SampledSoftmax(Callback):
         samples, log_w = self.sampler(self.k)
         samples, log_w = samples.to(out.device), log_w.to(out.device)
         y = self.learn.yb.reshape(-1)  # (bs * sl,)
-        self.learn.pred = sampled_softmax_logits(
-            out.reshape(-1, out.size(-1)), dec.weight, dec.bias, y, samples, log_w
-        )  # (bs * sl, 1 + u)
+        h = out.reshape(-1, out.size(-1))  # (bs * sl, emb_sz)
+        self.learn.pred = sampled_softmax_logits(h, dec.weight, dec.bias, y, samples, log_w)  # (bs * sl, 1 + u)
         self.learn.yb = y.new_zeros(y.shape)  # the true word is column 0
 
 
