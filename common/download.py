@@ -51,9 +51,8 @@ REGISTRY = {
     'wikitext-2': _entry(S3 + 'fast-ai-nlp/wikitext-2.tgz', 'wikitext-2'),
     'imagewoof2-160': _entry(S3 + 'fast-ai-imageclas/imagewoof2-160.tgz', 'imagewoof2-160'),
     'oxford-iiit-pet': _entry(S3 + 'fast-ai-imageclas/oxford-iiit-pet.tgz', 'oxford-iiit-pet'),
-    # fastai's AWD-LSTM language models pretrained on WikiText-103 (`URLs.WT103_FWD` / `URLs.WT103_BWD`): one `.pth`
-    # state dict and one `.pkl` vocab each. fastai publishes no size or hash for them (its checks.txt has none), so
-    # no `size`/`known` is recorded; ulmfit/pretrained.py checks what the archive holds when it imports it.
+    # fastai's WikiText-103 AWD-LSTMs (`URLs.WT103_FWD`/`_BWD`: a `.pth` state dict and a `.pkl` vocab each). fastai
+    # publishes no size or hash for them; ulmfit/pretrained.py checks what the archive holds when it imports it.
     'wt103-fwd': _entry(S3 + 'fast-ai-modelzoo/wt103-fwd.tgz', 'wt103-fwd'),
     'wt103-bwd': _entry(S3 + 'fast-ai-modelzoo/wt103-bwd.tgz', 'wt103-bwd'),
     'oxford-iiit-pet-subset-160': _entry(None, 'oxford-iiit-pet', archive='oxford-iiit-pet-subset-160.tgz'),

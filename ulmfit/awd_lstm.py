@@ -62,11 +62,9 @@ class AWDLSTMConfig:
 
 
 PRESETS = {
-    # The ULMFiT / fastai WT103 language model (fastai `awd_lstm_lm_config`).
-    'paper': AWDLSTMConfig(),
-    # Narrower (emb 256, n_hid 768): half the matmul work per token of `paper` (33 vs 65 MFLOP forward at a 30k
-    # vocab), measured 1.9x its training tokens/s on the 2-core CPU (bench/lm_speed.py), so a few-hour budget
-    # sees twice the text; still 3 layers and wide enough to fine-tune into a good classifier.
+    'paper': AWDLSTMConfig(),  # the ULMFiT / fastai WT103 language model
+    # Half `paper`'s matmul work per token (33 vs 65 MFLOP forward, 30k vocab), 1.9x its training tokens/s on a 2-core
+    # CPU (bench/lm_speed.py): a few-hour budget sees twice the text, and it still fine-tunes into a good classifier.
     'cpu': AWDLSTMConfig(emb_sz=256, n_hid=768),
     'tiny': AWDLSTMConfig(emb_sz=32, n_hid=64, n_layers=2),
 }

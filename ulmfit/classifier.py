@@ -4,8 +4,7 @@
                  ─ masked_concat_pool ─ (bs, 3*emb_sz)
                  ─ [BatchNorm ─ Dropout ─ Linear ─ ReLU] ... ─ logits (bs, n_out)
 
-The model returns `(logits, output, output, mask)`, as the language model returns `(logits, raw, out)`: AR/TAR
-regularise the classifier's encoder outputs too (`RNNCallback` unpacks the tuple, so losses see plain logits).
+It returns `(logits, output, output, mask)`, like the LM's `(logits, raw, out)`, so AR/TAR regularise it too.
 """
 
 import torch
@@ -21,7 +20,6 @@ class SentenceEncoder(nn.Module):
     # Only each document's last `max_len` tokens keep outputs (and gradients), so memory is bounded on long documents.
     # Rows may be padded at the front or at the end: each document is read from a zero state starting at its first
     # real token, so the amount of padding changes nothing.
-
     def __init__(self, encoder, bptt=72, max_len=72 * 20, pad_id=1):
         super().__init__()
         self.encoder, self.bptt, self.max_len, self.pad_id = encoder, bptt, max_len, pad_id
@@ -98,8 +96,7 @@ class PoolingLinearClassifier(nn.Module):
 
     def forward(self, inp):  # (output (bs, w, emb_sz), mask (bs, w)) -> logits (bs, n_out), output, output, mask
         output, mask = inp
-        # fastai v2 text/models/core.py `PoolingLinearClassifier.forward` likewise returns the encoder output twice
-        # (raw and dropped are the same here: no output dropout before pooling) for RNNRegularizer's AR/TAR.
+        # Raw and dropped outputs are the same here (no dropout before pooling), as in fastai v2 for AR/TAR.
         return self.layers(masked_concat_pool(output, mask)), output, output, mask
 
 
