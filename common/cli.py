@@ -2,8 +2,7 @@
 
     sys.exit(run_command(main, sys.argv[1:], expected=(DataError,)))
 
-Expected: config errors, checkpoint/download errors, missing or existing user files, a full disk, and whatever
-the caller adds. Anything else is a bug and keeps its traceback; `--debug` shows the traceback for every error.
+Anything not in EXPECTED or the caller's `expected` is a bug and keeps its traceback (every error does with `--debug`).
 Ctrl-C reports what was saved and how to resume (see `Interrupted`) and exits with 130, as shells expect.
 """
 

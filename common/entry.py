@@ -4,8 +4,7 @@
     def main(argv=None) -> int:
         return dispatch('python -m vision', COMMANDS, argv, expected=...)
 
-A command is a function `main(argv) -> int` (the exit code). `dispatch` sets the process up once, strips the global
-flags (`--quiet`, `--verbose`; `--debug` is `run_command`'s), and runs the command through `common.cli.run_command`.
+`dispatch` sets the process up once, strips `--quiet` and `--verbose`, and runs the command through `run_command`.
 """
 
 import importlib
