@@ -120,8 +120,10 @@ def download_url(url, dest, progress=True, timeout=60):
         length = resp.headers.get('Content-Length')
         total = have + int(length) if length is not None else None
         show = progress and show_progress()
-        bar = tqdm(total=total, initial=have, unit='B', unit_scale=True, desc=dest.name, disable=not show)
-        with open(part, 'ab' if have else 'wb') as f, bar:
+        with (
+            open(part, 'ab' if have else 'wb') as f,
+            tqdm(total=total, initial=have, unit='B', unit_scale=True, desc=dest.name, disable=not show) as bar,
+        ):
             while b := resp.read(1 << 20):
                 f.write(b)
                 bar.update(len(b))
