@@ -68,6 +68,7 @@ class TextClassifier:
         self.data_root, self.verbose = data_root, verbose
         self.vocab, self.enc_state, self.model, self.classes, self.multi_label = None, None, None, None, False
         self.thresholds, self.truncate, self.backwards = None, 0, False  # imdb's classifiers may read cut or reversed
+        self.drop_mult = 0.5  # the classifier's, saved with it
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
@@ -252,23 +253,9 @@ class TextClassifier:
             raise FileExistsError(
                 f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it"
             )
-        return save_classifier(
-            path,
-            self.model,
-            self.config,
-            self.itos,
-            self.classes,
-            {
-                'multi_label': self.multi_label,
-                'thresholds': self.thresholds,
-                'bptt': self.bptt,
-                'max_len': self.max_len,
-                'drop_mult': getattr(self, 'drop_mult', 0.5),
-                'truncate': self.truncate,
-                'backwards': self.backwards,
-                'tokenizer': self.tok.config(),
-            },
-        )
+        names = ('multi_label', 'thresholds', 'bptt', 'max_len', 'drop_mult', 'truncate', 'backwards')
+        settings = {k: getattr(self, k) for k in names} | {'tokenizer': self.tok.config()}
+        return save_classifier(path, self.model, self.config, self.itos, self.classes, settings)
 
     @classmethod
     def load(cls, path, **kwargs):

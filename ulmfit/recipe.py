@@ -53,22 +53,19 @@ def match_embeds(state, old_itos, new_itos):
     return out, len(pairs)
 
 
+def _awd_learner(model, dls, loss, splitter, metrics, wd, alpha, beta, cbs, **kwargs):
+    "A Learner for an AWD-LSTM model: AdamW, hidden-state resets, AR/TAR and a progress bar; `kwargs` go to Learner."
+    opt_fn, cbs = partial(adamw, weight_decay=wd), [RNNCallback(), ARTARCallback(alpha, beta), *cbs]
+    return Learner(
+        model, dls, loss, opt_fn=opt_fn, splitter=splitter, metrics=metrics, progress=show_progress(), cbs=cbs, **kwargs
+    )
+
+
 def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2.0, beta=1.0, cbs=(), path=None):
     "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
-    return Learner(
-        get_language_model(config),
-        dls,
-        lm_loss,
-        opt_fn=partial(adamw, weight_decay=wd),
-        lr=lr,
-        splitter=lm_splitter,
-        metrics=[lm_accuracy, Perplexity()],
-        precision=precision,
-        clip=clip,
-        path=path,
-        progress=show_progress(),
-        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
-    )
+    model, metrics = get_language_model(config), [lm_accuracy, Perplexity()]
+    kw = dict(lr=lr, precision=precision, clip=clip, path=path)
+    return _awd_learner(model, dls, lm_loss, lm_splitter, metrics, wd, alpha, beta, cbs, **kw)
 
 
 def split_docs(docs, valid_pct, seed=42):
@@ -155,9 +152,8 @@ def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, n
     ds = (Reversed if backwards else TextClassDataset)(store, idx)
     lengths = np.minimum(ds.lengths, max_len) if max_len else ds.lengths
     sampler = SortishSampler(lengths, bs) if train else SortSampler(lengths)
-    # Training drops the last partial batch, as fastai does (v1 text/data.py `TextClasDataBunch.create` builds the
-    # training DataLoader with drop_last=True): a one-row batch crashes BatchNorm1d in training mode. A training set
-    # smaller than one batch keeps its only batch.
+    # Training drops the last partial batch, as fastai v1 does (`TextClasDataBunch.create`): a one-row batch crashes
+    # BatchNorm1d in training mode. A training set smaller than one batch keeps its only batch.
     return DataLoader(
         ds,
         batch_size=bs if train else 2 * bs,
@@ -191,18 +187,8 @@ def clas_learner(
         loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
-    return Learner(
-        model,
-        dls,
-        loss,
-        opt_fn=partial(adamw, weight_decay=wd),
-        splitter=clas_splitter,
-        metrics=metrics,
-        precision=precision,
-        clip=clip,
-        path=path,
-        progress=show_progress(),
-        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
+    return _awd_learner(
+        model, dls, loss, clas_splitter, metrics, wd, alpha, beta, cbs, precision=precision, clip=clip, path=path
     )
 
 
