@@ -158,10 +158,11 @@ class TextClassifier:
             df['is_valid'] = np.random.default_rng(seed).random(len(df)) < valid_pct  # a random `valid_pct` held out
             valid_col = 'is_valid'
         self.multi_label = len(label_cols) > 1
-        labels, valid = df[label_cols[0]], df[valid_col].astype(bool)
-        unseen = set(labels[valid].dropna()) - set(labels[~valid].dropna())
-        if unseen and not self.multi_label:
-            raise DataError(f"{table_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}")
+        if not self.multi_label:
+            labels, valid = df[label_cols[0]], df[valid_col].astype(bool)
+            unseen = sorted(map(str, set(labels[valid].dropna()) - set(labels[~valid].dropna())))
+            if unseen:
+                raise DataError(f"{table_source(df)}: validation labels never seen in training: {unseen}")
         reader = TableReader(
             df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0], valid_col=valid_col
         )

@@ -43,9 +43,8 @@ def _checked_vocab(path, config):
     itos = d['itos'] if isinstance(d, dict) else d
     if len(itos) != config.vocab_sz:
         raise CheckpointError(
-            f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has "
-            f"{config.vocab_sz} rows: the vocab belongs to another model (was the folder "
-            f"overwritten?). Use an intact model folder"
+            f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has {config.vocab_sz} rows: "
+            "the vocab belongs to another model (was the folder overwritten?). Use an intact model folder"
         )
     return itos
 

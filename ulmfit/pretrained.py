@@ -134,8 +134,6 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
     if spec:
         return pretrained_folder(spec, data_root)
     local = find_pretrained(runs, backwards)
-    if local is not None:
-        return local
-    if preset == 'paper':
+    if local is None and preset == 'paper':
         return get_pretrained(named_for(backwards), data_root)
-    return None
+    return local
