@@ -7,17 +7,11 @@
     clf.predict(['great film', 'dull'])                          # [Prediction(label, probs), ...] in input order
     clf.save('my-clf'); TextClassifier.load('my-clf')
 
-Defined behaviours:
-- `predict` takes a list of strings: a bare string is refused (use `predict([text])`), and so is a list holding
-  anything but strings (None, numbers), naming the positions;
-- empty or whitespace-only texts are predicted as `Prediction(None, {})` (nothing to read), with a warning;
-- a table needs at least 2 classes in its label column; errors about a table name the file it came from;
-- texts are read whole; the classifier pools over the outputs of their last `max_len` tokens (as in training and
-  in fastai), so the hidden state has seen the beginning of a long text;
-- validation labels never seen in training raise a DataError naming them;
-- a saved classifier is one folder: `clas.pth` (weights, config, vocab, classes, settings), `vocab.json`,
-  `config.json`; loading checks that vocab, config and weights agree. `save` refuses an existing non-empty folder
-  unless given `overwrite=True`.
+`predict` takes a list of strings (a bare string, or a list holding anything else, is refused, naming positions);
+empty texts are predicted as `Prediction(None, {})` with a warning. Texts are read whole; the classifier pools over
+the outputs of their last `max_len` tokens, as in training and in fastai. A table needs 2+ classes, and validation
+labels never seen in training are refused by name. A saved classifier is one folder (clas.pth, vocab.json,
+config.json), checked for agreement on load; `save` refuses a non-empty folder unless `overwrite=True`.
 """
 
 import warnings
@@ -74,10 +68,7 @@ class TextClassifier:
         self.data_root, self.verbose = data_root, verbose
         self.vocab, self.enc_state, self.model, self.classes, self.multi_label = None, None, None, None, False
         self.thresholds, self.truncate, self.backwards = None, 0, False  # imdb's classifiers may read cut or reversed
-
-    def _log(self, msg):
-        if self.verbose:
-            log.info(msg)
+        self.drop_mult = 0.5  # the classifier's, saved with it
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
@@ -88,11 +79,23 @@ class TextClassifier:
         return cls(lm_state=model.state_dict(), config=config, itos=itos, **kwargs)
 
     # ---- stage 2: the language model ----------------------------------------------------------------
-    def _vocab_for(self, reader):
-        store = build_store(
-            reader, self.tok, root=self.data_root, progress=self.verbose and show_progress(), name='texts'
-        )
-        return store
+    def _store(self, reader, name, vocab=None):
+        progress = self.verbose and show_progress()
+        return build_store(reader, self.tok, vocab=vocab, root=self.data_root, progress=progress, name=name)
+
+    def _new_vocab(self, texts, text_col='text'):
+        "The vocab from `texts`: their store, and the pretrained LM state re-indexed to it (None without one)."
+        store = self._store(_text_reader(texts, text_col), 'texts')
+        self.vocab = store.vocab
+        if self.lm_state is None:
+            warnings.warn(
+                'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=2
+            )
+            return store, None
+        state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
+        if self.verbose:
+            log.info(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
+        return store, state
 
     def fine_tune_lm(
         self,
@@ -108,9 +111,7 @@ class TextClassifier:
         drop_mult=0.3,
     ):
         "Fine-tune the language model on `texts` (no labels needed); builds the vocab from them."
-        store = self._vocab_for(_text_reader(texts, text_col))
-        self.vocab = store.vocab
-        state = self._matched_lm_state()
+        store, state = self._new_vocab(texts, text_col)
         config = replace(self.config, vocab_sz=len(self.vocab))
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
         learn = recipe.finetune_lm(
@@ -129,16 +130,6 @@ class TextClassifier:
         self.enc_state = encoder_state(self.lm_state)
         self.lm_results = learn.validate()
         return self
-
-    def _matched_lm_state(self):
-        if self.lm_state is None:
-            warnings.warn(
-                'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=2
-            )
-            return None
-        state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
-        self._log(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
-        return state
 
     def save_lm(self, path):
         "Write the (fine-tuned) language model as a model folder."
@@ -159,41 +150,28 @@ class TextClassifier:
         drop_mult=0.5,
         seed=42,
     ):
-        """Train the classifier with gradual unfreezing. `label_col` may be a list of 0/1 columns (multi-label).
-        Without `valid_col`, a random `valid_pct` of the rows is held out."""
+        "Train the classifier with gradual unfreezing; `label_col` may list 0/1 columns (multi-label)."
         df = as_frame(data, text_col).copy()
         label_cols = [label_col] if isinstance(label_col, str) else list(label_col)
         check_labelled(df, text_col, label_cols, valid_col)
         if valid_col is None:
-            rng = np.random.default_rng(seed)
-            df['is_valid'] = rng.random(len(df)) < valid_pct
+            df['is_valid'] = np.random.default_rng(seed).random(len(df)) < valid_pct  # a random `valid_pct` held out
             valid_col = 'is_valid'
         self.multi_label = len(label_cols) > 1
         if not self.multi_label:
-            train_labels = set(df.loc[~df[valid_col].astype(bool), label_cols[0]].dropna().unique())
-            unseen = set(df.loc[df[valid_col].astype(bool), label_cols[0]].dropna().unique()) - train_labels
+            labels, valid = df[label_cols[0]], df[valid_col].astype(bool)
+            unseen = sorted(map(str, set(labels[valid].dropna()) - set(labels[~valid].dropna())))
             if unseen:
-                raise DataError(
-                    f"{table_source(df)}: validation labels never seen in training: {sorted(map(str, unseen))}"
-                )
+                raise DataError(f"{table_source(df)}: validation labels never seen in training: {unseen}")
         reader = TableReader(
             df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0], valid_col=valid_col
         )
         if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
-            vstore = self._vocab_for(_text_reader(df, text_col))
-            self.vocab = vstore.vocab
-            state = self._matched_lm_state()
+            _, state = self._new_vocab(df, text_col)
             self.config = replace(self.config, vocab_sz=len(self.vocab))
             self.enc_state = encoder_state(state) if state is not None else None
             self.itos = list(self.vocab.itos)
-        store = build_store(
-            reader,
-            self.tok,
-            vocab=self.vocab,
-            root=self.data_root,
-            progress=self.verbose and show_progress(),
-            name='labelled',
-        )
+        store = self._store(reader, 'labelled', self.vocab)
         self.classes = list(store.label_names)
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
         if len(tr) == 0 or len(va) == 0:
@@ -217,9 +195,8 @@ class TextClassifier:
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:
             self.thresholds = fit_thresholds(probs, targs).tolist()
-            self.results = {
-                'accuracy_multi': ((probs >= torch.tensor(self.thresholds)) == targs.bool()).float().mean().item()
-            }
+            hits = (probs >= torch.tensor(self.thresholds)) == targs.bool()
+            self.results = {'accuracy_multi': hits.float().mean().item()}
         else:
             self.results = recipe.classification_report(probs, targs, self.classes)
         return self
@@ -277,23 +254,9 @@ class TextClassifier:
             raise FileExistsError(
                 f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it"
             )
-        return save_classifier(
-            path,
-            self.model,
-            self.config,
-            self.itos,
-            self.classes,
-            {
-                'multi_label': self.multi_label,
-                'thresholds': self.thresholds,
-                'bptt': self.bptt,
-                'max_len': self.max_len,
-                'drop_mult': getattr(self, 'drop_mult', 0.5),
-                'truncate': self.truncate,
-                'backwards': self.backwards,
-                'tokenizer': self.tok.config(),
-            },
-        )
+        names = ('multi_label', 'thresholds', 'bptt', 'max_len', 'drop_mult', 'truncate', 'backwards')
+        settings = {k: getattr(self, k) for k in names} | {'tokenizer': self.tok.config()}
+        return save_classifier(path, self.model, self.config, self.itos, self.classes, settings)
 
     @classmethod
     def load(cls, path, **kwargs):

@@ -35,10 +35,8 @@ class _ListOfStrUnpickler(pickle.Unpickler):
 
 def read_itos(path):
     "Read fastai's `itos` pickle (a list of str) without running any code from it."
-    with open(path, 'rb') as f:
-        data = f.read()
     try:
-        itos = _ListOfStrUnpickler(io.BytesIO(data)).load()
+        itos = _ListOfStrUnpickler(io.BytesIO(Path(path).read_bytes())).load()
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: not a plain list-of-strings pickle ({e})") from None
     if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
@@ -82,7 +80,7 @@ def convert_fastai_state(sd, pad_id=1):
     n_hid = out['0.rnns.0.module.weight_ih_l0'].shape[0] // 4 if n_layers > 1 else emb_sz  # 1150 (v1) or 1152 (v2)
     dec_w = out.get('1.decoder.weight')
     tied = dec_w is None or torch.equal(dec_w, out['0.embed.emb.weight'])
-    if tied and dec_w is not None:
+    if tied:  # one tensor for both, as our tied model holds it
         out['1.decoder.weight'] = out['0.embed.emb.weight']
     config = AWDLSTMConfig(
         vocab_sz=vocab_sz,
@@ -93,8 +91,6 @@ def convert_fastai_state(sd, pad_id=1):
         tie_weights=tied,
         out_bias='1.decoder.bias' in out,
     )
-    if tied and dec_w is None:
-        out['1.decoder.weight'] = out['0.embed.emb.weight']
     return out, config
 
 

@@ -2,11 +2,9 @@
 
     DIR/lm.pth        checkpoint (common.checkpoint format): full LM state dict, config dict, extras['itos']
     DIR/encoder.pth   the same for the encoder alone (keys without the '0.' prefix), for classifiers
-    DIR/vocab.json    {"itos": [...]}
-    DIR/config.json   the AWDLSTMConfig as a dict
+    DIR/vocab.json    {"itos": [...]};  DIR/config.json: the AWDLSTMConfig as a dict
 
-A classifier folder holds clas.pth (state dict, config, extras: itos, classes, settings), vocab.json and
-config.json (the config plus classes and settings).
+A classifier folder holds clas.pth (extras: itos, classes, settings), vocab.json and config.json (+ classes, settings).
 """
 
 import json
@@ -22,8 +20,7 @@ from .tokenize import SentencePieceTokenizer, SpacyTokenizer
 
 
 def save_model_folder(path, model, config, itos, extras=None, spm_model=None):
-    """Write a language model (nn.Sequential(encoder, decoder)), its config and vocab to folder `path`, with a copy of
-    the SentencePiece model it was trained with (`spm_model`), so the folder tokenizes text as the model was trained."""
+    "Write a language model, its config, vocab and SentencePiece model (`spm_model`, if it used one) to folder `path`."
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if len(itos) != config.vocab_sz:
@@ -40,21 +37,14 @@ def save_model_folder(path, model, config, itos, extras=None, spm_model=None):
     return path
 
 
-def load_vocab(path):
-    "The itos list of a model folder."
-    with open(Path(path) / 'vocab.json', encoding='utf-8') as f:
-        d = json.load(f)
-    return d['itos'] if isinstance(d, dict) else d
-
-
 def _checked_vocab(path, config):
     "The folder's vocab, refused when its size doesn't fit the embedding (vocab.json replaced by another model's?)."
-    itos = load_vocab(path)
+    d = json.loads((Path(path) / 'vocab.json').read_text(encoding='utf-8'))
+    itos = d['itos'] if isinstance(d, dict) else d
     if len(itos) != config.vocab_sz:
         raise CheckpointError(
-            f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has "
-            f"{config.vocab_sz} rows: the vocab belongs to another model (was the folder "
-            f"overwritten?). Use an intact model folder"
+            f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has {config.vocab_sz} rows: "
+            "the vocab belongs to another model (was the folder overwritten?). Use an intact model folder"
         )
     return itos
 
@@ -85,11 +75,8 @@ def save_classifier(path, model, config, itos, classes, settings):
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
-    for name, obj in (
-        ('vocab.json', {'itos': list(itos)}),
-        ('config.json', {**config.to_dict(), 'classes': extras['classes'], **settings}),
-    ):
-        atomic_write_json(path / name, obj)
+    atomic_write_json(path / 'vocab.json', {'itos': list(itos)})
+    atomic_write_json(path / 'config.json', {**config.to_dict(), 'classes': extras['classes'], **settings})
     return path
 
 
@@ -104,12 +91,8 @@ def load_classifier(path):
         raise CheckpointError(f"{path / 'clas.pth'} is not a classifier folder's checkpoint: {e}") from None
     if len(itos) != config.vocab_sz:
         raise CheckpointError(f"{path}: vocab has {len(itos)} tokens but the model expects {config.vocab_sz}")
-    model = get_text_classifier(
-        clas_config(config, settings.get('drop_mult', 0.5)),
-        len(classes),
-        bptt=settings['bptt'],
-        max_len=settings['max_len'],
-    )
+    cfg = clas_config(config, settings.get('drop_mult', 0.5))
+    model = get_text_classifier(cfg, len(classes), bptt=settings['bptt'], max_len=settings['max_len'])
     load_model_state(model, ck['model'], path / 'clas.pth')
     return model, config, itos, classes, settings
 

@@ -3,14 +3,10 @@
     python -m ulmfit models                        # (ulmfit/cli.py) the names, their sources, whether cached
     python -m ulmfit imdb --pretrained fastai-wt103
 
-A name is fastai's published AWD-LSTM pretrained on WikiText-103, forward or backward. On first use:
-  1. the archive comes through common.download (ULMFIT_MIRROR or the URL; resumable; size/sha256 where known)
-     into $ULMFIT_DATA/archives/
-  2. it is extracted safely into a temp folder and must hold one `.pth` and one `.pkl` (fastai's layout:
-     `language_model_learner` takes the `*.pth` and `*.pkl` of the extracted folder)
-  3. fastai_import converts it (weights_only load, a vocab unpickler that only builds lists of strings, the
-     vocab size checked against the embedding) into a model folder, renamed into $ULMFIT_DATA/models/<name>/
-A folder there is complete, so later uses are instant and offline. A failure removes what that call wrote.
+A name is fastai's published AWD-LSTM pretrained on WikiText-103, forward or backward. On first use its archive
+is fetched (common.download) into $ULMFIT_DATA/archives/, extracted, and must hold one `.pth` and one `.pkl` (fastai's
+layout); fastai_import converts it into a model folder, renamed into $ULMFIT_DATA/models/<name>/ only when complete,
+so later uses are instant and offline. A failure removes what that call wrote.
 
 Which LM a run starts from (`resolve_pretrained`), with no --pretrained given:
   1. the newest local runs/lm-*/model for the direction (backward runs end in -bwd);
@@ -69,14 +65,13 @@ def get_pretrained(name, data_root=None, mirror=None, progress=True):
     dest = model_dir(name, data_root)
     if (dest / 'lm.pth').exists():
         return dest
-    entry = registry_entry(PRETRAINED[name]['dataset'])
-    root = get_data_root(data_root)
-    archive = root / 'archives' / entry['archive']
+    dataset, root = PRETRAINED[name]['dataset'], get_data_root(data_root)
+    archive = root / 'archives' / registry_entry(dataset)['archive']
     fresh = not archive.exists()  # on an interrupt, only what this call fetched is removed
     tmp = dest.parent / f'.{name}.import{os.getpid()}'
     try:
         try:
-            archive = fetch_archive(PRETRAINED[name]['dataset'], root, mirror, progress)
+            archive = fetch_archive(dataset, root, mirror, progress)
         except DownloadError as e:
             raise DownloadError(
                 f"pretrained model {name!r}: {e}; or pass --pretrained PATH to a model folder "
@@ -124,14 +119,11 @@ def pretrained_folder(spec, data_root=None):
 
 
 def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_root=None, fwd_spec=''):
-    """The LM folder a run starts from, or None for random weights.
-
-    `spec`: a model folder, a known name, 'none', or '' for the default order (module docstring). For the backward
-    direction, an empty `spec` follows a named forward model (`fwd_spec`) to its backward partner."""
+    "The LM folder a run starts from, or None: `spec` is a model folder, a name, 'none', or '' (default order)."
     spec = str(spec or '')
     if spec == 'none':
         return None
-    if not spec and backwards and fwd_spec in PRETRAINED:
+    if not spec and backwards and fwd_spec in PRETRAINED:  # a named forward model brings its backward partner
         spec = named_for(True)
     if spec in PRETRAINED and PRETRAINED[spec]['backwards'] != backwards:
         d = 'backward' if PRETRAINED[spec]['backwards'] else 'forward'
@@ -142,8 +134,6 @@ def resolve_pretrained(spec, runs='runs', backwards=False, preset=None, data_roo
     if spec:
         return pretrained_folder(spec, data_root)
     local = find_pretrained(runs, backwards)
-    if local is not None:
-        return local
-    if preset == 'paper':
+    if local is None and preset == 'paper':
         return get_pretrained(named_for(backwards), data_root)
-    return None
+    return local

@@ -30,8 +30,7 @@ UNFREEZING = ((-1, 1), (-2, 1 / 2), (-3, 1 / 4), (0, 1 / 20))
 
 
 def clas_stages(lr=2e-2, epochs=(1, 1, 1, 2)):
-    """The classifier's stage table [(freeze_to, epochs, top lr)]: `UNFREEZING` with `epochs` per stage, from a
-    first-stage `lr` (2e-2, then 1e-2, 5e-3, 1e-3); lower layer groups get lr / 2.6**k."""
+    "The classifier's stage table [(freeze_to, epochs, top lr)]: `UNFREEZING` from a first-stage `lr`, `epochs` each."
     if len(epochs) != len(UNFREEZING):
         raise ConfigError(f'clas_epochs: {list(epochs)} must give {len(UNFREEZING)} stages (head, -2, -3, all)')
     return [(n, e, lr * f) for (n, f), e in zip(UNFREEZING, epochs)]
@@ -41,39 +40,32 @@ CLAS_STAGES = clas_stages()
 
 
 def match_embeds(state, old_itos, new_itos):
-    """Re-index a LM state dict from `old_itos` to `new_itos`: rows of tokens both vocabs share are copied,
-    new tokens get the mean row (embedding, tied decoder weight and decoder bias). Returns (state, n_matched)."""
+    "Re-index a LM state dict to `new_itos`: shared tokens keep their rows, new ones get the mean; (state, n_matched)."
     old_stoi = {t: i for i, t in enumerate(old_itos)}
     pairs = [(i, old_stoi[t]) for i, t in enumerate(new_itos) if t in old_stoi]
     new_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     old_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    out = {}
-    for k, v in state.items():
+    out = dict(state)
+    for k, v in state.items():  # the embedding, the (tied) decoder weight and the decoder bias
         if v.shape[:1] == (len(old_itos),) and (k.endswith('emb.weight') or '.decoder.' in k or 'encoder.weight' in k):
-            w = v.mean(0, keepdim=True).expand(len(new_itos), *v.shape[1:]).clone()  # (new_vocab, ...)
-            w[new_idx] = v[old_idx]
-            out[k] = w
-        else:
-            out[k] = v
+            out[k] = v.mean(0, keepdim=True).expand(len(new_itos), *v.shape[1:]).clone()  # (new_vocab, ...)
+            out[k][new_idx] = v[old_idx]
     return out, len(pairs)
+
+
+def _awd_learner(model, dls, loss, splitter, metrics, wd, alpha, beta, cbs, **kwargs):
+    "A Learner for an AWD-LSTM model: AdamW, hidden-state resets, AR/TAR and a progress bar; `kwargs` go to Learner."
+    opt_fn, cbs = partial(adamw, weight_decay=wd), [RNNCallback(), ARTARCallback(alpha, beta), *cbs]
+    return Learner(
+        model, dls, loss, opt_fn=opt_fn, splitter=splitter, metrics=metrics, progress=show_progress(), cbs=cbs, **kwargs
+    )
 
 
 def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2.0, beta=1.0, cbs=(), path=None):
     "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
-    return Learner(
-        get_language_model(config),
-        dls,
-        lm_loss,
-        opt_fn=partial(adamw, weight_decay=wd),
-        lr=lr,
-        splitter=lm_splitter,
-        metrics=[lm_accuracy, Perplexity()],
-        precision=precision,
-        clip=clip,
-        path=path,
-        progress=show_progress(),
-        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
-    )
+    model, metrics = get_language_model(config), [lm_accuracy, Perplexity()]
+    kw = dict(lr=lr, precision=precision, clip=clip, path=path)
+    return _awd_learner(model, dls, lm_loss, lm_splitter, metrics, wd, alpha, beta, cbs, **kw)
 
 
 def split_docs(docs, valid_pct, seed=42):
@@ -85,8 +77,7 @@ def split_docs(docs, valid_pct, seed=42):
 
 
 def lm_loaders(train, valid, bs=64, bptt=70, backwards=False, rank=0, world_size=1, var_bptt=True):
-    """An LM's DataLoaders; `train` and `valid` are each (store, document indices, or None for all of it). The
-    training loader shuffles and varies its sequence length (`var_bptt`); both shard by rank."""
+    "An LM's DataLoaders from (store, doc indices or None for all) pairs; training shuffles and varies its bptt."
     kw = dict(bs=bs, bptt=bptt, backwards=backwards, rank=rank, world_size=world_size)
     return DataLoaders(
         LMLoader(train[0].ids, train[0].offsets, train[1], shuffle=True, var_bptt=var_bptt, **kw),
@@ -101,8 +92,7 @@ def lm_data(store, bs=64, bptt=70, valid_pct=0.1, seed=42, backwards=False, docs
 
 
 def fit_stage(learn, name, epochs, lr, moms, budget=None):
-    """`fit_one_cycle` for `epochs`, or with a `budget` (stage name -> seconds), one complete cycle over the steps
-    that fit in the stage's seconds."""
+    "`fit_one_cycle` for `epochs`, or with a `budget` (stage name -> seconds) one cycle that fits the stage's time."
     if budget is None:
         learn.fit_one_cycle(epochs, lr, moms=moms)
     else:
@@ -129,9 +119,7 @@ def finetune_lm(
     verbose=True,
     budget=None,
 ):
-    """ULMFiT stage 2: train the last layer group (embeddings + decoder, which hold the new tokens), then
-    everything. Returns the Learner (its `model[0]` is the fine-tuned encoder). `budget`: see `fit_stage`; the
-    stages are 'lm_frozen' and 'lm', each run only when its epochs are not 0."""
+    "ULMFiT stage 2: the last layer group (it holds the new tokens' rows), then everything; returns the Learner."
     config = replace(config, drop_mult=drop_mult)
     learn = lm_learner(config, dls, lr=lr, precision=precision, cbs=cbs, path=path)
     if lm_state is not None:
@@ -149,38 +137,23 @@ def finetune_lm(
     return learn
 
 
-class Reversed(torch.utils.data.Dataset):
-    "A (ids, label) dataset with each document's tokens in reverse order (for the backward model)."
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
+class Reversed(TextClassDataset):
+    "A TextClassDataset with each document's tokens in reverse order (for the backward model)."
 
     def __getitem__(self, i):
-        ids, y = self.ds[i]
+        ids, y = super().__getitem__(i)
         return np.ascontiguousarray(ids[::-1]), y
-
-    @property
-    def lengths(self):
-        return self.ds.lengths
 
 
 def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, num_workers=0):
-    """A classification DataLoader: SortishSampler for training, SortSampler otherwise; padding at the front.
-
-    Documents are whole (the classifier reads them all and pools over its last outputs, as fastai does); `max_len`
-    cuts each one to its last `max_len` tokens *in reading order* first, a cheaper approximation: for the backward
-    model that is the reversed document's end, i.e. the review's beginning, the part fastai's backward model pools."""
-    ds = TextClassDataset(store, idx)
-    if backwards:
-        ds = Reversed(ds)
+    "A classification DataLoader of whole documents: SortishSampler for training, SortSampler otherwise; front padding."
+    # `max_len` keeps each document's last tokens *in reading order*, a cheaper approximation of reading it whole: for
+    # the backward model that is the review's beginning, the part fastai's backward model pools over.
+    ds = (Reversed if backwards else TextClassDataset)(store, idx)
     lengths = np.minimum(ds.lengths, max_len) if max_len else ds.lengths
     sampler = SortishSampler(lengths, bs) if train else SortSampler(lengths)
-    # Training drops the last partial batch, as fastai does (v1 text/data.py `TextClasDataBunch.create` builds the
-    # training DataLoader with drop_last=True): a one-row batch crashes BatchNorm1d in training mode. A training set
-    # smaller than one batch keeps its only batch.
+    # Training drops the last partial batch, as fastai v1 does (`TextClasDataBunch.create`): a one-row batch crashes
+    # BatchNorm1d in training mode. A training set smaller than one batch keeps its only batch.
     return DataLoader(
         ds,
         batch_size=bs if train else 2 * bs,
@@ -214,27 +187,15 @@ def clas_learner(
         loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
-    return Learner(
-        model,
-        dls,
-        loss,
-        opt_fn=partial(adamw, weight_decay=wd),
-        splitter=clas_splitter,
-        metrics=metrics,
-        precision=precision,
-        clip=clip,
-        path=path,
-        progress=show_progress(),
-        cbs=[RNNCallback(), ARTARCallback(alpha, beta), *cbs],
+    return _awd_learner(
+        model, dls, loss, clas_splitter, metrics, wd, alpha, beta, cbs, precision=precision, clip=clip, path=path
     )
 
 
 def train_classifier(
     learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True, budget=None, after_stage=None
 ):
-    """ULMFiT stage 3: load the fine-tuned encoder, then gradual unfreezing: for each (freeze_to, epochs, lr),
-    train with discriminative LRs lr / div**k down the layer groups. Returns the stage wall times. `budget`: see
-    `fit_stage` (stages 'clas_0', 'clas_1', ...; one with 0 epochs is skipped); `after_stage(i)` runs after each."""
+    "ULMFiT stage 3: gradual unfreezing over `stages` with LRs lr / div**k down the layer groups; the stage times."
     if enc_state is not None:
         load_encoder(learn.model, enc_state)
     times = []
@@ -270,15 +231,10 @@ def classification_report(probs, targets, classes):
     cm = confusion_matrix(pred, targets, len(classes))
     per = {}
     for i, c in enumerate(classes):
-        tp = cm[i, i].item()
-        prec = tp / max(cm[:, i].sum().item(), 1)
-        rec = tp / max(cm[i].sum().item(), 1)
-        per[str(c)] = {
-            'precision': prec,
-            'recall': rec,
-            'f1': 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-            'support': cm[i].sum().item(),
-        }
+        tp, support = cm[i, i].item(), cm[i].sum().item()
+        prec, rec = tp / max(cm[:, i].sum().item(), 1), tp / max(support, 1)
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per[str(c)] = {'precision': prec, 'recall': rec, 'f1': f1, 'support': support}
     return {'accuracy': (pred == targets).float().mean().item(), 'per_class': per, 'confusion': cm.tolist()}
 
 
@@ -291,10 +247,7 @@ def predict_probs(learn, dl, multi_label=False):
 def in_dataset_order(dl, *ts):
     "Tensors of per-item results in `dl`'s sampler order, put back in the dataset's order."
     order = torch.as_tensor(list(iter(dl.sampler)))
-    outs = tuple(torch.empty_like(t) for t in ts)
-    for o, t in zip(outs, ts):
-        o[order] = t
-    return outs
+    return tuple(t[order.argsort()] for t in ts)
 
 
 def ids_loader(ids, bs=64, pad_idx=1):
@@ -322,8 +275,7 @@ def model_probs(model, dl, multi_label=False):
 
 
 def holdout(idx, labels, n_valid, seed=42):
-    """Split the labelled documents `idx` (with their `labels`) into (train, valid), `n_valid` of them held out at
-    random with each label in proportion; both sorted."""
+    "(train, valid) of the labelled docs `idx`: `n_valid` held out at random, each label in proportion; both sorted."
     idx, labels = np.asarray(idx), np.asarray(labels)
     if not 0 <= n_valid < len(idx):
         raise ValueError(f"can't hold out {n_valid} of {len(idx)} labelled documents and train on the rest")
