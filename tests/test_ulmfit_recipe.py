@@ -256,3 +256,13 @@ def test_a_backward_or_cut_classifier_reads_as_it_was_trained_after_save_and_loa
     bwd.save(tmp_path / 'again')  # save keeps how it reads
     assert load_classifier(tmp_path / 'again')[4]['backwards'] is True
     assert load_classifier(tmp_path / 'again')[4]['truncate'] == 3
+
+
+def test_a_loaded_classifier_saves_the_dropout_it_was_trained_with(trained, tmp_path):
+    from ulmfit.model_io import load_classifier, save_classifier
+
+    clf, _ = trained
+    model, config, itos, classes, settings = load_classifier(clf.save(tmp_path / 'a'))
+    save_classifier(tmp_path / 'b', model, config, itos, classes, {**settings, 'drop_mult': 0.7})
+    TextClassifier.load(tmp_path / 'b', verbose=False).save(tmp_path / 'c')
+    assert load_classifier(tmp_path / 'c')[4]['drop_mult'] == 0.7

@@ -266,4 +266,5 @@ class TextClassifier:
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
         clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
         clf.truncate, clf.backwards = settings.get('truncate', 0), settings.get('backwards', False)
+        clf.drop_mult = settings.get('drop_mult', clf.drop_mult)
         return clf
