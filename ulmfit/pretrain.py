@@ -5,6 +5,7 @@ training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, c
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
 
+import itertools
 import json
 import math
 import os
@@ -70,8 +71,8 @@ SETTINGS = {
     'sample_alpha': Setting(0.75, 'sampled softmax proposal: training unigram counts to this power'),
     'snapshot_mtokens': Setting(
         [0.0],
-        'millions of training tokens after which to save a model folder '
-        '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)',
+        'millions of training tokens after which to save a model folder (snapshots/<N>M) and its exact validation '
+        'figures, e.g. 2.5,5,10 (0 = none)',
     ),
     'lr': Setting(5e-3, 'peak learning rate'),
     'wd': Setting(0.01, 'decoupled weight decay'),
@@ -167,10 +168,7 @@ class FirstDocs:
         self.reader, self.n = reader, n
 
     def __iter__(self):
-        for i, d in enumerate(self.reader):
-            if self.n and i >= self.n:
-                return
-            yield d
+        return itertools.islice(self.reader, self.n or None)
 
     def fingerprint(self):
         return {**self.reader.fingerprint(), 'first_docs': self.n}
@@ -300,22 +298,15 @@ def pretrain(cfg, r=0, ws=1, given=()):
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
     sizes = {k: cfg[k] for k in ('emb_sz', 'n_hid', 'n_layers') if cfg[k]}
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'], **sizes)
-    if r == 0:
-        log.info(
-            f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
-            f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
-            f"{ws} process(es); run folder {run_dir}"
-        )
-    ck = run_dir / 'checkpoints' / 'last.pth'
-    cbs = [
-        CheckpointCallback(
-            ck,
-            every_minutes=cfg['checkpoint_minutes'] or None,
-            config=config.to_dict(),
-            extras={'itos': list(vocab.itos)},
-        ),
-        RunLogger(run_dir, 'pretrain'),
-    ]
+    log.info(  # rank 0 only, as every log.info
+        f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
+        f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
+        f"{ws} process(es); run folder {run_dir}"
+    )
+    ckpt = dict(
+        every_minutes=cfg['checkpoint_minutes'] or None, config=config.to_dict(), extras={'itos': list(vocab.itos)}
+    )
+    cbs = [CheckpointCallback(run_dir / 'checkpoints' / 'last.pth', **ckpt), RunLogger(run_dir, 'pretrain')]
     if cfg['max_minutes']:
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
@@ -325,34 +316,16 @@ def pretrain(cfg, r=0, ws=1, given=()):
         ss = SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha'])
         cbs.append(ss)  # validation stays exact: its full softmax costs more than a sampled training step's
         valid_ratio = valid_step_ratio(config, ss.sampler.expected_distinct(ss.k))
+    extras = {'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}  # of every model folder saved
     milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
         vdl = FirstBatches(dls.valid, math.ceil(100_000 / (cfg['bs'] * cfg['bptt'])))
         cbs.append(
-            TokenSnapshots(
-                milestones,
-                run_dir / 'snapshots',
-                config,
-                vocab.itos,
-                vdl,
-                ws,
-                extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
-                spm_model=info['spm_model'],
-            )
+            TokenSnapshots(milestones, run_dir / 'snapshots', config, vocab.itos, vdl, ws, extras, info['spm_model'])
         )
-    learn = lm_learner(
-        config,
-        dls,
-        lr=cfg['lr'],
-        wd=cfg['wd'],
-        clip=cfg['clip'],
-        precision=cfg['precision'],
-        alpha=cfg['alpha'],
-        beta=cfg['beta'],
-        cbs=cbs,
-        path=run_dir,
-    )
+    hypers = {k: cfg[k] for k in ('lr', 'wd', 'clip', 'precision', 'alpha', 'beta')}
+    learn = lm_learner(config, dls, cbs=cbs, path=run_dir, **hypers)
     fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.0), moms=tuple(cfg['moms']), resume=resume), None
     try:
         if cfg.get('budget_minutes'):  # what the data took is spent: plan the rest (a resumed run keeps its plan)
@@ -371,14 +344,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
-    model_dir = save_model_folder(
-        run_dir / 'model',
-        learn.model,
-        config,
-        vocab.itos,
-        extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
-        spm_model=info['spm_model'],
-    )
+    model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos, extras, info['spm_model'])
     final = {
         'valid_loss': res['valid_loss'],
         'perplexity': res['perplexity'],
@@ -416,8 +382,7 @@ class FirstBatches:
         return getattr(self.__dict__['dl'], name)
 
     def __iter__(self):
-        for _, b in zip(range(self.n), self.dl):
-            yield b
+        return itertools.islice(self.dl, self.n)
 
 
 def evaluate_lm(model, dl):
@@ -428,17 +393,14 @@ def evaluate_lm(model, dl):
         model[0].reset()
         for xb, yb in dl:
             logits = model(xb)[0]  # (bs, sl, vocab_sz)
-            total += float(
-                torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1), reduction='sum')
-            )
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction='sum'))
             correct += int((logits.argmax(-1) == yb).sum())
             n += yb.numel()
     return {'valid_loss': total / n, 'perplexity': math.exp(total / n), 'accuracy': correct / n}
 
 
 class TokenSnapshots(Callback):
-    """After each milestone of training tokens (millions), save a model folder `<folder>/<N>M` and its exact
-    validation figures (appended to `<folder>/snapshots.jsonl`): one run gives the learning curve."""
+    "At each milestone (millions of training tokens) a model folder `<folder>/<N>M` and its exact validation figures."
 
     order = 60  # after the Recorder
 
@@ -465,9 +427,7 @@ class TokenSnapshots(Callback):
         res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
         model[0].hidden, model[0].bs = hidden, bs
         model.train()
-        path = save_model_folder(
-            self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras, spm_model=self.spm_model
-        )
+        path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, self.extras, self.spm_model)
         row = {
             'mtokens': m,
             'tokens': self.tokens,
