@@ -49,9 +49,8 @@ SETTINGS = {
     ),
     'pretrained_bwd': Setting(
         '',
-        "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest "
-        "runs/lm-*-bwd/model, else fastai-wt103-bwd with the paper preset or when "
-        "--pretrained is fastai-wt103, else from scratch",
+        "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest runs/lm-*-bwd/model, else "
+        'fastai-wt103-bwd with the paper preset or when --pretrained is fastai-wt103, else from scratch',
     ),
     'bidirectional': Setting(False, 'also train the backward model and report the ensemble'),
     'model': Setting('cpu', 'AWD-LSTM size when there is no pretrained model', ('tiny', 'cpu', 'paper')),
@@ -73,10 +72,9 @@ SETTINGS = {
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
     'clas_valid_docs': Setting(
         2500,
-        'hold out this many labelled training reviews (at random, each label in '
-        'proportion) to validate after each classifier epoch; the classifier never trains '
-        'on them (0 = no per-epoch validation). The test reviews are read once, for the '
-        'final accuracy',
+        'hold out this many labelled training reviews (at random, each label in proportion) to validate after each '
+        'classifier epoch; the classifier never trains on them (0 = no per-epoch validation). The test reviews are '
+        'read once, for the final accuracy',
     ),
     'bptt': Setting(72, 'classifier chunk length'),
     'max_len': Setting(
@@ -93,16 +91,14 @@ SETTINGS = {
     'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
     'budget_minutes': Setting(
         0.0,
-        'plan the run to fit this many minutes, data included: the time left is shared '
-        'among the stages by budget_split, and each stage measures its step time over its '
-        'first steps, then runs its complete schedule over the steps that fit its share '
-        '(0 = the epochs as set)',
+        'plan the run to fit this many minutes, data included: the time left is shared among the stages by '
+        'budget_split, and each stage measures its step time over its first steps, then runs its complete schedule '
+        'over the steps that fit its share (0 = the epochs as set)',
     ),
     'budget_split': Setting(
         [0.4, 0.5, 0.1],
-        'with budget_minutes: the shares of LM fine-tuning, the classifier and the '
-        'test evaluation (per direction; within a part in proportion to the '
-        "stages' epochs). The evaluation's share is replaced by an estimate from "
+        'with budget_minutes: the shares of LM fine-tuning, the classifier and the test evaluation (per direction; '
+        "within a part in proportion to the stages' epochs). The evaluation's share is replaced by an estimate from "
         'measured forward speed once the classifier has trained a stage',
     ),
     'seed': Setting(42, 'random seed'),
@@ -137,12 +133,10 @@ PRESETS = {
         lm_valid_pct=0.1,
         clas_valid_docs=100,
     ),
-    # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
-    # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
-    # tokens, one epoch per unfreezing stage, per-epoch validation on 2,500 held-out training reviews.
-    # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
-    # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
-    # measurement. budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
+    # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py). truncate=288 keeps
+    # this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward, the first ones for
+    # the backward model); whether reading whole documents is worth its cost on a CPU awaits measurement.
+    # budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
     'cpu': dict(
         max_vocab=30000,
         lm_docs=2000,
