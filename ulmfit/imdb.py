@@ -130,7 +130,6 @@ PRESETS = {
         clas_bs=16,
         clas_epochs=[1, 1, 1, 1],
         max_len=72 * 4,
-        lm_valid_pct=0.1,
         clas_valid_docs=100,
     ),
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py). truncate=288 keeps
@@ -326,10 +325,9 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
     if src is None:
         opt = key.replace('_', '-')
         log.warning(
-            '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-            f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
-            f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
-            "weights).\n" + '!' * 80
+            '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so accuracy "
+            f"will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or --{opt} fastai-wt103"
+            f"{'-bwd' if backwards else ''} (fastai's published WikiText-103 weights).\n" + '!' * 80
         )
         config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
         state = None

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ from common.config import Setting, named_settings, parse_run_config, resume_conf
 from common.distributed import cleanup_distributed, setup_distributed
 from common.download import get_mirror, untar_data
 from common.events import Callback, CancelFitException
-from common.learner import DataLoaders
 from common.log import log
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
@@ -120,7 +120,6 @@ PRESETS = {
         min_freq=2,
         bs=16,
         bptt=35,
-        epochs=1,
         lr=1e-2,
         checkpoint_minutes=0.0,
     ),
@@ -156,8 +155,8 @@ PRESETS = {
 }
 
 
-# What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. A different value of
-# anything else would make the rest of the run disagree with its first part.
+# What `--resume` may change: a different value of anything else would make the rest of the run disagree with its
+# first part.
 RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
 
 
@@ -215,14 +214,13 @@ def build_lm_data(cfg, r=0, ws=1):
         valid = (store, v_idx)
     lm = dict(bs=cfg['bs'], bptt=cfg['bptt'], backwards=cfg['backwards'], rank=r, world_size=ws)
     dls = lm_loaders((store, t_idx), valid, var_bptt=cfg['var_bptt'], **lm)
-    train, valid = dls.train, dls.valid
     if cfg['epoch_tokens']:
-        train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
+        dls.train = FirstBatches(dls.train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
     info = {
         'corpus': src,
         'train_docs': len(store) if t_idx is None else len(t_idx),
-        'train_tokens': train.n_tokens,
-        'valid_tokens': valid.n_tokens,
+        'train_tokens': dls.train.n_tokens,
+        'valid_tokens': dls.valid.n_tokens,
         'vocab_size': len(store.vocab),
         'store': str(store.path),
         'tokenizer': tok.config(),
@@ -231,7 +229,7 @@ def build_lm_data(cfg, r=0, ws=1):
     info['counts'] = np.bincount(
         store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]), minlength=len(store.vocab)
     )  # the sampled softmax's proposal
-    return DataLoaders(train, valid), store.vocab, info
+    return dls, store.vocab, info
 
 
 # --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
@@ -256,7 +254,6 @@ def main(argv=None):
     "Entry point of `python -m ulmfit pretrain`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
-    given = named_settings(argv)
     if cfg['dry_run'] and not cfg['corpus'] and not cfg['resume']:
         with dry_run_folder() as tmp:
             corpus, valid = write_corpus(tmp / 'train.txt', 40), write_corpus(tmp / 'valid.txt', 8, seed=1)
@@ -264,7 +261,7 @@ def main(argv=None):
         return 0
     r, ws = setup_distributed()
     try:
-        pretrain(cfg, r, ws, given=given)
+        pretrain(cfg, r, ws, given=named_settings(argv))
     finally:
         cleanup_distributed()
     return 0
@@ -316,14 +313,13 @@ def pretrain(cfg, r=0, ws=1, given=()):
         ss = SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha'])
         cbs.append(ss)  # validation stays exact: its full softmax costs more than a sampled training step's
         valid_ratio = valid_step_ratio(config, ss.sampler.expected_distinct(ss.k))
-    extras = {'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}  # of every model folder saved
+    extras = {'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}
+    save = partial(save_model_folder, config=config, itos=vocab.itos, extras=extras, spm_model=info['spm_model'])
     milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
         vdl = FirstBatches(dls.valid, math.ceil(100_000 / (cfg['bs'] * cfg['bptt'])))
-        cbs.append(
-            TokenSnapshots(milestones, run_dir / 'snapshots', config, vocab.itos, vdl, ws, extras, info['spm_model'])
-        )
+        cbs.append(TokenSnapshots(milestones, run_dir / 'snapshots', save, vdl, ws))
     hypers = {k: cfg[k] for k in ('lr', 'wd', 'clip', 'precision', 'alpha', 'beta')}
     learn = lm_learner(config, dls, cbs=cbs, path=run_dir, **hypers)
     fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.0), moms=tuple(cfg['moms']), resume=resume), None
@@ -344,7 +340,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
-    model_dir = save_model_folder(run_dir / 'model', learn.model, config, vocab.itos, extras, info['spm_model'])
+    model_dir = save(run_dir / 'model', learn.model)
     final = {
         'valid_loss': res['valid_loss'],
         'perplexity': res['perplexity'],
@@ -404,10 +400,9 @@ class TokenSnapshots(Callback):
 
     order = 60  # after the Recorder
 
-    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None, spm_model=None):
-        self.todo, self.folder, self.config, self.itos = sorted(mtokens), Path(folder), config, itos
-        self.spm_model = spm_model
-        self.valid_dl, self.ws, self.extras, self.tokens, self.t0 = valid_dl, world_size, extras, 0, None
+    def __init__(self, mtokens, folder, save, valid_dl, world_size=1):
+        self.todo, self.folder, self.save, self.valid_dl = sorted(mtokens), Path(folder), save, valid_dl
+        self.ws, self.tokens, self.t0 = world_size, 0, None
 
     def before_fit(self):
         self.t0 = time.time()
@@ -422,16 +417,15 @@ class TokenSnapshots(Callback):
     def _snapshot(self, m):
         model = self.learn.model
         hidden, bs = model[0].hidden, model[0].bs  # the training stream's state, put back afterwards
-        train_s = time.time() - self.t0
         t = time.time()
         res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
         model[0].hidden, model[0].bs = hidden, bs
         model.train()
-        path = save_model_folder(self.folder / f'{m:g}M', model, self.config, self.itos, self.extras, self.spm_model)
+        path = self.save(self.folder / f'{m:g}M', model)
         row = {
             'mtokens': m,
             'tokens': self.tokens,
-            'train_s': round(train_s, 1),
+            'train_s': round(t - self.t0, 1),
             'eval_s': round(time.time() - t, 1),
             **res,
             'model_dir': str(path),
