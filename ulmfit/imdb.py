@@ -130,6 +130,7 @@ PRESETS = {
         clas_bs=16,
         clas_epochs=[1, 1, 1, 1],
         max_len=72 * 4,
+        lm_valid_pct=0.1,
         clas_valid_docs=100,
     ),
     # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py). truncate=288 keeps

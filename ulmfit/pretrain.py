@@ -120,13 +120,13 @@ PRESETS = {
         min_freq=2,
         bs=16,
         bptt=35,
+        epochs=1,
         lr=1e-2,
         checkpoint_minutes=0.0,
     ),
-    # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax
-    # decoder costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens).
-    # budget_minutes=30: with `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a
-    # safety stop).
+    # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax decoder
+    # costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens). budget_minutes=30: with
+    # `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a safety stop).
     'cpu': dict(
         model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180.0, budget_minutes=30.0
     ),
@@ -179,8 +179,7 @@ def resolve_corpora(cfg):
         train = dataset_reader('imdb', errors=cfg['errors'])
         src = str(train.path)
     elif cfg['corpus']:
-        train = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors'])
-        src = cfg['corpus']
+        train, src = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors']), cfg['corpus']
     else:
         path = wikitext_file(untar_data('wikitext-103'), 'train')
         train, src = reader_for([path], errors=cfg['errors']), str(path)
