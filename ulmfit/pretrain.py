@@ -155,8 +155,8 @@ PRESETS = {
 }
 
 
-# What `--resume` may change: a different value of anything else would make the rest of the run disagree with its
-# first part.
+# What `--resume` may change: the time budget, checkpoint interval and tokenizer processes. A different value of
+# anything else would make the rest of the run disagree with its first part.
 RESUME_OVERRIDES = ('max_minutes', 'checkpoint_minutes', 'n_workers')
 
 
@@ -395,7 +395,7 @@ def evaluate_lm(model, dl):
 
 
 class TokenSnapshots(Callback):
-    "At each milestone (millions of training tokens) a model folder `<folder>/<N>M` and its exact validation figures."
+    "At each milestone (millions of training tokens), `save` the model to `<folder>/<N>M`; exact validation figures."
 
     order = 60  # after the Recorder
 
