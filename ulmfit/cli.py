@@ -24,11 +24,14 @@ from .fastai_import import import_fastai
 from .pretrained import PRETRAINED, find_pretrained, get_pretrained, model_dir, named_for, resolve_pretrained
 
 
+def _parser(prog, doc):
+    "An argument parser that prints `doc` (a module docstring) as written."
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def classify_main(argv=None):
     "Entry point of `python -m ulmfit classify`; returns the exit status."
-    p = argparse.ArgumentParser(
-        prog='python -m ulmfit classify', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _parser('python -m ulmfit classify', __doc__)
     p.add_argument('--csv', help='labelled data: .csv, .tsv or .parquet (required)')
     p.add_argument('--text-col', default='text', help='text column (default: text)')
     p.add_argument(
@@ -41,9 +44,8 @@ def classify_main(argv=None):
     p.add_argument(
         '--pretrained',
         default='',
-        help="language-model folder or fastai-wt103 (fastai's published "
-        "WikiText-103 weights); default: newest runs/lm-*/model, else "
-        "from scratch; 'none' = from scratch",
+        help="language-model folder or fastai-wt103 (fastai's published WikiText-103 weights); default: newest "
+        "runs/lm-*/model, else from scratch; 'none' = from scratch",
     )
     p.add_argument('--lm-epochs', type=int, default=1, help='LM fine-tuning epochs with all layers (0 = skip)')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
@@ -60,21 +62,9 @@ def classify_main(argv=None):
     if a.dry_run:
         with dry_run_folder() as tmp:
             csv = write_table(tmp / 'texts.csv', 48)
-            classify(
-                argparse.Namespace(
-                    **{
-                        **vars(a),
-                        'csv': str(csv),
-                        'valid_col': 'is_valid',
-                        'pretrained': 'none',
-                        'bs': 8,
-                        'name': 'clf-dry-run',
-                        'runs': str(tmp / 'runs'),
-                    }
-                ),
-                config=AWDLSTMConfig.preset('tiny'),
-                lm=dict(bs=8, bptt=16),
-            )
+            dry = dict(csv=str(csv), valid_col='is_valid', pretrained='none', bs=8, name='clf-dry-run')
+            a = argparse.Namespace(**{**vars(a), **dry, 'runs': str(tmp / 'runs')})
+            classify(a, config=AWDLSTMConfig.preset('tiny'), lm=dict(bs=8, bptt=16))
         return 0
     if not a.csv:
         p.error('the following arguments are required: --csv')
@@ -92,26 +82,18 @@ def classify(a, config=None, lm=None):
     # Check everything the user gave before making the run folder: a failed try leaves nothing behind.
     df = as_frame(a.csv, a.text_col, a.errors)
     labels = a.label_col.split(',')
+    label_col = labels if len(labels) > 1 else labels[0]
     check_labelled(df, a.text_col, labels, a.valid_col)
     src = resolve_pretrained(a.pretrained, a.runs)
-    clf = (
-        TextClassifier.from_pretrained(src, precision=a.precision, bs=a.bs)
-        if src
-        else TextClassifier(config=config, precision=a.precision, bs=a.bs)
-    )
+    kw = dict(precision=a.precision, bs=a.bs)
+    clf = TextClassifier.from_pretrained(src, **kw) if src else TextClassifier(config=config, **kw)
     run_dir = new_run_dir(a.name or f'clf-{Path(a.csv).stem}', a.runs)
     write_config(run_dir, {**vars(a), 'pretrained_resolved': str(src)})
     log.info(f"pretrained LM: {src or 'none (training from scratch)'}; run folder {run_dir}")
     try:
         if a.lm_epochs and (src or a.dry_run):
             clf.fine_tune_lm(df[a.text_col], epochs=a.lm_epochs, **(lm or {}))
-        clf.fit(
-            df,
-            text_col=a.text_col,
-            label_col=labels if len(labels) > 1 else labels[0],
-            valid_col=a.valid_col,
-            valid_pct=a.valid_pct,
-        )
+        clf.fit(df, text_col=a.text_col, label_col=label_col, valid_col=a.valid_col, valid_pct=a.valid_pct)
     except DataError:  # e.g. validation labels the training rows lack (known only once split): leave nothing behind
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -125,9 +107,7 @@ def classify(a, config=None, lm=None):
 
 def predict_main(argv=None):
     "Entry point of `python -m ulmfit predict`; returns the exit status."
-    p = argparse.ArgumentParser(
-        prog='python -m ulmfit predict', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _parser('python -m ulmfit predict', __doc__)
     p.add_argument('--model', required=True, help='classifier folder (from classify, imdb or TextClassifier.save)')
     p.add_argument('--csv', required=True, help='texts to classify: .csv, .tsv or .parquet')
     p.add_argument('--text-col', default='text')
@@ -174,11 +154,7 @@ def import_fastai_main(argv=None):
 
 def models_main(argv=None):
     "CLI: list the known names, where each would come from, and whether it is cached; --get NAME fetches one."
-    p = argparse.ArgumentParser(
-        prog='python -m ulmfit models',
-        description=pretrained.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = _parser('python -m ulmfit models', pretrained.__doc__)
     p.add_argument(
         '--get',
         default='',

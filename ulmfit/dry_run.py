@@ -35,11 +35,9 @@ def write_corpus(path, n_docs, seed=0):
 def write_table(path, n_rows, valid_pct=0.25, seed=0):
     "A labelled CSV with the columns text, label, is_valid (the last `valid_pct` of the rows)."
     n_valid = int(n_rows * valid_pct)
+    rows = [[text, label, i >= n_rows - n_valid] for i, (text, label) in enumerate(synthetic_texts(n_rows, seed))]
     with open(path, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['text', 'label', 'is_valid'])
-        for i, (text, label) in enumerate(synthetic_texts(n_rows, seed)):
-            w.writerow([text, label, i >= n_rows - n_valid])
+        csv.writer(f).writerows([['text', 'label', 'is_valid'], *rows])
     return path
 
 

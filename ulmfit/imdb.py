@@ -49,9 +49,8 @@ SETTINGS = {
     ),
     'pretrained_bwd': Setting(
         '',
-        "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest "
-        "runs/lm-*-bwd/model, else fastai-wt103-bwd with the paper preset or when "
-        "--pretrained is fastai-wt103, else from scratch",
+        "backward LM: a model folder, fastai-wt103-bwd, or 'none'; empty = newest runs/lm-*-bwd/model, else "
+        'fastai-wt103-bwd with the paper preset or when --pretrained is fastai-wt103, else from scratch',
     ),
     'bidirectional': Setting(False, 'also train the backward model and report the ensemble'),
     'model': Setting('cpu', 'AWD-LSTM size when there is no pretrained model', ('tiny', 'cpu', 'paper')),
@@ -73,10 +72,9 @@ SETTINGS = {
     'train_docs': Setting(0, 'train the classifier on this many random labelled training reviews (0 = all)'),
     'clas_valid_docs': Setting(
         2500,
-        'hold out this many labelled training reviews (at random, each label in '
-        'proportion) to validate after each classifier epoch; the classifier never trains '
-        'on them (0 = no per-epoch validation). The test reviews are read once, for the '
-        'final accuracy',
+        'hold out this many labelled training reviews (at random, each label in proportion) to validate after each '
+        'classifier epoch; the classifier never trains on them (0 = no per-epoch validation). The test reviews are '
+        'read once, for the final accuracy',
     ),
     'bptt': Setting(72, 'classifier chunk length'),
     'max_len': Setting(
@@ -93,16 +91,14 @@ SETTINGS = {
     'precision': Setting('fp32', 'fp32, bf16 or fp16 (GPU)', ('fp32', 'bf16', 'fp16')),
     'budget_minutes': Setting(
         0.0,
-        'plan the run to fit this many minutes, data included: the time left is shared '
-        'among the stages by budget_split, and each stage measures its step time over its '
-        'first steps, then runs its complete schedule over the steps that fit its share '
-        '(0 = the epochs as set)',
+        'plan the run to fit this many minutes, data included: the time left is shared among the stages by '
+        'budget_split, and each stage measures its step time over its first steps, then runs its complete schedule '
+        'over the steps that fit its share (0 = the epochs as set)',
     ),
     'budget_split': Setting(
         [0.4, 0.5, 0.1],
-        'with budget_minutes: the shares of LM fine-tuning, the classifier and the '
-        'test evaluation (per direction; within a part in proportion to the '
-        "stages' epochs). The evaluation's share is replaced by an estimate from "
+        'with budget_minutes: the shares of LM fine-tuning, the classifier and the test evaluation (per direction; '
+        "within a part in proportion to the stages' epochs). The evaluation's share is replaced by an estimate from "
         'measured forward speed once the classifier has trained a stage',
     ),
     'seed': Setting(42, 'random seed'),
@@ -137,12 +133,10 @@ PRESETS = {
         lm_valid_pct=0.1,
         clas_valid_docs=100,
     ),
-    # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py): a 30k vocab,
-    # LM fine-tuning on 2,000 reviews, the classifier on 8,000 training reviews read up to their last 288
-    # tokens, one epoch per unfreezing stage, per-epoch validation on 2,500 held-out training reviews.
-    # truncate=288 keeps this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward,
-    # the first ones for the backward model); whether reading whole documents is worth its cost on a CPU awaits
-    # measurement. budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
+    # About 75 minutes on a 2-core CPU (sized from bench/lm_speed.py and bench/clas_speed.py). truncate=288 keeps
+    # this preset's reading as it was timed (documents cut to 288 tokens: the last ones forward, the first ones for
+    # the backward model); whether reading whole documents is worth its cost on a CPU awaits measurement.
+    # budget_minutes=120: with `pretrain`'s 30, the two README commands fit in 150 minutes.
     'cpu': dict(
         max_vocab=30000,
         lm_docs=2000,
@@ -248,19 +242,15 @@ def run(cfg, given=()):
     results, probs = {}, {}
     for d in directions:
         try:
-            p, targs, res, st = one_direction(
-                cfg, store, test_split, classes, run_dir, backwards=(d == 'bwd'), budget=budget
-            )
+            probs[d], targs, results[d], st = one_direction(cfg, store, test_split, classes, run_dir, d, budget)
         except KeyboardInterrupt:  # resuming skips the finished stages (model folders); the cut one starts over
             raise Interrupted(
                 f"the finished stages are kept in {run_dir}",
                 resume=f"python -m ulmfit imdb --resume {shlex.quote(str(run_dir))}",
             ) from None
-        probs[d], results[d] = p, res
         times.update({f'{d}_{k}': v for k, v in st.items()})
     if len(directions) == 2:
-        ens = (probs['fwd'] + probs['bwd']) / 2
-        results['ensemble'] = recipe.classification_report(ens, targs, classes)
+        results['ensemble'] = recipe.classification_report((probs['fwd'] + probs['bwd']) / 2, targs, classes)
     best = 'ensemble' if 'ensemble' in results else 'fwd'
     plot_confusion(results[best]['confusion'], classes, run_dir / 'plots' / 'confusion.png')
     times['total'] = round(time.time() - t_start, 1)
@@ -272,18 +262,14 @@ def run(cfg, given=()):
         'vocab_size': len(store.vocab),
     }
     write_json(run_dir / 'metrics.json', final)
-    write_report(run_dir, cfg, final, classes)
-    log.info(
-        'test accuracy: '
-        + ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
-        + f"; report: {run_dir / 'report.md'}"
-    )
+    write_report(run_dir, cfg, final, best)
+    accs = ', '.join(f'{k} {v:.4f}' for k, v in final['test_accuracy'].items())
+    log.info(f"test accuracy: {accs}; report: {run_dir / 'report.md'}")
     return run_dir
 
 
 def stage_budget(cfg):
-    """The one rule sharing `budget_minutes`: per direction, LM fine-tuning, classifier and test evaluation by
-    `budget_split`, each part among its stages in proportion to their epochs (see common.budget.StageBudget)."""
+    "`budget_minutes` shared per direction by `budget_split`, each part among its stages in proportion to their epochs."
     if len(cfg['budget_split']) != 3 or min(cfg['budget_split']) < 0 or not sum(cfg['budget_split']):
         raise ConfigError(
             f"budget_split: {cfg['budget_split']} must be three shares >= 0 (LM, classifier, evaluation), "
@@ -300,10 +286,9 @@ def stage_budget(cfg):
     return StageBudget(60 * cfg['budget_minutes'], weights)
 
 
-def one_direction(cfg, store, test_split, classes, run_dir, backwards=False, budget=None):
-    """Fine-tune the LM, train the classifier and evaluate it once on the test reviews, for one reading direction.
-    Returns (test probabilities, targets, report, stage wall times)."""
-    d, times = 'bwd' if backwards else 'fwd', {}
+def one_direction(cfg, store, test_split, classes, run_dir, d, budget=None):
+    "Fine-tune the LM, train the classifier, evaluate it once, in direction `d`; (probs, targets, report, wall times)."
+    times = {}
     g = torch.Generator().manual_seed(cfg['seed'])  # draws the LM's and then the classifier's documents
     lm_state, config = finetune_stage(cfg, store, run_dir, d, g, budget, times)
     learn, test_dl, n_train, n_valid = classifier_stage(
@@ -326,8 +311,7 @@ def _share(budget, d):
 
 
 def finetune_stage(cfg, store, run_dir, d, g, budget, times):
-    """ULMFiT stage 2 for direction `d`: vocab transfer from the pretrained LM, then LM fine-tuning on the reviews.
-    Reuses the run folder's fine-tuned LM when there is one. Returns (LM state dict, model config)."""
+    "ULMFiT stage 2: vocab transfer, LM fine-tuning (or the run folder's fine-tuned LM); (LM state dict, config)."
     lm_dir, backwards = run_dir / f'lm_{d}', d == 'bwd'
     docs = None  # drawn first, so a resumed run draws the classifier's documents from the same state
     if cfg['lm_docs'] and cfg['lm_docs'] < len(store):
@@ -342,10 +326,9 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
     if src is None:
         opt = key.replace('_', '-')
         log.warning(
-            '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so "
-            f"accuracy will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or "
-            f"--{opt} fastai-wt103{'-bwd' if backwards else ''} (fastai's published WikiText-103 "
-            "weights).\n" + '!' * 80
+            '!' * 80 + f"\n[{d}] NO PRETRAINED LANGUAGE MODEL: fine-tuning starts from random weights, so accuracy "
+            f"will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or --{opt} fastai-wt103"
+            f"{'-bwd' if backwards else ''} (fastai's published WikiText-103 weights).\n" + '!' * 80
         )
         config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
         state = None
@@ -356,28 +339,16 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
         log.info(f'[{d}] pretrained LM {src}: {n:,} of {len(store.vocab):,} tokens matched the pretrained vocab')
         config = replace(pconfig, vocab_sz=len(store.vocab))
     dls = recipe.lm_data(store, cfg['lm_bs'], cfg['lm_bptt'], cfg['lm_valid_pct'], cfg['seed'], backwards, docs)
-    learn = recipe.finetune_lm(
-        state,
-        config,
-        dls,
-        cfg['lm_frozen_epochs'],
-        cfg['lm_frozen_lr'],
-        cfg['lm_epochs'],
-        cfg['lm_lr'],
-        precision=cfg['precision'],
-        drop_mult=cfg['lm_drop_mult'],
-        cbs=[RunLogger(run_dir, f'lm_{d}')],
-        budget=_share(budget, d),
-    )
+    schedule = [cfg[k] for k in ('lm_frozen_epochs', 'lm_frozen_lr', 'lm_epochs', 'lm_lr')]
+    kw = dict(precision=cfg['precision'], drop_mult=cfg['lm_drop_mult'], budget=_share(budget, d))
+    learn = recipe.finetune_lm(state, config, dls, *schedule, cbs=[RunLogger(run_dir, f'lm_{d}')], **kw)
     save_model_folder(lm_dir, learn.model, config, store.vocab.itos, extras={'backwards': backwards})
     times['lm_finetune'] = round(time.time() - t, 1)
     return learn.model.state_dict(), config
 
 
 def classifier_stage(cfg, store, test_split, classes, run_dir, d, g, lm_state, config, budget, times):
-    """ULMFiT stage 3 for direction `d`: gradual unfreezing on the training reviews, validating on training reviews
-    held out from it (the test reviews are read once, for the final number). Reuses the run folder's classifier
-    when there is one. Returns (Learner, test loader, training reviews, held-out reviews)."""
+    "ULMFiT stage 3: gradual unfreezing (or the run folder's classifier); (Learner, test loader, n train, n valid)."
     backwards, clas_dir = d == 'bwd', run_dir / f'clas_{d}'
     train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
@@ -393,63 +364,35 @@ def classifier_stage(cfg, store, test_split, classes, run_dir, d, g, lm_state, c
         learn.model, *_ = load_classifier(clas_dir)
         return learn, test_dl, len(train_idx), len(valid_idx)
     t = time.time()
-    learn = recipe.clas_learner(
-        config,
-        len(classes),
-        dls,
-        label_smoothing=cfg['label_smoothing'],
-        drop_mult=cfg['clas_drop_mult'],
-        cbs=[RunLogger(run_dir, f'clas_{d}')],
-        **kw,
-    )
+    train_kw = dict(label_smoothing=cfg['label_smoothing'], drop_mult=cfg['clas_drop_mult'])
+    learn = recipe.clas_learner(config, len(classes), dls, cbs=[RunLogger(run_dir, f'clas_{d}')], **kw, **train_kw)
     stages = recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])
     sample = (valid_idx if len(valid_idx) else train_idx)[: 8 * cfg['clas_bs']]  # held out at random: a fair sample
 
-    def after(i):  # after the first fit: set the test evaluation's time aside
-        return (
-            stages[i][1]
-            and f'{d}/eval' not in budget.reserved
-            and reserve_evaluation(budget, d, learn, mk(sample, False), test_dl)
+    def after(i):  # after the first fit: set the test evaluation's time aside, at the forward speed on `sample`
+        if not stages[i][1] or f'{d}/eval' in budget.reserved:
+            return
+        s_tok = recipe.forward_s_per_token(learn, mk(sample, False))
+        budget.reserve(f'{d}/eval', s_tok * recipe.n_tokens(test_dl))
+        log.info(
+            f"[{d}] evaluation: {recipe.n_tokens(test_dl):,} tokens at {1 / s_tok:,.0f} tokens/s: "
+            f"{budget.reserved[f'{d}/eval'] / 60:.1f} min set aside"
         )
 
     times['clas_stages'] = recipe.train_classifier(
         learn, lm_state, stages, budget=_share(budget, d), after_stage=after if budget is not None else None
     )
-    save_classifier(
-        clas_dir,
-        learn.model,
-        config,
-        store.vocab.itos,
-        classes,
-        {
-            'multi_label': False,
-            'thresholds': None,
-            'bptt': cfg['bptt'],
-            'max_len': cfg['max_len'],
-            'drop_mult': cfg['clas_drop_mult'],
-            'backwards': backwards,
-            'truncate': trunc or 0,
-            'tokenizer': SpacyTokenizer().config(),
-        },
-    )
+    settings = dict(multi_label=False, thresholds=None, bptt=cfg['bptt'], max_len=cfg['max_len'])
+    settings.update(drop_mult=cfg['clas_drop_mult'], backwards=backwards, truncate=trunc or 0)
+    settings.update(tokenizer=SpacyTokenizer().config())
+    save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes, settings)
     times['clas_train'] = round(time.time() - t, 1)
     return learn, test_dl, len(train_idx), len(valid_idx)
 
 
-def reserve_evaluation(budget, d, learn, sample_dl, test_dl):
-    "Set aside the test evaluation's time: its tokens at the forward speed measured on a few held-out reviews."
-    s_tok = recipe.forward_s_per_token(learn, sample_dl)
-    budget.reserve(f'{d}/eval', s_tok * recipe.n_tokens(test_dl))
-    log.info(
-        f"[{d}] evaluation: {recipe.n_tokens(test_dl):,} tokens at {1 / s_tok:,.0f} tokens/s: "
-        f"{budget.reserved[f'{d}/eval'] / 60:.1f} min set aside"
-    )
-
-
 def clas_split(cfg, store, test_split):
     "(train, valid, test) indices of the classifier: valid is `clas_valid_docs` training reviews held out, by label."
-    train_idx = store.labeled_idx('train')
-    n_valid = cfg.get('clas_valid_docs', 0)
+    train_idx, n_valid = store.labeled_idx('train'), cfg.get('clas_valid_docs', 0)
     if n_valid >= len(train_idx):
         raise ConfigError(
             f"clas_valid_docs: {n_valid} would leave none of the {len(train_idx):,} labelled training "
@@ -459,19 +402,13 @@ def clas_split(cfg, store, test_split):
     return train_idx, valid_idx, store.labeled_idx(test_split)
 
 
-def write_report(run_dir, cfg, final, classes):
-    "A short Markdown report beside metrics.json."
+def write_report(run_dir, cfg, final, best):
+    "A short Markdown report beside metrics.json; per-class figures of the `best` model."
     lines = [f"# IMDB sentiment: ULMFiT ({cfg['preset']} preset)", '', '| model | test accuracy |', '|---|---|']
     lines += [f'| {k} | {v:.4f} |' for k, v in final['test_accuracy'].items()]
-    best = 'ensemble' if 'ensemble' in final['results'] else 'fwd'
     lines += ['', f'Per class ({best}):', '', '| class | precision | recall | f1 | support |', '|---|---|---|---|---|']
     for c, m in final['results'][best]['per_class'].items():
         lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
-    lines += [
-        '',
-        'Wall time of each stage (s): ' + ', '.join(f'{k} {v}' for k, v in final['wall_s'].items()),
-        '',
-        '![confusion matrix](plots/confusion.png)',
-        '',
-    ]
+    lines += ['', 'Wall time of each stage (s): ' + ', '.join(f'{k} {v}' for k, v in final['wall_s'].items())]
+    lines += ['', '![confusion matrix](plots/confusion.png)', '']
     (Path(run_dir) / 'report.md').write_text('\n'.join(lines))

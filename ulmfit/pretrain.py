@@ -5,12 +5,14 @@ training with AR/TAR and clipping → a model folder (full LM, encoder, vocab, c
 Runs under `torchrun --nproc_per_node=N -m ulmfit pretrain ...` with DDP (each rank reads its own rows).
 """
 
+import itertools
 import json
 import math
 import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,6 @@ from common.config import Setting, named_settings, parse_run_config, resume_conf
 from common.distributed import cleanup_distributed, setup_distributed
 from common.download import get_mirror, untar_data
 from common.events import Callback, CancelFitException
-from common.learner import DataLoaders
 from common.log import log
 from common.runs import RunLogger, new_run_dir, write_config, write_json
 from common.stopping import CheckpointCallback, TimeBudget
@@ -70,8 +71,8 @@ SETTINGS = {
     'sample_alpha': Setting(0.75, 'sampled softmax proposal: training unigram counts to this power'),
     'snapshot_mtokens': Setting(
         [0.0],
-        'millions of training tokens after which to save a model folder '
-        '(snapshots/<N>M) and its exact validation figures, e.g. 2.5,5,10 (0 = none)',
+        'millions of training tokens after which to save a model folder (snapshots/<N>M) and its exact validation '
+        'figures, e.g. 2.5,5,10 (0 = none)',
     ),
     'lr': Setting(5e-3, 'peak learning rate'),
     'wd': Setting(0.01, 'decoupled weight decay'),
@@ -123,10 +124,9 @@ PRESETS = {
         lr=1e-2,
         checkpoint_minutes=0.0,
     ),
-    # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax
-    # decoder costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens).
-    # budget_minutes=30: with `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a
-    # safety stop).
+    # Sized for a few hours on a 2-core CPU: the half-width model, and a 30k vocab because the full-softmax decoder
+    # costs more than the three LSTMs at 60k (206 of ~330 GFLOP per batch of 32x70 tokens). budget_minutes=30: with
+    # `imdb`'s 120 minutes, the two README commands fit in 150 minutes (max_minutes stays a safety stop).
     'cpu': dict(
         model='cpu', bs=32, bptt=70, epochs=1, lr=3e-3, max_vocab=30000, max_minutes=180.0, budget_minutes=30.0
     ),
@@ -167,10 +167,7 @@ class FirstDocs:
         self.reader, self.n = reader, n
 
     def __iter__(self):
-        for i, d in enumerate(self.reader):
-            if self.n and i >= self.n:
-                return
-            yield d
+        return itertools.islice(self.reader, self.n or None)
 
     def fingerprint(self):
         return {**self.reader.fingerprint(), 'first_docs': self.n}
@@ -182,8 +179,7 @@ def resolve_corpora(cfg):
         train = dataset_reader('imdb', errors=cfg['errors'])
         src = str(train.path)
     elif cfg['corpus']:
-        train = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors'])
-        src = cfg['corpus']
+        train, src = reader_for(cfg['corpus'], label_col=None, errors=cfg['errors']), cfg['corpus']
     else:
         path = wikitext_file(untar_data('wikitext-103'), 'train')
         train, src = reader_for([path], errors=cfg['errors']), str(path)
@@ -217,14 +213,13 @@ def build_lm_data(cfg, r=0, ws=1):
         valid = (store, v_idx)
     lm = dict(bs=cfg['bs'], bptt=cfg['bptt'], backwards=cfg['backwards'], rank=r, world_size=ws)
     dls = lm_loaders((store, t_idx), valid, var_bptt=cfg['var_bptt'], **lm)
-    train, valid = dls.train, dls.valid
     if cfg['epoch_tokens']:
-        train = FirstBatches(train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
+        dls.train = FirstBatches(dls.train, math.ceil(cfg['epoch_tokens'] / (cfg['bs'] * cfg['bptt'])))
     info = {
         'corpus': src,
         'train_docs': len(store) if t_idx is None else len(t_idx),
-        'train_tokens': train.n_tokens,
-        'valid_tokens': valid.n_tokens,
+        'train_tokens': dls.train.n_tokens,
+        'valid_tokens': dls.valid.n_tokens,
         'vocab_size': len(store.vocab),
         'store': str(store.path),
         'tokenizer': tok.config(),
@@ -233,7 +228,7 @@ def build_lm_data(cfg, r=0, ws=1):
     info['counts'] = np.bincount(
         store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]), minlength=len(store.vocab)
     )  # the sampled softmax's proposal
-    return DataLoaders(train, valid), store.vocab, info
+    return dls, store.vocab, info
 
 
 # --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
@@ -258,7 +253,6 @@ def main(argv=None):
     "Entry point of `python -m ulmfit pretrain`; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m ulmfit pretrain', description=__doc__)
-    given = named_settings(argv)
     if cfg['dry_run'] and not cfg['corpus'] and not cfg['resume']:
         with dry_run_folder() as tmp:
             corpus, valid = write_corpus(tmp / 'train.txt', 40), write_corpus(tmp / 'valid.txt', 8, seed=1)
@@ -266,7 +260,7 @@ def main(argv=None):
         return 0
     r, ws = setup_distributed()
     try:
-        pretrain(cfg, r, ws, given=given)
+        pretrain(cfg, r, ws, given=named_settings(argv))
     finally:
         cleanup_distributed()
     return 0
@@ -300,22 +294,15 @@ def pretrain(cfg, r=0, ws=1, given=()):
         write_config(run_dir, {**cfg, 'data': info, 'world_size': ws})
     sizes = {k: cfg[k] for k in ('emb_sz', 'n_hid', 'n_layers') if cfg[k]}
     config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(vocab), drop_mult=cfg['drop_mult'], **sizes)
-    if r == 0:
-        log.info(
-            f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
-            f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
-            f"{ws} process(es); run folder {run_dir}"
-        )
-    ck = run_dir / 'checkpoints' / 'last.pth'
-    cbs = [
-        CheckpointCallback(
-            ck,
-            every_minutes=cfg['checkpoint_minutes'] or None,
-            config=config.to_dict(),
-            extras={'itos': list(vocab.itos)},
-        ),
-        RunLogger(run_dir, 'pretrain'),
-    ]
+    log.info(  # rank 0 only, as every log.info
+        f"corpus: {info['corpus']}: {info['train_docs']:,} docs, {info['train_tokens']:,} tokens; "
+        f"valid {info['valid_tokens']:,} tokens; vocab {info['vocab_size']:,}; model {cfg['model']}; "
+        f"{ws} process(es); run folder {run_dir}"
+    )
+    ckpt = dict(
+        every_minutes=cfg['checkpoint_minutes'] or None, config=config.to_dict(), extras={'itos': list(vocab.itos)}
+    )
+    cbs = [CheckpointCallback(run_dir / 'checkpoints' / 'last.pth', **ckpt), RunLogger(run_dir, 'pretrain')]
     if cfg['max_minutes']:
         cbs.append(TimeBudget(cfg['max_minutes']))
     if cfg['dry_run']:
@@ -325,34 +312,15 @@ def pretrain(cfg, r=0, ws=1, given=()):
         ss = SampledSoftmax(counts, cfg['sampled_softmax'], cfg['sample_alpha'])
         cbs.append(ss)  # validation stays exact: its full softmax costs more than a sampled training step's
         valid_ratio = valid_step_ratio(config, ss.sampler.expected_distinct(ss.k))
+    extras = {'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']}
+    save = partial(save_model_folder, config=config, itos=vocab.itos, extras=extras, spm_model=info['spm_model'])
     milestones = [m for m in cfg['snapshot_mtokens'] if m > 0]
     if milestones and r == 0:
         # The first ~100k validation tokens: perplexity within about 1% of the whole set's, at a fraction of the cost.
         vdl = FirstBatches(dls.valid, math.ceil(100_000 / (cfg['bs'] * cfg['bptt'])))
-        cbs.append(
-            TokenSnapshots(
-                milestones,
-                run_dir / 'snapshots',
-                config,
-                vocab.itos,
-                vdl,
-                ws,
-                extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
-                spm_model=info['spm_model'],
-            )
-        )
-    learn = lm_learner(
-        config,
-        dls,
-        lr=cfg['lr'],
-        wd=cfg['wd'],
-        clip=cfg['clip'],
-        precision=cfg['precision'],
-        alpha=cfg['alpha'],
-        beta=cfg['beta'],
-        cbs=cbs,
-        path=run_dir,
-    )
+        cbs.append(TokenSnapshots(milestones, run_dir / 'snapshots', save, vdl, ws))
+    hypers = {k: cfg[k] for k in ('lr', 'wd', 'clip', 'precision', 'alpha', 'beta')}
+    learn = lm_learner(config, dls, cbs=cbs, path=run_dir, **hypers)
     fit, plan = dict(pct_start=cfg['pct_start'], div=cfg.get('div', 25.0), moms=tuple(cfg['moms']), resume=resume), None
     try:
         if cfg.get('budget_minutes'):  # what the data took is spent: plan the rest (a resumed run keeps its plan)
@@ -371,14 +339,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     res = dict(learn.recorder.last_valid) if done and learn.recorder.last_valid else learn.validate()
     if r != 0:
         return run_dir
-    model_dir = save_model_folder(
-        run_dir / 'model',
-        learn.model,
-        config,
-        vocab.itos,
-        extras={'backwards': cfg['backwards'], 'tokenizer': info['tokenizer']},
-        spm_model=info['spm_model'],
-    )
+    model_dir = save(run_dir / 'model', learn.model)
     final = {
         'valid_loss': res['valid_loss'],
         'perplexity': res['perplexity'],
@@ -416,8 +377,7 @@ class FirstBatches:
         return getattr(self.__dict__['dl'], name)
 
     def __iter__(self):
-        for _, b in zip(range(self.n), self.dl):
-            yield b
+        return itertools.islice(self.dl, self.n)
 
 
 def evaluate_lm(model, dl):
@@ -428,24 +388,20 @@ def evaluate_lm(model, dl):
         model[0].reset()
         for xb, yb in dl:
             logits = model(xb)[0]  # (bs, sl, vocab_sz)
-            total += float(
-                torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1), reduction='sum')
-            )
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction='sum'))
             correct += int((logits.argmax(-1) == yb).sum())
             n += yb.numel()
     return {'valid_loss': total / n, 'perplexity': math.exp(total / n), 'accuracy': correct / n}
 
 
 class TokenSnapshots(Callback):
-    """After each milestone of training tokens (millions), save a model folder `<folder>/<N>M` and its exact
-    validation figures (appended to `<folder>/snapshots.jsonl`): one run gives the learning curve."""
+    "At each milestone (millions of training tokens), `save` the model to `<folder>/<N>M`; exact validation figures."
 
     order = 60  # after the Recorder
 
-    def __init__(self, mtokens, folder, config, itos, valid_dl, world_size=1, extras=None, spm_model=None):
-        self.todo, self.folder, self.config, self.itos = sorted(mtokens), Path(folder), config, itos
-        self.spm_model = spm_model
-        self.valid_dl, self.ws, self.extras, self.tokens, self.t0 = valid_dl, world_size, extras, 0, None
+    def __init__(self, mtokens, folder, save, valid_dl, world_size=1):
+        self.todo, self.folder, self.save, self.valid_dl = sorted(mtokens), Path(folder), save, valid_dl
+        self.ws, self.tokens, self.t0 = world_size, 0, None
 
     def before_fit(self):
         self.t0 = time.time()
@@ -460,18 +416,15 @@ class TokenSnapshots(Callback):
     def _snapshot(self, m):
         model = self.learn.model
         hidden, bs = model[0].hidden, model[0].bs  # the training stream's state, put back afterwards
-        train_s = time.time() - self.t0
         t = time.time()
         res = evaluate_lm(model, self.valid_dl) if self.valid_dl is not None else {}
         model[0].hidden, model[0].bs = hidden, bs
         model.train()
-        path = save_model_folder(
-            self.folder / f'{m:g}M', model, self.config, self.itos, extras=self.extras, spm_model=self.spm_model
-        )
+        path = self.save(self.folder / f'{m:g}M', model)
         row = {
             'mtokens': m,
             'tokens': self.tokens,
-            'train_s': round(train_s, 1),
+            'train_s': round(t - self.t0, 1),
             'eval_s': round(time.time() - t, 1),
             **res,
             'model_dir': str(path),
