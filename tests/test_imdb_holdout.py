@@ -118,8 +118,11 @@ def test_holding_out_every_training_review_is_a_one_line_error(tmp_path, monkeyp
     monkeypatch.setenv('ULMFIT_DATA', str(tmp_path / 'data'))
     monkeypatch.setenv('ULMFIT_MIRROR', str(sample_mirror(tmp_path)))
     assert main(['imdb', '--preset', 'tiny', '--runs', str(tmp_path / 'runs'), '--clas-valid-docs', '36', *TINY]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
     assert err[-1].startswith('error: clas_valid_docs: 36 would leave none of the 36')
+    # found once the reviews are read, before the LM is fine-tuned, and no run folder is left behind
+    assert 'epoch' not in out.out + out.err and not list((tmp_path / 'runs').glob('*'))
 
 
 def test_a_resumed_run_trains_the_classifier_on_the_same_reviews(tmp_path, monkeypatch):

@@ -227,11 +227,12 @@ def run(cfg, given=()):
         cfg = resume_config(cfg['resume'], cfg, given, SETTINGS, RESUME_OVERRIDES)
     recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])  # a wrong stage count fails now, not hours later
     budget = stage_budget(cfg) if cfg.get('budget_minutes') else None  # checks the split before any work
-    run_dir = Path(cfg['resume']) if cfg['resume'] else new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
     torch.manual_seed(cfg['seed'])
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
+    clas_split(cfg, store, test_split)  # too many held-out reviews fails now, before the LM is fine-tuned
+    run_dir = Path(cfg['resume']) if cfg['resume'] else new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
     log.info(
         f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
         f"{len(store.vocab):,}; run folder {run_dir}"
