@@ -16,29 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = [
-    'XResNetConfig',
-    'xresnet',
-    'xresnet18',
-    'xresnet34',
-    'xresnet50',
-    'xresnet101',
-    'xresnet152',
-    'register',
-    'create_model',
-    'list_models',
-    'model_from_dict',
-    'AdaptiveConcatPool2d',
-    'body',
-    'head',
-    'set_head',
-    'make_head',
-    'splitter',
-    'bn_splitter',
-    'init_cnn',
-    'BN_TYPES',
-]
-
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -127,15 +104,11 @@ def xresnet(cfg):
     stem = [conv_layer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip([c] + stem_szs, stem_szs))]
     nhs = [w(64), w(128), w(256), w(512)]
     nis = [stem_szs[-1]] + [nh * cfg.expansion for nh in nhs[:-1]]
-    stages = [
-        nn.Sequential(
-            *[
-                ResBlock(cfg.expansion, ni if j == 0 else nh * cfg.expansion, nh, stride=2 if (i > 0 and j == 0) else 1)
-                for j in range(n)
-            ]
-        )
-        for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers))
-    ]
+    stages = []
+    for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers)):
+        blocks = [ResBlock(cfg.expansion, ni, nh, stride=1 if i == 0 else 2)]  # the first block sets width and stride
+        blocks += [ResBlock(cfg.expansion, nh * cfg.expansion, nh) for _ in range(n - 1)]
+        stages.append(nn.Sequential(*blocks))
     body_ = nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages)
     init_cnn(body_)
     model = nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
@@ -226,11 +199,9 @@ def splitter(model):
 
 
 def bn_splitter(model):
-    """Like `splitter`, but every BatchNorm of the body joins the head's group.
-
-    Freezing the body groups then leaves BN trainable, and BN gets the head's (largest) learning rate:
-    its statistics and affine terms must adapt to the new data set even when the convs stay frozen.
-    """
+    "Like `splitter`, but every BatchNorm of the body joins the head's group."
+    # Freezing the body then leaves BN trainable, at the head's (largest) LR: its statistics and affine terms must
+    # adapt to the new data set even when the convs stay frozen.
     is_bn, not_bn = (lambda m: isinstance(m, BN_TYPES)), (lambda m: not isinstance(m, BN_TYPES))
     return [_params(c, not_bn) for c in _body_chunks(model)] + [
         _params(sum(_body_chunks(model), []), is_bn) + _params([head(model)])
