@@ -128,12 +128,8 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
 
 def save_model(path, model, cfg, classes, extras=None):
     "Checkpoint = state dict + run config + model config + class list (plain data, safe to load)."
-    return save_checkpoint(
-        path,
-        model.state_dict(),
-        config=cfg,
-        extras={'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})},
-    )
+    extras = {'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})}
+    return save_checkpoint(path, model.state_dict(), config=cfg, extras=extras)
 
 
 def load_model(path):
@@ -162,21 +158,12 @@ def history_table(history):
 
 
 # ---- the entry point ----------------------------------------------------------------------------------------
-# --dry-run: three classes of coloured squares, a quarter-width xresnet18 at 32 px, one epoch of a few batches.
-DRY_RUN = {
-    'arch': 'xresnet18',
-    'width': 0.25,
-    'size': 32,
-    'bs': 8,
-    'epochs': 1,
-    'n_train': None,
-    'n_valid': None,
-    'workers': 0,
-    'progress': False,
-    'precision': 'fp32',
-    'channels_last': False,
-    'name': 'imagewoof-dry-run',
-}
+# --dry-run of both entry points: 32 px, a few batches of 8 per epoch, read in the main process.
+COMMON_DRY_RUN = dict(size=32, bs=8, workers=0, progress=False, precision='fp32', channels_last=False)
+# Here: three classes of coloured squares, a quarter-width xresnet18, one epoch.
+DRY_RUN = dict(
+    COMMON_DRY_RUN, arch='xresnet18', width=0.25, epochs=1, n_train=None, n_valid=None, name='imagewoof-dry-run'
+)
 
 
 def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):

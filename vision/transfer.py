@@ -27,7 +27,17 @@ from common.optim import discriminative_lrs
 from common.runs import new_run_dir, write_config, write_json
 
 from .data import image_dls, pets_items, subsample, write_synthetic_images
-from .train import COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model, setup
+from .train import (
+    COMMON_DRY_RUN,
+    COMMON_SETTINGS,
+    dataset_path,
+    fmt_table,
+    history_table,
+    load_model,
+    make_learner,
+    save_model,
+    setup,
+)
 from .xresnet import bn_splitter, body, create_model, make_head, splitter, xresnet
 
 PROG = 'python -m vision transfer'
@@ -123,20 +133,10 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     return acc, (time.time() - t0) / 60, history
 
 
-# --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; 32 px, a few batches per epoch.
-DRY_RUN = {
-    'size': 32,
-    'bs': 8,
-    'n_images': None,
-    'epochs_frozen': 1,
-    'epochs_unfrozen': 1,
-    'workers': 0,
-    'progress': False,
-    'precision': 'fp32',
-    'channels_last': False,
-    'data': 'synthetic',
-    'name': 'pets-transfer-dry-run',
-}
+# --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; one epoch frozen, one not.
+DRY_RUN = dict(
+    COMMON_DRY_RUN, n_images=None, epochs_frozen=1, epochs_unfrozen=1, data='synthetic', name='pets-transfer-dry-run'
+)
 
 
 def main(argv=None):
@@ -148,9 +148,8 @@ def main(argv=None):
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
             ck = save_model(Path(tmp) / 'model.pth', create_model('xresnet18', n_out=3, width=0.25), {}, range(3))
-            images = write_synthetic_images(
-                Path(tmp) / 'pets', [f'breed{c}_{i}.png' for c in range(3) for i in range(12)]
-            )
+            names = [f'breed{c}_{i}.png' for c in range(3) for i in range(12)]
+            images = write_synthetic_images(Path(tmp) / 'pets', names)
             transfer({**cfg, **DRY_RUN, 'checkpoint': str(ck), 'data_path': str(images), 'runs_dir': tmp})
         log.info('dry run finished on synthetic images; its temporary folder is removed')
     else:
