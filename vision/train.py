@@ -96,9 +96,7 @@ def setup(cfg):
 
 def dataset_path(cfg, name):
     "The data set folder: `data_path` if given, else the download registry (mirror first if set)."
-    if cfg['data_path']:
-        return Path(cfg['data_path'])
-    return Path(untar_data(name, mirror=cfg['mirror']))
+    return Path(cfg['data_path'] or untar_data(name, mirror=cfg['mirror']))
 
 
 def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):

@@ -41,7 +41,12 @@ from .train import (
 from .xresnet import bn_splitter, body, create_model, make_head, splitter, xresnet
 
 PROG = 'python -m vision transfer'
-EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
+EXPERIMENTS = {  # each variant, as its report row describes it
+    'scratch': 'from scratch (random init), all trainable',
+    'naive': 'pretrained, all trainable from the start',
+    'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
+    'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)',
+}
 
 SETTINGS = {
     **COMMON_SETTINGS,
@@ -193,16 +198,10 @@ def transfer(cfg):
         log.info(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
         write_json(run_dir / 'metrics.json', {'results': results, 'split': split_note, 'checkpoint': str(ck_path)})
 
-    what = {
-        'scratch': 'from scratch (random init), all trainable',
-        'naive': 'pretrained, all trainable from the start',
-        'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
-        'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)',
-    }
     epochs = cfg['epochs_frozen'] + cfg['epochs_unfrozen']
     frozen = f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}"
     rows = [
-        [k, what[k], epochs if k in ('scratch', 'naive') else frozen, f"{r['accuracy']:.4f}", r['minutes']]
+        [k, EXPERIMENTS[k], epochs if k in ('scratch', 'naive') else frozen, f"{r['accuracy']:.4f}", r['minutes']]
         for k, r in results.items()
     ]
     report = [  # paragraphs, separated by blank lines
