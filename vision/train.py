@@ -164,19 +164,15 @@ DRY_RUN = dict(
 )
 
 
-def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):
-    "An ImageNet-style folder (train/ and val/, one subfolder per class) of synthetic images."
-    splits = (('train', n_train), ('val', n_valid))
-    names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in splits for c in range(n_classes) for i in range(n)]
-    return write_synthetic_images(folder, names)
-
-
 def main(argv=None):
     "Entry point of `python -m vision train`; returns the exit status."
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
-            train({**cfg, **DRY_RUN, 'data_path': str(dry_run_images(Path(tmp) / 'images')), 'runs_dir': tmp})
+            splits = (('train', 8), ('val', 4))  # images per class; an ImageNet-style folder: <split>/<class>/
+            names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in splits for c in range(3) for i in range(n)]
+            images = write_synthetic_images(Path(tmp) / 'images', names)
+            train({**cfg, **DRY_RUN, 'data_path': str(images), 'runs_dir': tmp})
         log.info('dry run finished on synthetic images; its temporary folder is removed')
     else:
         train(cfg)
