@@ -133,11 +133,8 @@ def cutmix(x, y, box, perm):
     return x, y, y[perm], lam
 
 
-class CutMix(Callback):
-    "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area."
-
-    order = 8  # as MixUp
-    loss_role = 'replace'
+class CutMix(MixUp):
+    "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area, as in MixUp."
 
     def __init__(self, alpha=1.0):
         self.alpha = alpha
@@ -151,9 +148,3 @@ class CutMix(Callback):
         box = cutmix_box(h, w, lam, random.randrange(h), random.randrange(w))
         self.perm = torch.randperm(len(yb), device=xb.device)
         self.learn.xb, self.y_a, self.y_b, self.lam = cutmix(xb, yb, box, self.perm)
-
-    def after_loss(self):
-        if not self.learn.training:
-            return
-        loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
-        self.learn.loss = self.learn.loss_grad = loss
