@@ -148,8 +148,7 @@ def valid_tfm(path, size):
 
 
 class ImageDataset(Dataset):
-    """(uint8 image, label) for each path. A file that can't be decoded raises `BadImageError` naming it, or,
-    with `on_error='skip'`, is reported with a warning and replaced by the next readable image."""
+    "(uint8 image, label) per path; an unreadable file raises `BadImageError`, or with 'skip' warns and reads the next."
 
     def __init__(self, paths, labels, tfm, on_error='raise'):
         if on_error not in ('raise', 'skip'):

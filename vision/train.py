@@ -65,31 +65,24 @@ SETTINGS = {
 
 PRESETS = {
     # Smoke test: ~1 minute on 2 CPU cores. Says nothing about accuracy; checks that every piece runs.
-    'tiny': {
-        'arch': 'xresnet18',
-        'width': 0.25,
-        'size': 32,
-        'bs': 32,
-        'epochs': 1,
-        'lr': 1e-2,
-        'n_train': 320,
-        'n_valid': 160,
-        'workers': 1,
-        'progress': False,
-    },
+    'tiny': dict(
+        arch='xresnet18',
+        width=0.25,
+        size=32,
+        bs=32,
+        epochs=1,
+        lr=1e-2,
+        n_train=320,
+        n_valid=160,
+        workers=1,
+        progress=False,
+    ),
     # A useful result on a 2-core CPU in under an hour: 64 px, half-width xresnet18 (~59% in 17 min, 2 cores).
-    'cpu': {'arch': 'xresnet18', 'width': 0.5, 'size': 64, 'bs': 64, 'epochs': 10, 'lr': 1e-2, 'workers': 1},
+    'cpu': dict(arch='xresnet18', width=0.5, size=64, bs=64, epochs=10, lr=1e-2, workers=1),
     # The Imagewoof leaderboard's 128 px / 5 epoch setting, on one GPU.
-    'paper': {
-        'arch': 'xresnet50',
-        'size': 128,
-        'bs': 64,
-        'epochs': 5,
-        'lr': 8e-3,
-        'workers': 8,
-        'precision': 'bf16',
-        'channels_last': True,
-    },
+    'paper': dict(
+        arch='xresnet50', size=128, bs=64, epochs=5, lr=8e-3, workers=8, precision='bf16', channels_last=True
+    ),
 }
 
 
@@ -103,14 +96,7 @@ def setup(cfg):
 
 def dataset_path(cfg, name):
     "The data set folder: `data_path` if given, else the download registry (mirror first if set)."
-    if cfg['data_path']:
-        return Path(cfg['data_path'])
-    return Path(untar_data(name, mirror=cfg['mirror']))
-
-
-def loss_for(cfg):
-    "Label-smoothing cross-entropy (plain cross-entropy when eps = 0)."
-    return LabelSmoothingCrossEntropy(cfg['label_smoothing'])
+    return Path(cfg['data_path'] or untar_data(name, mirror=cfg['mirror']))
 
 
 def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
@@ -127,7 +113,7 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
     return Learner(
         model,
         dls,
-        loss_for(cfg),
+        LabelSmoothingCrossEntropy(cfg['label_smoothing']),  # plain cross-entropy when eps = 0
         opt_fn=OPTIMIZERS[cfg['opt']],
         wd=cfg['wd'],
         cbs=cbs,
@@ -140,12 +126,8 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
 
 def save_model(path, model, cfg, classes, extras=None):
     "Checkpoint = state dict + run config + model config + class list (plain data, safe to load)."
-    return save_checkpoint(
-        path,
-        model.state_dict(),
-        config=cfg,
-        extras={'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})},
-    )
+    extras = {'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})}
+    return save_checkpoint(path, model.state_dict(), config=cfg, extras=extras)
 
 
 def load_model(path):
@@ -166,48 +148,20 @@ def fmt_table(header, rows):
 
 def history_table(history):
     "Per-epoch markdown table from the recorder's history."
-    return fmt_table(
-        ['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'],
-        [
-            [
-                h['epoch'],
-                f"{h['train_loss']:.4f}",
-                f"{h.get('valid_loss', float('nan')):.4f}",
-                f"{h.get('accuracy', float('nan')):.4f}",
-                h['time_s'],
-            ]
-            for h in history
-        ],
-    )
+    rows = []
+    for h in history:
+        tl, vl, acc = h['train_loss'], h.get('valid_loss', float('nan')), h.get('accuracy', float('nan'))
+        rows.append([h['epoch'], f'{tl:.4f}', f'{vl:.4f}', f'{acc:.4f}', h['time_s']])
+    return fmt_table(['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'], rows)
 
 
 # ---- the entry point ----------------------------------------------------------------------------------------
-# --dry-run: three classes of coloured squares, a quarter-width xresnet18 at 32 px, one epoch of a few batches.
-DRY_RUN = {
-    'arch': 'xresnet18',
-    'width': 0.25,
-    'size': 32,
-    'bs': 8,
-    'epochs': 1,
-    'n_train': None,
-    'n_valid': None,
-    'workers': 0,
-    'progress': False,
-    'precision': 'fp32',
-    'channels_last': False,
-    'name': 'imagewoof-dry-run',
-}
-
-
-def dry_run_images(folder, n_classes=3, n_train=8, n_valid=4):
-    "An ImageNet-style folder (train/ and val/, one subfolder per class) of synthetic images."
-    names = [
-        f'{split}/c{c}/c{c}_{i}.png'
-        for split, n in (('train', n_train), ('val', n_valid))
-        for c in range(n_classes)
-        for i in range(n)
-    ]
-    return write_synthetic_images(folder, names)
+# --dry-run of both entry points: 32 px, a few batches of 8 per epoch, read in the main process.
+COMMON_DRY_RUN = dict(size=32, bs=8, workers=0, progress=False, precision='fp32', channels_last=False)
+# Here: three classes of coloured squares, a quarter-width xresnet18, one epoch.
+DRY_RUN = dict(
+    COMMON_DRY_RUN, arch='xresnet18', width=0.25, epochs=1, n_train=None, n_valid=None, name='imagewoof-dry-run'
+)
 
 
 def main(argv=None):
@@ -215,10 +169,13 @@ def main(argv=None):
     cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
-            train({**cfg, **DRY_RUN, 'data_path': str(dry_run_images(Path(tmp) / 'images')), 'runs_dir': tmp})
+            splits = (('train', 8), ('val', 4))  # images per class; an ImageNet-style folder: <split>/<class>/
+            names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in splits for c in range(3) for i in range(n)]
+            images = write_synthetic_images(Path(tmp) / 'images', names)
+            train({**cfg, **DRY_RUN, 'data_path': str(images), 'runs_dir': tmp})
         log.info('dry run finished on synthetic images; its temporary folder is removed')
-        return 0
-    train(cfg)
+    else:
+        train(cfg)
     return 0
 
 
@@ -258,27 +215,19 @@ def train(cfg):
         'checkpoint': str(ck),
     }
     write_json(run_dir / 'metrics.json', metrics)
-    report = [
+    report = [  # paragraphs, separated by blank lines
         f"# Imagewoof: {cfg['arch']} (width {cfg['width']}), {cfg['size']} px, {cfg['epochs']} epochs",
-        '',
         f"**Validation accuracy: {acc:.4f}** on {len(dls.valid.dataset)} images "
         f"({len(dls.train.dataset)} training images); training took {train_s / 60:.1f} min.",
-        '',
         f"Preset `{cfg['preset']}`; one-cycle lr {cfg['lr']}, {cfg['opt']} wd {cfg['wd']}, label smoothing "
         f"{cfg['label_smoothing']}, mixup {cfg['mixup']}, cutmix {cfg['cutmix']}, precision {cfg['precision']}, "
         f"bs {cfg['bs']}, torch threads {torch.get_num_threads()}.",
-        '',
         history_table(learn.recorder.history),
-        '',
         fmt_table(['class', 'accuracy'], [[c, f'{a:.3f}'] for c, a in zip(classes, per_class)]),
-        '',
-        'Plots: `plots/train_loss.png`, `plots/train_sched.png`, `plots/train_metrics.png`, `plots/confusion.png`.',
+        'Plots: `plots/train_loss.png`, `plots/train_sched.png`, `plots/train_metrics.png`, `plots/confusion.png`.\n'
         f'Checkpoint: `{ck}`.',
-        '',
-        '```json',
-        config_to_json(cfg),
-        '```',
+        f'```json\n{config_to_json(cfg)}\n```',
     ]
-    (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
+    (run_dir / 'report.md').write_text('\n\n'.join(report) + '\n')
     log.info(f"validation accuracy {acc:.4f} after {train_s / 60:.1f} min; report: {run_dir / 'report.md'}")
     return run_dir, metrics

@@ -27,11 +27,26 @@ from common.optim import discriminative_lrs
 from common.runs import new_run_dir, write_config, write_json
 
 from .data import image_dls, pets_items, subsample, write_synthetic_images
-from .train import COMMON_SETTINGS, dataset_path, fmt_table, history_table, load_model, make_learner, save_model, setup
-from .xresnet import AdaptiveConcatPool2d, bn_splitter, body, create_model, init_cnn, splitter, xresnet
+from .train import (
+    COMMON_DRY_RUN,
+    COMMON_SETTINGS,
+    dataset_path,
+    fmt_table,
+    history_table,
+    load_model,
+    make_learner,
+    save_model,
+    setup,
+)
+from .xresnet import bn_splitter, body, create_model, make_head, splitter, xresnet
 
 PROG = 'python -m vision transfer'
-EXPERIMENTS = ('scratch', 'naive', 'frozen_bn', 'frozen_except_bn')
+EXPERIMENTS = {  # each variant, as its report row describes it
+    'scratch': 'from scratch (random init), all trainable',
+    'naive': 'pretrained, all trainable from the start',
+    'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
+    'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)',
+}
 
 SETTINGS = {
     **COMMON_SETTINGS,
@@ -59,25 +74,9 @@ SETTINGS = {
 }
 
 PRESETS = {
-    'tiny': {
-        'size': 32,
-        'bs': 32,
-        'n_images': 400,
-        'epochs_frozen': 1,
-        'epochs_unfrozen': 1,
-        'workers': 1,
-        'progress': False,
-    },
-    'cpu': {'size': 64, 'bs': 32, 'epochs_frozen': 2, 'epochs_unfrozen': 3, 'workers': 1},
-    'paper': {
-        'size': 128,
-        'bs': 64,
-        'epochs_frozen': 3,
-        'epochs_unfrozen': 5,
-        'workers': 8,
-        'precision': 'bf16',
-        'channels_last': True,
-    },
+    'tiny': dict(size=32, bs=32, n_images=400, epochs_frozen=1, epochs_unfrozen=1, workers=1, progress=False),
+    'cpu': dict(size=64, bs=32, epochs_frozen=2, epochs_unfrozen=3, workers=1),
+    'paper': dict(size=128, bs=64, epochs_frozen=3, epochs_unfrozen=5, workers=8, precision='bf16', channels_last=True),
 }
 
 
@@ -106,9 +105,7 @@ def transfer_model(pretrained, n_out, size):
     "Pretrained body (cut before the pooling layer) + new head: concat pool, flatten, linear to `n_out`."
     b = copy.deepcopy(body(pretrained))
     nf = body_width(b, pretrained.config.c_in, size)
-    head = nn.Sequential(AdaptiveConcatPool2d(1), nn.Flatten(), nn.Linear(2 * nf, n_out))
-    init_cnn(head)
-    model = nn.Sequential(b, head)
+    model = nn.Sequential(b, make_head(nf, n_out, concat_pool=True))
     model.config = dataclasses.replace(pretrained.config, n_out=n_out)
     return model
 
@@ -141,20 +138,10 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
     return acc, (time.time() - t0) / 60, history
 
 
-# --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; 32 px, a few batches per epoch.
-DRY_RUN = {
-    'size': 32,
-    'bs': 8,
-    'n_images': None,
-    'epochs_frozen': 1,
-    'epochs_unfrozen': 1,
-    'workers': 0,
-    'progress': False,
-    'precision': 'fp32',
-    'channels_last': False,
-    'data': 'synthetic',
-    'name': 'pets-transfer-dry-run',
-}
+# --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; one epoch frozen, one not.
+DRY_RUN = dict(
+    COMMON_DRY_RUN, n_images=None, epochs_frozen=1, epochs_unfrozen=1, data='synthetic', name='pets-transfer-dry-run'
+)
 
 
 def main(argv=None):
@@ -166,13 +153,12 @@ def main(argv=None):
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
             ck = save_model(Path(tmp) / 'model.pth', create_model('xresnet18', n_out=3, width=0.25), {}, range(3))
-            images = write_synthetic_images(
-                Path(tmp) / 'pets', [f'breed{c}_{i}.png' for c in range(3) for i in range(12)]
-            )
+            names = [f'breed{c}_{i}.png' for c in range(3) for i in range(12)]
+            images = write_synthetic_images(Path(tmp) / 'pets', names)
             transfer({**cfg, **DRY_RUN, 'checkpoint': str(ck), 'data_path': str(images), 'runs_dir': tmp})
         log.info('dry run finished on synthetic images; its temporary folder is removed')
-        return 0
-    transfer(cfg)
+    else:
+        transfer(cfg)
     return 0
 
 
@@ -212,44 +198,25 @@ def transfer(cfg):
         log.info(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
         write_json(run_dir / 'metrics.json', {'results': results, 'split': split_note, 'checkpoint': str(ck_path)})
 
-    what = {
-        'scratch': 'from scratch (random init), all trainable',
-        'naive': 'pretrained, all trainable from the start',
-        'frozen_bn': 'body frozen incl. BatchNorm, then unfrozen (one LR)',
-        'frozen_except_bn': 'body frozen except BatchNorm, then unfrozen (discriminative LRs, BN-aware splitter)',
-    }
     epochs = cfg['epochs_frozen'] + cfg['epochs_unfrozen']
-    report = [
+    frozen = f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}"
+    rows = [
+        [k, EXPERIMENTS[k], epochs if k in ('scratch', 'naive') else frozen, f"{r['accuracy']:.4f}", r['minutes']]
+        for k, r in results.items()
+    ]
+    report = [  # paragraphs, separated by blank lines
         f"# Transfer: Imagewoof xresnet -> Oxford-IIIT Pet ({len(classes)} breeds), {cfg['size']} px",
-        '',
         f"Pretrained: `{ck_path}` ({ck['config'].get('arch', '?')}, width {ck['config'].get('width', '?')}; "
         f"Imagewoof trained at {ck['config'].get('size', '?')} px).",
-        '',
         f"Split: {split_note}",
-        '',
-        fmt_table(
-            ['variant', 'what', 'epochs', 'accuracy', 'minutes'],
-            [
-                [
-                    k,
-                    what[k],
-                    epochs
-                    if k in ('scratch', 'naive')
-                    else f"{cfg['epochs_frozen']} frozen + {cfg['epochs_unfrozen']}",
-                    f"{r['accuracy']:.4f}",
-                    r['minutes'],
-                ]
-                for k, r in results.items()
-            ],
-        ),
-        '',
+        fmt_table(['variant', 'what', 'epochs', 'accuracy', 'minutes'], rows),
         f"Head LR {cfg['lr']}; after unfreezing: top LR {cfg['lr_unfrozen']}, discriminative spread "
         f"{cfg['lr_spread']}x over the layer groups (frozen_except_bn only); {cfg['opt']} wd {cfg['wd']}, "
         f"label smoothing {cfg['label_smoothing']}, bs {cfg['bs']}, precision {cfg['precision']}.",
     ]
     for k, h in histories.items():
-        report += ['', f'## {k}', '', history_table(h)]
-    report += ['', '```json', config_to_json(cfg), '```']
-    (run_dir / 'report.md').write_text('\n'.join(report) + '\n')
+        report += [f'## {k}', history_table(h)]
+    report.append(f'```json\n{config_to_json(cfg)}\n```')
+    (run_dir / 'report.md').write_text('\n\n'.join(report) + '\n')
     log.info(f"report: {run_dir / 'report.md'}")
     return run_dir, results

@@ -18,20 +18,6 @@ from torch.distributions import Beta
 
 from common.events import Callback
 
-__all__ = [
-    'reduce_loss',
-    'no_reduce',
-    'label_smoothing_ce',
-    'LabelSmoothingCrossEntropy',
-    'mixup',
-    'draw_lam',
-    'mix_loss',
-    'cutmix_box',
-    'cutmix',
-    'MixUp',
-    'CutMix',
-]
-
 
 # ---- losses -------------------------------------------------------------------------------------------------
 def reduce_loss(loss, reduction='mean'):
@@ -47,11 +33,7 @@ def reduce_loss(loss, reduction='mean'):
 
 @contextmanager
 def no_reduce(loss_fn):
-    """Yield a version of `loss_fn` that returns one loss per sample.
-
-    A loss module with a `reduction` attribute is switched to 'none' and switched back afterwards; a plain
-    function such as `F.cross_entropy` is called with `reduction='none'`.
-    """
+    "Yield `loss_fn` giving one loss per sample (a loss module's `reduction` is 'none' until the block exits)."
     if hasattr(loss_fn, 'reduction'):
         old = loss_fn.reduction
         loss_fn.reduction = 'none'
@@ -64,8 +46,7 @@ def no_reduce(loss_fn):
 
 
 def label_smoothing_ce(logits, target, eps=0.1, reduction='mean'):
-    """Cross-entropy against the target (1 - eps) * one_hot + eps / n_classes; equals
-    F.cross_entropy(label_smoothing=eps)."""
+    "Cross-entropy against (1 - eps) * one_hot + eps / n_classes; equals F.cross_entropy(label_smoothing=eps)."
     logp = F.log_softmax(logits, dim=-1)  # (bs, n_classes)
     nll = -logp.gather(-1, target[:, None])[:, 0]  # (bs,)
     uniform = -logp.mean(-1)  # (bs,) cross-entropy against the uniform distribution
@@ -134,10 +115,8 @@ class MixUp(Callback):
 
 # ---- CutMix -------------------------------------------------------------------------------------------------
 def cutmix_box(h, w, lam, cy, cx):
-    """The (y0, y1, x0, x1) box to paste: area (1 - lam) * h * w centred at (cy, cx), clipped to the image.
-
-    Clipping makes the box smaller than asked near the border, which is why `cutmix` recomputes lam.
-    """
+    "The (y0, y1, x0, x1) box to paste: area (1 - lam) * h * w centred at (cy, cx), clipped to the image."
+    # Clipping makes the box smaller than asked near the border, which is why `cutmix` recomputes lam.
     r = math.sqrt(1 - lam)
     ch, cw = int(h * r), int(w * r)
     y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
@@ -154,11 +133,8 @@ def cutmix(x, y, box, perm):
     return x, y, y[perm], lam
 
 
-class CutMix(Callback):
-    "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area."
-
-    order = 8  # as MixUp
-    loss_role = 'replace'
+class CutMix(MixUp):
+    "Train on images with a patch pasted from another sample; the loss is mixed by the patch's area, as in MixUp."
 
     def __init__(self, alpha=1.0):
         self.alpha = alpha
@@ -172,9 +148,3 @@ class CutMix(Callback):
         box = cutmix_box(h, w, lam, random.randrange(h), random.randrange(w))
         self.perm = torch.randperm(len(yb), device=xb.device)
         self.learn.xb, self.y_a, self.y_b, self.lam = cutmix(xb, yb, box, self.perm)
-
-    def after_loss(self):
-        if not self.learn.training:
-            return
-        loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
-        self.learn.loss = self.learn.loss_grad = loss

@@ -16,29 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = [
-    'XResNetConfig',
-    'xresnet',
-    'xresnet18',
-    'xresnet34',
-    'xresnet50',
-    'xresnet101',
-    'xresnet152',
-    'register',
-    'create_model',
-    'list_models',
-    'model_from_dict',
-    'AdaptiveConcatPool2d',
-    'body',
-    'head',
-    'set_head',
-    'make_head',
-    'splitter',
-    'bn_splitter',
-    'init_cnn',
-    'BN_TYPES',
-]
-
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -100,13 +77,14 @@ class AdaptiveConcatPool2d(nn.Module):
 
 
 def init_cnn(m):
-    "Kaiming-normal init for convs and linears (He et al. 2015), zero biases; BN was set in `conv_layer`."
+    "Kaiming-normal init for convs and linears (He et al. 2015), zero biases; BN was set in `conv_layer`. Returns `m`."
     if getattr(m, 'bias', None) is not None and not isinstance(m, BN_TYPES):
         nn.init.zeros_(m.bias)
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         nn.init.kaiming_normal_(m.weight)
     for c in m.children():
         init_cnn(c)
+    return m
 
 
 def make_head(nf, n_out, concat_pool=False, p=0.0):
@@ -114,9 +92,7 @@ def make_head(nf, n_out, concat_pool=False, p=0.0):
     pool = AdaptiveConcatPool2d(1) if concat_pool else nn.AdaptiveAvgPool2d(1)
     layers = [pool, nn.Flatten()] + ([nn.Dropout(p)] if p else [])
     layers.append(nn.Linear(nf * (2 if concat_pool else 1), n_out))
-    h = nn.Sequential(*layers)
-    init_cnn(h)
-    return h
+    return init_cnn(nn.Sequential(*layers))
 
 
 def xresnet(cfg):
@@ -127,17 +103,12 @@ def xresnet(cfg):
     stem = [conv_layer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip([c] + stem_szs, stem_szs))]
     nhs = [w(64), w(128), w(256), w(512)]
     nis = [stem_szs[-1]] + [nh * cfg.expansion for nh in nhs[:-1]]
-    stages = [
-        nn.Sequential(
-            *[
-                ResBlock(cfg.expansion, ni if j == 0 else nh * cfg.expansion, nh, stride=2 if (i > 0 and j == 0) else 1)
-                for j in range(n)
-            ]
-        )
-        for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers))
-    ]
-    body_ = nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages)
-    init_cnn(body_)
+    stages = []
+    for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers)):
+        blocks = [ResBlock(cfg.expansion, ni, nh, stride=1 if i == 0 else 2)]  # the first block sets width and stride
+        blocks += [ResBlock(cfg.expansion, nh * cfg.expansion, nh) for _ in range(n - 1)]
+        stages.append(nn.Sequential(*blocks))
+    body_ = init_cnn(nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages))
     model = nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
     model.config = cfg  # plain data, so a checkpoint can store `asdict(model.config)` and rebuild
     return model
@@ -226,12 +197,9 @@ def splitter(model):
 
 
 def bn_splitter(model):
-    """Like `splitter`, but every BatchNorm of the body joins the head's group.
-
-    Freezing the body groups then leaves BN trainable, and BN gets the head's (largest) learning rate:
-    its statistics and affine terms must adapt to the new data set even when the convs stay frozen.
-    """
-    is_bn, not_bn = (lambda m: isinstance(m, BN_TYPES)), (lambda m: not isinstance(m, BN_TYPES))
-    return [_params(c, not_bn) for c in _body_chunks(model)] + [
-        _params(sum(_body_chunks(model), []), is_bn) + _params([head(model)])
-    ]
+    "Like `splitter`, but every BatchNorm of the body joins the head's group."
+    # Freezing the body then leaves BN trainable, at the head's (largest) LR: its statistics and affine terms must
+    # adapt to the new data set even when the convs stay frozen.
+    chunks = _body_chunks(model)
+    groups = [_params(c, keep=lambda m: not isinstance(m, BN_TYPES)) for c in chunks]
+    return groups + [_params(sum(chunks, []), keep=lambda m: isinstance(m, BN_TYPES)) + _params([head(model)])]
