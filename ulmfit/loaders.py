@@ -111,7 +111,7 @@ class SortSampler(Sampler):
         return iter(np.argsort(-self.lengths, kind='stable').tolist())
 
 
-class SortishSampler(Sampler):
+class SortishSampler(SortSampler):
     """Roughly sorted by length, with randomness (torch's global RNG):
 
         randperm ─► [ megabatch 0 (50*bs) ][ megabatch 1 ] ...     each sorted by length, longest first
@@ -124,10 +124,8 @@ class SortishSampler(Sampler):
     """
 
     def __init__(self, lengths, bs, mega=50):
-        self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
-
-    def __len__(self):
-        return len(self.lengths)
+        super().__init__(lengths)
+        self.bs, self.mega = bs, mega
 
     def __iter__(self):
         idx = torch.randperm(len(self.lengths)).numpy()
@@ -155,11 +153,8 @@ def pad_collate(samples, pad_idx=1, pad_first=True, max_len=None):
     sl = max(len(s) for s in seqs)
     x = torch.full((len(seqs), sl), pad_idx, dtype=torch.long)
     for i, s in enumerate(seqs):
-        t = torch.from_numpy(s.astype(np.int64))
-        if pad_first:
-            x[i, sl - len(s) :] = t
-        else:
-            x[i, : len(s)] = t
+        start = sl - len(s) if pad_first else 0
+        x[i, start : start + len(s)] = torch.from_numpy(s.astype(np.int64))
     ys = [s[1] for s in samples]
     y = torch.as_tensor(np.stack(ys)) if isinstance(ys[0], np.ndarray) and ys[0].ndim else torch.tensor(ys)
     return x, (y.float() if y.is_floating_point() else y.long())

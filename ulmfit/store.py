@@ -44,13 +44,9 @@ class TokenStore:
             raise FileNotFoundError(f'not a token store: {self.path}')
         self.meta = json.loads((self.path / 'meta.json').read_text(encoding='utf-8'))
         self.vocab = Vocab.load(self.path / 'vocab.json')
-        n = self.meta['n_tokens']
+        n, dtype = self.meta['n_tokens'], self.meta['dtype']
         # np.memmap refuses empty files; an empty corpus gets an empty array.
-        self.ids = (
-            np.memmap(self.path / 'tokens.bin', dtype=self.meta['dtype'], mode='r', shape=(n,))
-            if n
-            else np.zeros(0, self.meta['dtype'])
-        )
+        self.ids = np.memmap(self.path / 'tokens.bin', dtype=dtype, mode='r', shape=(n,)) if n else np.zeros(0, dtype)
         self.offsets = np.load(self.path / 'offsets.npy')  # (n_docs + 1,)
         self.labels = np.load(self.path / 'labels.npy')
         self.splits = np.load(self.path / 'splits.npy')
@@ -98,10 +94,8 @@ class TokenStore:
 
 def store_key(source_fp, tok_cfg, vocab_cfg):
     "Hash of everything that determines the store's contents."
-    blob = json.dumps(
-        dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg), sort_keys=True, default=str
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    blob = dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _vocab_cfg(vocab, max_vocab, min_freq):
@@ -122,19 +116,16 @@ def build_store(
     progress=True,
     name='',
 ):
-    """Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused when it exists).
-
-    `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
+    "Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused), against `vocab` if given."
     tok = tok or SpacyTokenizer()
     key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
     cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists():
         return TokenStore(final)
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f'.tmp-{key}-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     try:
         _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name)
         try:
@@ -167,13 +158,8 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
 
     # pass 1: tokenize in parallel, ids into a growing table of strings (counted), appended to a temp file
     table = TokenTable()
-    bar = tqdm(
-        desc=f'tokenizing {name}'.strip(),
-        unit=' docs',
-        disable=not (progress and show_progress()),
-        mininterval=1,
-        smoothing=0.1,
-    )
+    show = progress and show_progress()
+    bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not show, mininterval=1, smoothing=0.1)
     n_tok = 0
     with open(tmp / 'pass1.bin', 'wb') as f:
         for ids, dl in encode_texts(texts(), tok, n_workers, chunk, table):
@@ -264,9 +250,7 @@ def _encode_labels(labels, reader):
     if isinstance(present[0], tuple):
         cols = getattr(reader, 'label_cols', None)
         if cols and len(cols) > 1 and len(present[0]) == len(cols):  # one 0/1 column per label
-            names = list(cols)
-            arr = np.array([lb if lb is not None else [0] * len(names) for lb in labels], np.float32)
-            return arr, names, True
+            return np.array([lb if lb is not None else [0] * len(cols) for lb in labels], np.float32), list(cols), True
         names = sorted({str(x) for lb in present for x in lb})
         pos = {n: i for i, n in enumerate(names)}
         arr = np.zeros((len(labels), len(names)), np.float32)
