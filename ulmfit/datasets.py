@@ -104,8 +104,6 @@ def _lines(path, errors='strict'):
         raise DataError(f'{path}: empty file (nothing after decompression)')
 
 
-# ---------------------------------------------------------------- IMDB
-
 _re_imdb = re.compile(r'(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$')
 
 
@@ -138,10 +136,9 @@ class ImdbReader:
         return [(s, f) for s, f in pairs if (self.path / s / f).is_dir() and self._want(s, f)]
 
     def __iter__(self):
+        expected = 'train|test/pos|neg|unsup/<id>_<rating>.txt files'
         return _nonempty(
-            self._docs(),
-            f"{self.path}: no IMDB reviews in splits {list(self.splits)} (expected "
-            f"train|test/pos|neg|unsup/<id>_<rating>.txt files)",
+            self._docs(), f'{self.path}: no IMDB reviews in splits {list(self.splits)} (expected {expected})'
         )
 
     def _docs(self):
@@ -165,17 +162,12 @@ class ImdbReader:
         return dict(reader='imdb', splits=self.splits, label=self.label, errors=self.errors, files=fp)
 
 
-# ---------------------------------------------------------------- WikiText
-
 _re_title = re.compile(r'^ = [^=].* = \n?$')
 
 
 def _wiki_split(path):
     name = Path(path).name
-    for s in ('train', 'valid', 'test'):
-        if f'.{s}.' in name or name.startswith(s):
-            return s
-    return 'train'
+    return next((s for s in ('train', 'valid', 'test') if f'.{s}.' in name or name.startswith(s)), 'train')
 
 
 class WikiTextReader:
@@ -215,9 +207,6 @@ class WikiTextReader:
 
     def fingerprint(self):
         return dict(reader='wikitext', errors=self.errors, files=[_fingerprint_path(f) for f in self.files])
-
-
-# ---------------------------------------------------------------- plain text
 
 
 class TextCorpusReader:
@@ -272,9 +261,6 @@ class TextCorpusReader:
         return dict(reader='text', mode=self.mode, split=self.split, errors=self.errors, files=files)
 
 
-# ---------------------------------------------------------------- tables
-
-
 def join_fields(values, mark_fields):
     "Several text columns -> one text: `['a', 'b']` -> `'xxfld 1 a xxfld 2 b'` (fastai's field markers)."
     if not mark_fields:
@@ -320,9 +306,7 @@ class TableReader:
         return table_kind(self.name) or 'csv'
 
     def _columns(self):
-        import pandas as pd  # pandas loads only when a table is read
-
-        if self._kind() == 'parquet' and not isinstance(self.src, pd.DataFrame):
+        if self._kind() == 'parquet' and isinstance(self.src, (str, os.PathLike)):
             import pyarrow.parquet as pq  # only for Parquet files
 
             return list(pq.ParquetFile(self.src).schema_arrow.names)
@@ -344,15 +328,10 @@ class TableReader:
         if kind == 'parquet':
             yield pd.read_parquet(self.src)
             return
+        sep = '\t' if kind == 'tsv' else ','
         try:
             yield from pd.read_csv(
-                self.src,
-                sep='\t' if kind == 'tsv' else ',',
-                chunksize=self.chunksize,
-                nrows=nrows,
-                encoding='utf-8',
-                encoding_errors=self.errors,
-                keep_default_na=True,
+                self.src, sep=sep, chunksize=self.chunksize, nrows=nrows, encoding='utf-8', encoding_errors=self.errors
             )
         except UnicodeDecodeError:
             raise _undecodable(self.src) from None
@@ -446,9 +425,7 @@ def check_labelled(df, text_col, label_cols, valid_col=None):
 
 
 def _truthy(v):
-    if isinstance(v, str):
-        return v.strip().lower() in ('true', '1', 'yes', 'valid')
-    return bool(v)
+    return v.strip().lower() in ('true', '1', 'yes', 'valid') if isinstance(v, str) else bool(v)
 
 
 # ---- which reader for which dataset: the one place that decides ----

@@ -10,11 +10,9 @@ from common.config import ConfigError
 
 
 class LMLoader:
-    """Language-model batches straight off a token store's memmap.
-
-    Each epoch the docs are shuffled (torch's global RNG) and concatenated into one stream, which is cut into `bs`
-    contiguous rows. Batch i is the next window of every row, and the target is the input shifted by one token, so
-    the hidden state of row r carries over from batch i to batch i + 1:
+    """Language-model batches straight off a token store's memmap. Each epoch the docs are shuffled (torch's global
+    RNG) and concatenated into one stream, cut into `bs` contiguous rows. Batch i is the next window of every row, the
+    target is the input shifted by one token, so the hidden state of row r carries over from batch i to batch i + 1:
 
         stream:  d3 d3 d3 d0 d0 d1 d1 d1 d1 d4 d4 d2 d2 d2 d2 d2 d2 d5 ...   (n tokens)
                  └──────── row 0 ────────┘└──────── row 1 ────────┘ ...     (bs rows of L = n // bs tokens)
@@ -55,8 +53,7 @@ class LMLoader:
         self.doc_idx = np.arange(len(self.offsets) - 1) if doc_idx is None else np.asarray(doc_idx)
         self.bs, self.global_bs, self.bptt, self.shuffle = bs // world_size, bs, bptt, shuffle
         self.var_bptt, self.backwards, self.rank, self.world_size = var_bptt, backwards, rank, world_size
-        lens = self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]
-        self.n_tokens = int(lens.sum())
+        self.n_tokens = int((self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]).sum())
         self.row_len = self.n_tokens // bs  # L: tokens per row (the stream's tail that doesn't fill a row is dropped)
         if self.row_len < 2:
             raise ConfigError(
@@ -67,9 +64,6 @@ class LMLoader:
         "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."
         return math.ceil((self.row_len - 1) / self.bptt)
 
-    def _order(self):
-        return self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
-
     def _seq_len(self):
         if not self.var_bptt:
             return self.bptt
@@ -77,7 +71,7 @@ class LMLoader:
         return max(5, int(round(float(torch.normal(float(bptt), 5.0, ())))))
 
     def __iter__(self):
-        order = self._order()
+        order = self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
         starts = self.offsets[order]  # where each doc of the stream lives in the memmap
         cum = np.zeros(len(order) + 1, np.int64)
         np.cumsum(self.offsets[order + 1] - starts, out=cum[1:])  # stream position where each doc starts
@@ -93,9 +87,6 @@ class LMLoader:
             win = torch.from_numpy(np.asarray(self.ids[starts[k] + pos - cum[k]], dtype=np.int64))  # (bs, sl + 1)
             yield win[:, :-1], win[:, 1:]  # x, y: (bs, sl)
             j += sl
-
-
-# ---------------------------------------------------------------- classification
 
 
 class SortSampler(Sampler):
