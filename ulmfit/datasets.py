@@ -210,8 +210,7 @@ class WikiTextReader:
 
 
 class TextCorpusReader:
-    """Plain text (`.gz` too): one doc per line (`mode='lines'`), per blank-line-separated paragraph ('blank') or per
-    file of a folder of `.txt` files. `mode='auto'` picks 'blank' when the first 1000 lines hold a blank line."""
+    "Plain text (.gz too): one doc per line (mode 'lines'), per blank-line paragraph ('blank') or per .txt file."
 
     def __init__(self, paths, mode='auto', split='train', errors='strict'):
         if mode not in ('auto', 'lines', 'blank'):
@@ -223,6 +222,7 @@ class TextCorpusReader:
                 raise FileNotFoundError(f'corpus not found: {p}')
 
     def _mode(self, f):
+        "The mode for file `f`: 'auto' picks 'blank' when its first 1000 lines hold a blank line."
         if self.mode != 'auto':
             return self.mode
         head = list(itertools.islice(_lines(f, self.errors), 1000))
@@ -263,14 +263,12 @@ class TextCorpusReader:
 
 def join_fields(values, mark_fields):
     "Several text columns -> one text: `['a', 'b']` -> `'xxfld 1 a xxfld 2 b'` (fastai's field markers)."
-    if not mark_fields:
-        return ' '.join(values)
-    return ' '.join(f'{FLD} {i + 1} {v}' for i, v in enumerate(values))
+    return ' '.join(f'{FLD} {i + 1} {v}' if mark_fields else v for i, v in enumerate(values))
 
 
 class TableReader:
-    """CSV/TSV/Parquet files or a pandas DataFrame: text column(s) joined with `xxfld N` markers, label column(s)
-    (several label columns = multi-label 0/1 columns), optional `is_valid` column (-> split 'valid'/'train')."""
+    """A CSV/TSV/Parquet file or DataFrame: text column(s) joined with `xxfld N` markers, label column(s) (several = 0/1
+    multi-label columns), optional `is_valid` column (-> split 'valid'/'train')."""
 
     def __init__(
         self,
@@ -467,8 +465,7 @@ def table_kind(path):
 
 
 def reader_for(paths, split='train', label_col='label', errors='strict'):
-    """The reader of corpus files or folders (a list or a comma-separated string), picked by `path_kind`; a table's
-    columns are 'text' and `label_col` (unless None). Several WikiText or plain-text paths make one reader."""
+    "The reader of corpus paths (a list or 'a,b'), by `path_kind`; a table's columns: 'text' and `label_col` (or None)."
     paths = [Path(p) for p in (paths.split(',') if isinstance(paths, str) else paths) if str(p)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

@@ -161,15 +161,13 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
     show = progress and show_progress()
     bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not show, mininterval=1, smoothing=0.1)
     n_tok = 0
-    with open(tmp / 'pass1.bin', 'wb') as f:
+    with bar, open(tmp / 'pass1.bin', 'wb') as f:
         for ids, dl in encode_texts(texts(), tok, n_workers, chunk, table):
             ids.astype(np.int32).tofile(f)
             lens.extend(dl.tolist())
             n_tok += len(ids)
             bar.update(len(dl))
             bar.set_postfix(tokens=n_tok, refresh=False)
-    bar.close()
-    n_docs = len(lens)
     # pass 2: final vocab, then map the temp ids to it a block at a time
     if vocab is None:
         vocab = Vocab.from_counts(table.counter(), max_vocab=max_vocab, min_freq=min_freq)
@@ -185,7 +183,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 out.astype(dtype).tofile(f)
             del p1
     os.remove(tmp / 'pass1.bin')
-    offsets = np.zeros(n_docs + 1, np.int64)
+    offsets = np.zeros(len(lens) + 1, np.int64)
     np.cumsum(np.frombuffer(lens, np.int64), out=offsets[1:])
     np.save(tmp / 'offsets.npy', offsets)
     lab, label_names, multi = _encode_labels(labels, reader)
@@ -196,7 +194,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
         version=STORE_VERSION,
         key=key,
         name=name,
-        n_docs=n_docs,
+        n_docs=len(lens),
         n_tokens=n_tok,
         n_unk=n_unk,
         dtype=np.dtype(dtype).name,
