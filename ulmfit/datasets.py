@@ -67,11 +67,6 @@ def find_bad_utf8(path):
             pos += len(b)
 
 
-def _undecodable(path):
-    "The error for a table that is not UTF-8, with the offset of its first bad byte."
-    return DataError(f"{path}: undecodable bytes at byte offset {find_bad_utf8(path)} (not UTF-8); {REPLACE_HINT}")
-
-
 def _nonempty(docs, error):
     "Yield from `docs`; raise DataError(`error`) when there is nothing to yield."
     docs = iter(docs)
@@ -137,9 +132,8 @@ class ImdbReader:
 
     def __iter__(self):
         expected = 'train|test/pos|neg|unsup/<id>_<rating>.txt files'
-        return _nonempty(
-            self._docs(), f'{self.path}: no IMDB reviews in splits {list(self.splits)} (expected {expected})'
-        )
+        error = f'{self.path}: no IMDB reviews in splits {list(self.splits)} (expected {expected})'
+        return _nonempty(self._docs(), error)
 
     def _docs(self):
         if self.path.is_file():  # stream straight out of the archive, in archive order
@@ -165,11 +159,6 @@ class ImdbReader:
 _re_title = re.compile(r'^ = [^=].* = \n?$')
 
 
-def _wiki_split(path):
-    name = Path(path).name
-    return next((s for s in ('train', 'valid', 'test') if f'.{s}.' in name or name.startswith(s)), 'train')
-
-
 class WikiTextReader:
     "WikiText `.raw`/`.tokens` files (or a folder of them, `.gz` too), one Doc per article (` = Title = ` heading)."
 
@@ -192,7 +181,8 @@ class WikiTextReader:
             yield from _nonempty(self._file_docs(f), f'{f}: no text (empty or whitespace only)')
 
     def _file_docs(self, f):
-        split, buf, title, prev = _wiki_split(f), [], None, ''
+        split = next((s for s in ('train', 'valid', 'test') if f'.{s}.' in f.name or f.name.startswith(s)), 'train')
+        buf, title, prev = [], None, ''
         for line, nxt in itertools.pairwise(itertools.chain(_lines(f, self.errors), [''])):  # '' after the last line
             # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
             # inside a paragraph is not one)
@@ -332,7 +322,8 @@ class TableReader:
                 self.src, sep=sep, chunksize=self.chunksize, nrows=nrows, encoding='utf-8', encoding_errors=self.errors
             )
         except UnicodeDecodeError:
-            raise _undecodable(self.src) from None
+            off = find_bad_utf8(self.src)
+            raise DataError(f"{self.src}: undecodable bytes at byte offset {off} (not UTF-8); {REPLACE_HINT}") from None
         except pd.errors.EmptyDataError:
             raise DataError(f'{self.src}: empty file (no header)') from None
 
@@ -393,7 +384,8 @@ def as_frame(data, text_col, errors='strict'):
             else:  # .gz is decompressed by pandas
                 df = pd.read_csv(p, sep='\t' if table_kind(p) == 'tsv' else ',', encoding_errors=errors)
         except UnicodeDecodeError:
-            raise _undecodable(p) from None
+            off = find_bad_utf8(p)
+            raise DataError(f"{p}: undecodable bytes at byte offset {off} (not UTF-8); {REPLACE_HINT}") from None
         except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
             raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
         df.attrs['source'] = str(p)

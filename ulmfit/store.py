@@ -98,12 +98,6 @@ def store_key(source_fp, tok_cfg, vocab_cfg):
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _vocab_cfg(vocab, max_vocab, min_freq):
-    if vocab is None:
-        return dict(max_vocab=max_vocab, min_freq=min_freq)
-    return dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
-
-
 def build_store(
     reader,
     tok=None,
@@ -118,7 +112,11 @@ def build_store(
 ):
     "Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused), against `vocab` if given."
     tok = tok or SpacyTokenizer()
-    key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
+    if vocab is None:
+        vocab_cfg = dict(max_vocab=max_vocab, min_freq=min_freq)
+    else:  # a given vocab is known by its tokens
+        vocab_cfg = dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
+    key = store_key(reader.fingerprint(), tok.config(), vocab_cfg)
     cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists():
