@@ -157,6 +157,7 @@ class ImdbReader:
 
 
 _re_title = re.compile(r'^ = [^=].* = \n?$')
+_re_wiki_file = re.compile(r'\.(raw|tokens)(\.gz)?$')
 
 
 class WikiTextReader:
@@ -164,17 +165,13 @@ class WikiTextReader:
 
     def __init__(self, paths, errors='strict'):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        files = []
+        self.files, self.errors = [], errors
         for p in map(Path, paths):
-            if p.is_dir():
-                files += sorted(f for f in p.iterdir() if re.search(r'\.(raw|tokens)(\.gz)?$', f.name))
-            elif p.exists():
-                files.append(p)
-            else:
+            if not p.exists():
                 raise FileNotFoundError(f'WikiText file not found: {p}')
-        if not files:
+            self.files += sorted(f for f in p.iterdir() if _re_wiki_file.search(f.name)) if p.is_dir() else [p]
+        if not self.files:
             raise FileNotFoundError(f'no WikiText .raw/.tokens files in {paths}')
-        self.files, self.errors = files, errors
 
     def __iter__(self):
         for f in self.files:
@@ -443,7 +440,7 @@ def path_kind(p):
         return 'imdb'
     if '.raw' in name or '.tokens' in name:
         return 'wikitext'
-    if p.is_dir() and any(re.search(r'\.(raw|tokens)(\.gz)?$', q.name) for q in p.iterdir()):
+    if p.is_dir() and any(_re_wiki_file.search(q.name) for q in p.iterdir()):
         return 'wikitext'
     return 'table' if table_kind(p) else 'text'
 

@@ -52,6 +52,7 @@ class TokenStore:
         self.splits = np.load(self.path / 'splits.npy')
         self.label_names, self.split_names = self.meta['label_names'], self.meta['split_names']
         self.multi_label = self.meta['multi_label']
+        self.lengths, self.n_tokens = np.diff(self.offsets), len(self.ids)
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -61,14 +62,6 @@ class TokenStore:
 
     def __repr__(self):
         return f'TokenStore({self.path}, {len(self)} docs, {len(self.ids)} tokens, vocab {len(self.vocab)})'
-
-    @property
-    def lengths(self):
-        return np.diff(self.offsets)
-
-    @property
-    def n_tokens(self):
-        return len(self.ids)
 
     def split_idx(self, *names):
         "Indices of the docs in any of the named splits (all docs when no name is given)."
@@ -112,9 +105,8 @@ def build_store(
 ):
     "Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused), against `vocab` if given."
     tok = tok or SpacyTokenizer()
-    if vocab is None:
-        vocab_cfg = dict(max_vocab=max_vocab, min_freq=min_freq)
-    else:  # a given vocab is known by its tokens
+    vocab_cfg = dict(max_vocab=max_vocab, min_freq=min_freq)
+    if vocab is not None:  # a given vocab is known by its tokens
         vocab_cfg = dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
     key = store_key(reader.fingerprint(), tok.config(), vocab_cfg)
     cache = get_data_root(root) / 'cache'
