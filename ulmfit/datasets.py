@@ -117,13 +117,11 @@ class ImdbReader:
 
     def _doc(self, m, raw, name):
         split, folder, _, rating = m.groups()
-        if folder == 'unsup':
-            split, lbl = 'unsup', None
-        else:
-            lbl = folder if self.label == 'sentiment' else int(rating)
         if not raw:
             raise DataError(f'{name}: empty file')
-        return Doc(decode(raw, name, self.errors), lbl, split, name)
+        if folder == 'unsup':
+            return Doc(decode(raw, name, self.errors), None, 'unsup', name)
+        return Doc(decode(raw, name, self.errors), folder if self.label == 'sentiment' else int(rating), split, name)
 
     def _folders(self):
         "The (split, folder) pairs of an extracted IMDB folder to read, in a fixed order."

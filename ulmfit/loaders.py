@@ -163,9 +163,7 @@ class TextClassDataset(Dataset):
     def __getitem__(self, i):
         j = self.idx[i]
         ids = np.asarray(self.store[j])
-        if self.max_len is not None:
-            ids = ids[-self.max_len :]
-        return ids, self.store.labels[j]
+        return (ids if self.max_len is None else ids[-self.max_len :]), self.store.labels[j]
 
     @property
     def lengths(self):

@@ -208,17 +208,14 @@ def spm_key(*inputs):
 
 
 def make_tokenizer(kind, reader=None, root=None, spm_vocab_size=15000, spm_model_type='unigram'):
-    "The tokenizer named `kind`: 'spacy' (fastai rules), or 'spm' (SentencePiece trained on `reader`, cached)."
+    "'spacy' (fastai rules) or 'spm': SentencePiece trained on a sample of `reader`'s docs (reused from `root/cache`)."
     if kind == 'spacy':
         return SpacyTokenizer()
-    if kind == 'spm':
-        return train_spm(reader, root, spm_vocab_size, spm_model_type)
-    raise ConfigError(f"tokenizer: must be 'spacy' or 'spm', not {kind!r}")
-
-
-def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=20000, seed=42):
-    "A SentencePieceTokenizer trained (or reused from `root/cache`) on a reservoir sample of `n_sample` docs."
-    out = get_data_root(root) / 'cache' / f'spm-{spm_key(reader.fingerprint(), vocab_sz, model_type, n_sample, seed)}'
+    if kind != 'spm':
+        raise ConfigError(f"tokenizer: must be 'spacy' or 'spm', not {kind!r}")
+    n_sample, seed = 20000, 42  # a reservoir sample of 20,000 docs
+    key = spm_key(reader.fingerprint(), spm_vocab_size, spm_model_type, n_sample, seed)
+    out = get_data_root(root) / 'cache' / f'spm-{key}'
     if (out / 'spm.model').exists():
         return SentencePieceTokenizer(out / 'spm.model')
     rng, sample = random.Random(seed), []
@@ -227,7 +224,7 @@ def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=
             sample.append(d.text)
         elif (j := rng.randrange(i + 1)) < n_sample:
             sample[j] = d.text
-    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
+    return SentencePieceTokenizer.train(sample, out, vocab_sz=spm_vocab_size, model_type=spm_model_type)
 
 
 def _encode_labels(labels, reader):
