@@ -78,8 +78,7 @@ def _nonempty(docs, error):
 
 
 def _open_bin(path):
-    path = os.fspath(path)
-    return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+    return gzip.open(path, 'rb') if os.fspath(path).endswith('.gz') else open(path, 'rb')
 
 
 def _check_nonempty(path):
@@ -216,9 +215,7 @@ class TextCorpusReader:
     def _file_docs(self, f):
         lines = enumerate(_lines(f, self.errors), 1)  # (line number, line)
         if self._mode(f) == 'lines':
-            for i, line in lines:
-                if line.strip():
-                    yield Doc(line.rstrip('\n'), None, self.split, f'{f}:{i}')
+            yield from (Doc(line.rstrip('\n'), None, self.split, f'{f}:{i}') for i, line in lines if line.strip())
             return
         for nonblank, para in itertools.groupby(lines, key=lambda il: bool(il[1].strip())):
             if nonblank:
@@ -275,6 +272,7 @@ class TableReader:
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
         is_path = isinstance(src, (str, os.PathLike))
         self.name = str(src) if is_path else getattr(src, 'attrs', {}).get('source', 'DataFrame')
+        self._kind = table_kind(self.name) or 'csv'
         if is_path:
             if not Path(src).exists():
                 raise FileNotFoundError(f'table not found: {src}')
@@ -285,11 +283,8 @@ class TableReader:
     def multi_label(self):
         return len(self.label_cols) > 1 or self.label_delim is not None
 
-    def _kind(self):
-        return table_kind(self.name) or 'csv'
-
     def _columns(self):
-        if self._kind() == 'parquet' and isinstance(self.src, (str, os.PathLike)):
+        if self._kind == 'parquet' and isinstance(self.src, (str, os.PathLike)):
             import pyarrow.parquet as pq  # only for Parquet files
 
             return list(pq.ParquetFile(self.src).schema_arrow.names)
@@ -307,11 +302,10 @@ class TableReader:
         if isinstance(self.src, pd.DataFrame):
             yield self.src
             return
-        kind = self._kind()
-        if kind == 'parquet':
+        if self._kind == 'parquet':
             yield pd.read_parquet(self.src)
             return
-        sep = '\t' if kind == 'tsv' else ','
+        sep = '\t' if self._kind == 'tsv' else ','
         try:
             yield from pd.read_csv(
                 self.src, sep=sep, chunksize=self.chunksize, nrows=nrows, encoding='utf-8', encoding_errors=self.errors
@@ -436,9 +430,7 @@ def path_kind(p):
     p, name = Path(p), Path(p).name.lower()
     if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or name.endswith(('.tgz', '.tar.gz')):
         return 'imdb'
-    if '.raw' in name or '.tokens' in name:
-        return 'wikitext'
-    if p.is_dir() and any(_re_wiki_file.search(q.name) for q in p.iterdir()):
+    if '.raw' in name or '.tokens' in name or (p.is_dir() and any(_re_wiki_file.search(q.name) for q in p.iterdir())):
         return 'wikitext'
     return 'table' if table_kind(p) else 'text'
 

@@ -27,8 +27,7 @@ class LMLoader:
     The stream is never materialized: a window's positions are mapped back to (doc, offset) with a searchsorted on
     the shuffled docs' cumulative lengths, then gathered from the memmap. With `rank`/`world_size` each DDP rank
     takes its own `bs // world_size` contiguous rows of the global batch (all ranks must share the torch seed so they
-    shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start.
-    """
+    shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start."""
 
     distributed_aware = True
 
@@ -111,8 +110,7 @@ class SortishSampler(SortSampler):
 
     The DataLoader cuts this index stream into batches of bs again, so the partial batch must stay last: anywhere else
     it shifts every later cut, and those batches straddle two length groups (lots of padding). Last, it is also what
-    `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last).
-    """
+    `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last)."""
 
     def __init__(self, lengths, bs, mega=50):
         super().__init__(lengths)
