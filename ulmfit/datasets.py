@@ -224,13 +224,12 @@ class TextCorpusReader:
 
     def __iter__(self):
         for p in self.paths:
-            what = 'no .txt files in the folder' if p.is_dir() else 'empty or whitespace only'
-            yield from _nonempty(self._path_docs(p), f'{p}: no text ({what})')
+            if p.is_dir():
+                yield from _nonempty(self._folder_docs(p), f'{p}: no text (no .txt files in the folder)')
+            else:
+                yield from _nonempty(self._file_docs(p), f'{p}: no text (empty or whitespace only)')
 
-    def _path_docs(self, p):
-        if not p.is_dir():
-            yield from self._file_docs(p)
-            return
+    def _folder_docs(self, p):
         for f in sorted(p.rglob('*')):
             if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
                 raw = b''.join(_open_bin(f))
