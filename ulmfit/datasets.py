@@ -46,10 +46,8 @@ def decode(raw, name, errors='strict', base=0):
     try:
         return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{name}: undecodable bytes {raw[e.start : e.start + 4]!r} at byte offset {base + e.start} "
-            f"(not UTF-8); {REPLACE_HINT}"
-        ) from None
+        bad, at = raw[e.start : e.start + 4], base + e.start
+        raise DataError(f"{name}: undecodable bytes {bad!r} at byte offset {at} (not UTF-8); {REPLACE_HINT}") from None
 
 
 def find_bad_utf8(path):
@@ -262,7 +260,6 @@ class TableReader:
         errors='strict',
         chunksize=10_000,
     ):
-        self.src = src
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
         self.label_cols = (
             [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
@@ -270,17 +267,13 @@ class TableReader:
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
         is_path = isinstance(src, (str, os.PathLike))
-        self.name = str(src) if is_path else getattr(src, 'attrs', {}).get('source', 'DataFrame')
+        self.src, self.name = src, str(src) if is_path else getattr(src, 'attrs', {}).get('source', 'DataFrame')
         self._kind = table_kind(self.name) or 'csv'
         if is_path:
             if not Path(src).exists():
                 raise FileNotFoundError(f'table not found: {src}')
             _check_nonempty(src)
         self._check_columns(self._columns())
-
-    @property
-    def multi_label(self):
-        return len(self.label_cols) > 1 or self.label_delim is not None
 
     def _columns(self):
         if self._kind == 'parquet' and isinstance(self.src, (str, os.PathLike)):
@@ -396,10 +389,8 @@ def check_labelled(df, text_col, label_cols, valid_col=None):
     if len(label_cols) == 1:
         classes = df[label_cols[0]].dropna().unique()
         if len(classes) < 2:
-            raise DataError(
-                f"{table_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
-                f"{sorted(map(str, classes))}; a classifier needs at least 2"
-            )
+            found = f'{label_cols[0]!r} has {len(classes)} class(es) {sorted(map(str, classes))}'
+            raise DataError(f'{table_source(df)}: label column {found}; a classifier needs at least 2')
 
 
 def _truthy(v):
@@ -472,7 +463,6 @@ def wikitext_file(folder, split, must=True):
             return Path(folder) / name
     if must:
         raise FileNotFoundError(f'no wiki.{split}.tokens or wiki.{split}.raw in {folder}')
-    return None
 
 
 def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):

@@ -173,9 +173,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 out.astype(dtype).tofile(f)
             del p1
     os.remove(tmp / 'pass1.bin')
-    offsets = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(np.frombuffer(lens, np.int64), out=offsets[1:])
-    np.save(tmp / 'offsets.npy', offsets)
+    np.save(tmp / 'offsets.npy', np.concatenate([[0], np.cumsum(np.frombuffer(lens, np.int64))]))
     lab, label_names, multi = _encode_labels(labels, reader)
     np.save(tmp / 'labels.npy', lab)
     np.save(tmp / 'splits.npy', np.frombuffer(splits, np.uint8).copy())
