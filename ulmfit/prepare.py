@@ -48,6 +48,7 @@ def main(argv=None):
     ap.add_argument(
         '--dataset',
         choices=DATASETS,
+        default=None,
         help='named dataset to fetch and tokenize (imdb: train+test+unsup, labels pos/neg)',
     )
     ap.add_argument(
