@@ -3,6 +3,7 @@
 import codecs
 import gzip
 import hashlib
+import itertools
 import os
 import re
 import tarfile
@@ -45,10 +46,8 @@ def decode(raw, name, errors='strict', base=0):
     try:
         return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{name}: undecodable bytes {raw[e.start : e.start + 4]!r} at byte offset {base + e.start} "
-            f"(not UTF-8); {REPLACE_HINT}"
-        ) from None
+        bad, at = raw[e.start : e.start + 4], base + e.start
+        raise DataError(f"{name}: undecodable bytes {bad!r} at byte offset {at} (not UTF-8); {REPLACE_HINT}") from None
 
 
 def find_bad_utf8(path):
@@ -66,9 +65,18 @@ def find_bad_utf8(path):
             pos += len(b)
 
 
+def _nonempty(docs, error):
+    "Yield from `docs`; raise DataError(`error`) when there is nothing to yield."
+    docs = iter(docs)
+    first = next(docs, None)
+    if first is None:
+        raise DataError(error)
+    yield first
+    yield from docs
+
+
 def _open_bin(path):
-    path = os.fspath(path)
-    return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+    return gzip.open(path, 'rb') if os.fspath(path).endswith('.gz') else open(path, 'rb')
 
 
 def _check_nonempty(path):
@@ -79,25 +87,20 @@ def _check_nonempty(path):
 def _lines(path, errors='strict'):
     "Decoded lines (with their '\\n'), errors reported with the byte offset in the (decompressed) file."
     _check_nonempty(path)
-    pos, n = 0, 0
+    pos = 0
     with _open_bin(path) as f:
         for raw in f:
-            n += 1
             yield decode(raw, str(path), errors, pos)
             pos += len(raw)
-    if n == 0:
+    if pos == 0:
         raise DataError(f'{path}: empty file (nothing after decompression)')
 
-
-# ---------------------------------------------------------------- IMDB
 
 _re_imdb = re.compile(r'(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$')
 
 
 class ImdbReader:
-    """IMDB reviews from the extracted folder or the .tgz itself; label = folder (pos/neg, None for unsup).
-
-    `label='rating'` gives the rating from the file name `{id}_{rating}.txt` instead (unsup reviews have 0)."""
+    "IMDB reviews (folder or .tgz); label: pos/neg (None for unsup), or with label='rating' the file name's rating."
 
     def __init__(self, path, splits=('train', 'test', 'unsup'), label='sentiment', errors='strict'):
         self.path, self.splits, self.label, self.errors = Path(path), tuple(splits), label, errors
@@ -111,24 +114,21 @@ class ImdbReader:
 
     def _doc(self, m, raw, name):
         split, folder, _, rating = m.groups()
-        if folder == 'unsup':
-            split, lbl = 'unsup', None
-        else:
-            lbl = folder if self.label == 'sentiment' else int(rating)
         if not raw:
             raise DataError(f'{name}: empty file')
-        return Doc(decode(raw, name, self.errors), lbl, split, name)
+        if folder == 'unsup':
+            return Doc(decode(raw, name, self.errors), None, 'unsup', name)
+        return Doc(decode(raw, name, self.errors), folder if self.label == 'sentiment' else int(rating), split, name)
+
+    def _folders(self):
+        "The (split, folder) pairs of an extracted IMDB folder to read, in a fixed order."
+        pairs = itertools.product(('train', 'test'), ('pos', 'neg', 'unsup'))
+        return [(s, f) for s, f in pairs if (self.path / s / f).is_dir() and self._want(s, f)]
 
     def __iter__(self):
-        n = 0
-        for d in self._docs():
-            n += 1
-            yield d
-        if n == 0:
-            raise DataError(
-                f"{self.path}: no IMDB reviews in splits {list(self.splits)} (expected "
-                f"train|test/pos|neg|unsup/<id>_<rating>.txt files)"
-            )
+        expected = 'train|test/pos|neg|unsup/<id>_<rating>.txt files'
+        error = f'{self.path}: no IMDB reviews in splits {list(self.splits)} (expected {expected})'
+        return _nonempty(self._docs(), error)
 
     def _docs(self):
         if self.path.is_file():  # stream straight out of the archive, in archive order
@@ -138,47 +138,21 @@ class ImdbReader:
                     if mem.isfile() and m and self._want(m.group(1), m.group(2)):
                         yield self._doc(m, tf.extractfile(mem).read(), f'{self.path}:{mem.name}')
             return
-        for split in ('train', 'test'):
-            for folder in ('pos', 'neg', 'unsup'):
-                d = self.path / split / folder
-                if not d.is_dir() or not self._want(split, folder):
-                    continue
-                # sort by numeric id so the order is the same on every machine
-                files = sorted(os.listdir(d), key=lambda f: (len(f), f))
-                for f in files:
-                    m = _re_imdb.search(f'{split}/{folder}/{f}')
-                    if not m:
-                        continue
-                    with open(d / f, 'rb') as fh:
-                        raw = fh.read()
-                    yield self._doc(m, raw, str(d / f))
+        for split, folder in self._folders():
+            d = self.path / split / folder
+            for f in sorted(os.listdir(d), key=lambda f: (len(f), f)):  # by numeric id: the same on every machine
+                m = _re_imdb.search(f'{split}/{folder}/{f}')
+                if m:
+                    yield self._doc(m, (d / f).read_bytes(), str(d / f))
 
     def fingerprint(self):
         p = self.path
-        fp = (
-            _fingerprint_path(p)
-            if p.is_file()
-            else [
-                _fingerprint_path(p / s / f)
-                for s in ('train', 'test')
-                for f in ('pos', 'neg', 'unsup')
-                if (p / s / f).is_dir() and self._want(s, f)
-            ]
-        )
+        fp = _fingerprint_path(p) if p.is_file() else [_fingerprint_path(p / s / f) for s, f in self._folders()]
         return dict(reader='imdb', splits=self.splits, label=self.label, errors=self.errors, files=fp)
 
 
-# ---------------------------------------------------------------- WikiText
-
 _re_title = re.compile(r'^ = [^=].* = \n?$')
-
-
-def _wiki_split(path):
-    name = Path(path).name
-    for s in ('train', 'valid', 'test'):
-        if f'.{s}.' in name or name.startswith(s):
-            return s
-    return 'train'
+_re_wiki_file = re.compile(r'\.(raw|tokens)(\.gz)?$')
 
 
 class WikiTextReader:
@@ -186,55 +160,39 @@ class WikiTextReader:
 
     def __init__(self, paths, errors='strict'):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        files = []
+        self.files, self.errors = [], errors
         for p in map(Path, paths):
-            if p.is_dir():
-                files += sorted(f for f in p.iterdir() if re.search(r'\.(raw|tokens)(\.gz)?$', f.name))
-            elif p.exists():
-                files.append(p)
-            else:
+            if not p.exists():
                 raise FileNotFoundError(f'WikiText file not found: {p}')
-        if not files:
+            self.files += sorted(f for f in p.iterdir() if _re_wiki_file.search(f.name)) if p.is_dir() else [p]
+        if not self.files:
             raise FileNotFoundError(f'no WikiText .raw/.tokens files in {paths}')
-        self.files, self.errors = files, errors
 
     def __iter__(self):
         for f in self.files:
-            n = 0
-            for d in self._file_docs(f):
-                n += 1
-                yield d
-            if n == 0:
-                raise DataError(f'{f}: no text (empty or whitespace only)')
+            yield from _nonempty(self._file_docs(f), f'{f}: no text (empty or whitespace only)')
 
     def _file_docs(self, f):
-        split, buf, title, prev = _wiki_split(f), [], None, ''
-        lines = _lines(f, self.errors)
-        line = next(lines, None)
-        while line is not None:
-            nxt = next(lines, None)
+        split = next((s for s in ('train', 'valid', 'test') if f'.{s}.' in f.name or f.name.startswith(s)), 'train')
+        buf, title, prev = [], None, ''
+        for line, nxt in itertools.pairwise(itertools.chain(_lines(f, self.errors), [''])):  # '' after the last line
             # a level-1 heading: ' = Title = ' on its own between blank lines (a formula like ' = 1 rad / s = '
             # inside a paragraph is not one)
-            if _re_title.match(line) and not prev.strip() and (nxt is None or not nxt.strip()):
-                if buf and ''.join(buf).strip():
+            if _re_title.match(line) and not prev.strip() and not nxt.strip():
+                if ''.join(buf).strip():
                     yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
                 buf, title = [], line.strip(' =\n')
             buf.append(line)
-            prev, line = line, nxt
-        if buf and ''.join(buf).strip():
+            prev = line
+        if ''.join(buf).strip():
             yield Doc(''.join(buf).strip(), None, split, f'{f}: {title}')
 
     def fingerprint(self):
         return dict(reader='wikitext', errors=self.errors, files=[_fingerprint_path(f) for f in self.files])
 
 
-# ---------------------------------------------------------------- plain text
-
-
 class TextCorpusReader:
-    """Plain-text corpora: one doc per line (`mode='lines'`), docs separated by blank lines (`mode='blank'`),
-    a folder of `.txt` files (one doc per file), `.gz` transparently. `mode='auto'` picks 'blank' when the first
-    1000 lines hold a blank line."""
+    "Plain text (.gz too): one doc per line (mode 'lines'), per blank-line paragraph ('blank') or per .txt file."
 
     def __init__(self, paths, mode='auto', split='train', errors='strict'):
         if mode not in ('auto', 'lines', 'blank'):
@@ -246,51 +204,30 @@ class TextCorpusReader:
                 raise FileNotFoundError(f'corpus not found: {p}')
 
     def _mode(self, f):
+        "The mode for file `f`: 'auto' picks 'blank' when its first 1000 lines hold a blank line."
         if self.mode != 'auto':
             return self.mode
-        lines = []
-        for line in _lines(f, self.errors):
-            lines.append(line)
-            if len(lines) >= 1000:
-                break
-        return 'blank' if any(not x.strip() for x in lines[:-1]) else 'lines'
+        head = list(itertools.islice(_lines(f, self.errors), 1000))
+        return 'blank' if any(not x.strip() for x in head[:-1]) else 'lines'
 
     def _file_docs(self, f):
-        mode = self._mode(f)
-        if mode == 'lines':
-            for i, line in enumerate(_lines(f, self.errors)):
-                if line.strip():
-                    yield Doc(line.rstrip('\n'), None, self.split, f'{f}:{i + 1}')
+        lines = enumerate(_lines(f, self.errors), 1)  # (line number, line)
+        if self._mode(f) == 'lines':
+            yield from (Doc(line.rstrip('\n'), None, self.split, f'{f}:{i}') for i, line in lines if line.strip())
             return
-        buf, start = [], 1
-        for i, line in enumerate(_lines(f, self.errors)):
-            if line.strip():
-                buf.append(line)
-            elif buf:
-                yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
-                buf = []
-            if not buf:
-                start = i + 2
-        if buf:
-            yield Doc(''.join(buf).rstrip('\n'), None, self.split, f'{f}:{start}')
+        for nonblank, para in itertools.groupby(lines, key=lambda il: bool(il[1].strip())):
+            if nonblank:
+                para = list(para)
+                yield Doc(''.join(line for _, line in para).rstrip('\n'), None, self.split, f'{f}:{para[0][0]}')
 
     def __iter__(self):
         for p in self.paths:
-            n = 0
-            for d in self._path_docs(p):
-                n += 1
-                yield d
-            if n == 0:
-                raise DataError(
-                    f'{p}: no text (no .txt files in the folder)'
-                    if p.is_dir()
-                    else f'{p}: no text (empty or whitespace only)'
-                )
+            if p.is_dir():
+                yield from _nonempty(self._folder_docs(p), f'{p}: no text (no .txt files in the folder)')
+            else:
+                yield from _nonempty(self._file_docs(p), f'{p}: no text (empty or whitespace only)')
 
-    def _path_docs(self, p):
-        if not p.is_dir():
-            yield from self._file_docs(p)
-            return
+    def _folder_docs(self, p):
         for f in sorted(p.rglob('*')):
             if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
                 raw = b''.join(_open_bin(f))
@@ -299,28 +236,18 @@ class TextCorpusReader:
                 yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
     def fingerprint(self):
-        return dict(
-            reader='text',
-            mode=self.mode,
-            split=self.split,
-            errors=self.errors,
-            files=[_fingerprint_path(p) for p in self.paths],
-        )
-
-
-# ---------------------------------------------------------------- tables
+        files = [_fingerprint_path(p) for p in self.paths]
+        return dict(reader='text', mode=self.mode, split=self.split, errors=self.errors, files=files)
 
 
 def join_fields(values, mark_fields):
     "Several text columns -> one text: `['a', 'b']` -> `'xxfld 1 a xxfld 2 b'` (fastai's field markers)."
-    if not mark_fields:
-        return ' '.join(values)
-    return ' '.join(f'{FLD} {i + 1} {v}' for i, v in enumerate(values))
+    return ' '.join(f'{FLD} {i + 1} {v}' if mark_fields else v for i, v in enumerate(values))
 
 
 class TableReader:
-    """CSV/TSV/Parquet files or a pandas DataFrame: text column(s) joined with `xxfld N` markers, label column(s)
-    (several label columns = multi-label 0/1 columns), optional `is_valid` column (-> split 'valid'/'train')."""
+    """A CSV/TSV/Parquet file or DataFrame: text column(s) joined with `xxfld N` markers, label column(s) (several = 0/1
+    multi-label columns), optional `is_valid` column (-> split 'valid'/'train')."""
 
     def __init__(
         self,
@@ -333,41 +260,27 @@ class TableReader:
         errors='strict',
         chunksize=10_000,
     ):
-        self.src = src
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
         self.label_cols = (
             [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
         )
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
-        self.name = (
-            getattr(src, 'attrs', {}).get('source', 'DataFrame')
-            if not isinstance(src, (str, os.PathLike))
-            else str(src)
-        )
-        if isinstance(src, (str, os.PathLike)):
+        is_path = isinstance(src, (str, os.PathLike))
+        self.src, self.name = src, str(src) if is_path else getattr(src, 'attrs', {}).get('source', 'DataFrame')
+        self._kind = table_kind(self.name) or 'csv'
+        if is_path:
             if not Path(src).exists():
                 raise FileNotFoundError(f'table not found: {src}')
             _check_nonempty(src)
         self._check_columns(self._columns())
 
-    @property
-    def multi_label(self):
-        return len(self.label_cols) > 1 or self.label_delim is not None
-
-    def _kind(self):
-        return table_kind(self.name) or 'csv'
-
     def _columns(self):
-        import pandas as pd  # pandas loads only when a table is read
-
-        if isinstance(self.src, pd.DataFrame):
-            return list(self.src.columns)
-        if self._kind() == 'parquet':
+        if self._kind == 'parquet' and isinstance(self.src, (str, os.PathLike)):
             import pyarrow.parquet as pq  # only for Parquet files
 
             return list(pq.ParquetFile(self.src).schema_arrow.names)
-        return list(next(iter(self._chunks(nrows=1))).columns)
+        return list(next(self._chunks(nrows=1)).columns)
 
     def _check_columns(self, cols):
         need = [('text', c) for c in self.text_cols] + [('label', c) for c in self.label_cols]
@@ -381,19 +294,13 @@ class TableReader:
         if isinstance(self.src, pd.DataFrame):
             yield self.src
             return
-        kind = self._kind()
-        if kind == 'parquet':
+        if self._kind == 'parquet':
             yield pd.read_parquet(self.src)
             return
+        sep = '\t' if self._kind == 'tsv' else ','
         try:
             yield from pd.read_csv(
-                self.src,
-                sep='\t' if kind == 'tsv' else ',',
-                chunksize=self.chunksize,
-                nrows=nrows,
-                encoding='utf-8',
-                encoding_errors=self.errors,
-                keep_default_na=True,
+                self.src, sep=sep, chunksize=self.chunksize, nrows=nrows, encoding='utf-8', encoding_errors=self.errors
             )
         except UnicodeDecodeError:
             off = find_bad_utf8(self.src)
@@ -408,8 +315,6 @@ class TableReader:
                 raise DataError(
                     f'{self.name}: label column {c!r} has a missing value at row {rowno} (0-based, header not counted)'
                 )
-        if not self.label_cols:
-            return None
         if len(vals) > 1:
             return tuple(int(v) for v in vals)  # one 0/1 column per label
         v = vals[0]
@@ -440,16 +345,8 @@ class TableReader:
             files = [['DataFrame', h, list(map(str, self.src.columns))]]
         else:
             files = _fingerprint_path(self.src)
-        return dict(
-            reader='table',
-            text_cols=self.text_cols,
-            label_cols=self.label_cols,
-            valid_col=self.valid_col,
-            mark_fields=self.mark_fields,
-            label_delim=self.label_delim,
-            errors=self.errors,
-            files=files,
-        )
+        settings = ('text_cols', 'label_cols', 'valid_col', 'mark_fields', 'label_delim', 'errors')
+        return dict(reader='table', files=files, **{k: getattr(self, k) for k in settings})
 
 
 def as_frame(data, text_col, errors='strict'):
@@ -468,9 +365,8 @@ def as_frame(data, text_col, errors='strict'):
             else:  # .gz is decompressed by pandas
                 df = pd.read_csv(p, sep='\t' if table_kind(p) == 'tsv' else ',', encoding_errors=errors)
         except UnicodeDecodeError:
-            raise DataError(
-                f"{p}: undecodable bytes at byte offset {find_bad_utf8(p)} (not UTF-8); {REPLACE_HINT}"
-            ) from None
+            off = find_bad_utf8(p)
+            raise DataError(f"{p}: undecodable bytes at byte offset {off} (not UTF-8); {REPLACE_HINT}") from None
         except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
             raise DataError(f"{p}: not a readable table ({str(e).splitlines()[0]})") from None
         df.attrs['source'] = str(p)
@@ -493,16 +389,12 @@ def check_labelled(df, text_col, label_cols, valid_col=None):
     if len(label_cols) == 1:
         classes = df[label_cols[0]].dropna().unique()
         if len(classes) < 2:
-            raise DataError(
-                f"{table_source(df)}: label column {label_cols[0]!r} has {len(classes)} class(es) "
-                f"{sorted(map(str, classes))}; a classifier needs at least 2"
-            )
+            found = f'{label_cols[0]!r} has {len(classes)} class(es) {sorted(map(str, classes))}'
+            raise DataError(f'{table_source(df)}: label column {found}; a classifier needs at least 2')
 
 
 def _truthy(v):
-    if isinstance(v, str):
-        return v.strip().lower() in ('true', '1', 'yes', 'valid')
-    return bool(v)
+    return v.strip().lower() in ('true', '1', 'yes', 'valid') if isinstance(v, str) else bool(v)
 
 
 # ---- which reader for which dataset: the one place that decides ----
@@ -528,9 +420,7 @@ def path_kind(p):
     p, name = Path(p), Path(p).name.lower()
     if (p.is_dir() and (p / 'train' / 'pos').is_dir()) or name.endswith(('.tgz', '.tar.gz')):
         return 'imdb'
-    if '.raw' in name or '.tokens' in name:
-        return 'wikitext'
-    if p.is_dir() and any(re.search(r'\.(raw|tokens)(\.gz)?$', q.name) for q in p.iterdir()):
+    if '.raw' in name or '.tokens' in name or (p.is_dir() and any(_re_wiki_file.search(q.name) for q in p.iterdir())):
         return 'wikitext'
     return 'table' if table_kind(p) else 'text'
 
@@ -544,10 +434,7 @@ def table_kind(path):
 
 
 def reader_for(paths, split='train', label_col='label', errors='strict'):
-    """The reader for corpus files or folders (a list, or one comma-separated string), picked by `path_kind`: an
-    IMDB folder or .tgz, WikiText files or a folder of them, a table (column 'text', plus `label_col` unless None),
-    else plain text (`split` names its documents' split). Several WikiText or plain-text paths make one reader;
-    other mixes are read one after another."""
+    "The reader of corpus paths (a list or 'a,b'), by `path_kind`; a table's columns: 'text' and `label_col` (or None)."
     paths = [Path(p) for p in (paths.split(',') if isinstance(paths, str) else paths) if str(p)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -576,12 +463,10 @@ def wikitext_file(folder, split, must=True):
             return Path(folder) / name
     if must:
         raise FileNotFoundError(f'no wiki.{split}.tokens or wiki.{split}.raw in {folder}')
-    return None
 
 
 def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
-    """The reader of a named dataset (`DATASETS`), fetched into the data root (or taken from the mirror) unless its
-    `folder` is given. IMDB gives train, test and unsup reviews; the sample, its labelled table."""
+    "The reader of a named dataset (`DATASETS`), fetched (or taken from the mirror) unless its `folder` is given."
     if name not in DATASETS:
         raise ValueError(f'unknown dataset {name!r}; choose from {DATASETS}')
     folder = Path(folder) if folder else untar_data(name, root, mirror)

@@ -10,11 +10,9 @@ from common.config import ConfigError
 
 
 class LMLoader:
-    """Language-model batches straight off a token store's memmap.
-
-    Each epoch the docs are shuffled (torch's global RNG) and concatenated into one stream, which is cut into `bs`
-    contiguous rows. Batch i is the next window of every row, and the target is the input shifted by one token, so
-    the hidden state of row r carries over from batch i to batch i + 1:
+    """Language-model batches straight off a token store's memmap. Each epoch the docs are shuffled (torch's global
+    RNG) and concatenated into one stream, cut into `bs` contiguous rows. Batch i is the next window of every row, the
+    target is the input shifted by one token, so the hidden state of row r carries over from batch i to batch i + 1:
 
         stream:  d3 d3 d3 d0 d0 d1 d1 d1 d1 d4 d4 d2 d2 d2 d2 d2 d2 d5 ...   (n tokens)
                  └──────── row 0 ────────┘└──────── row 1 ────────┘ ...     (bs rows of L = n // bs tokens)
@@ -29,8 +27,7 @@ class LMLoader:
     The stream is never materialized: a window's positions are mapped back to (doc, offset) with a searchsorted on
     the shuffled docs' cumulative lengths, then gathered from the memmap. With `rank`/`world_size` each DDP rank
     takes its own `bs // world_size` contiguous rows of the global batch (all ranks must share the torch seed so they
-    shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start.
-    """
+    shuffle and draw sequence lengths identically). `backwards=True` reads the stream end to start."""
 
     distributed_aware = True
 
@@ -55,8 +52,7 @@ class LMLoader:
         self.doc_idx = np.arange(len(self.offsets) - 1) if doc_idx is None else np.asarray(doc_idx)
         self.bs, self.global_bs, self.bptt, self.shuffle = bs // world_size, bs, bptt, shuffle
         self.var_bptt, self.backwards, self.rank, self.world_size = var_bptt, backwards, rank, world_size
-        lens = self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]
-        self.n_tokens = int(lens.sum())
+        self.n_tokens = int((self.offsets[self.doc_idx + 1] - self.offsets[self.doc_idx]).sum())
         self.row_len = self.n_tokens // bs  # L: tokens per row (the stream's tail that doesn't fill a row is dropped)
         if self.row_len < 2:
             raise ConfigError(
@@ -67,9 +63,6 @@ class LMLoader:
         "Batches per epoch (exact for fixed bptt, the expected count with var_bptt)."
         return math.ceil((self.row_len - 1) / self.bptt)
 
-    def _order(self):
-        return self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
-
     def _seq_len(self):
         if not self.var_bptt:
             return self.bptt
@@ -77,7 +70,7 @@ class LMLoader:
         return max(5, int(round(float(torch.normal(float(bptt), 5.0, ())))))
 
     def __iter__(self):
-        order = self._order()
+        order = self.doc_idx[torch.randperm(len(self.doc_idx)).numpy()] if self.shuffle else self.doc_idx
         starts = self.offsets[order]  # where each doc of the stream lives in the memmap
         cum = np.zeros(len(order) + 1, np.int64)
         np.cumsum(self.offsets[order + 1] - starts, out=cum[1:])  # stream position where each doc starts
@@ -95,9 +88,6 @@ class LMLoader:
             j += sl
 
 
-# ---------------------------------------------------------------- classification
-
-
 class SortSampler(Sampler):
     "Indices sorted by length, longest first (validation: little padding, deterministic)."
 
@@ -111,7 +101,7 @@ class SortSampler(Sampler):
         return iter(np.argsort(-self.lengths, kind='stable').tolist())
 
 
-class SortishSampler(Sampler):
+class SortishSampler(SortSampler):
     """Roughly sorted by length, with randomness (torch's global RNG):
 
         randperm ─► [ megabatch 0 (50*bs) ][ megabatch 1 ] ...     each sorted by length, longest first
@@ -120,14 +110,11 @@ class SortishSampler(Sampler):
 
     The DataLoader cuts this index stream into batches of bs again, so the partial batch must stay last: anywhere else
     it shifts every later cut, and those batches straddle two length groups (lots of padding). Last, it is also what
-    `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last).
-    """
+    `drop_last=True` drops (fastai v2 text/data.py `SortedDL.get_idxs` likewise keeps `batches[-1]` last)."""
 
     def __init__(self, lengths, bs, mega=50):
-        self.lengths, self.bs, self.mega = np.asarray(lengths), bs, mega
-
-    def __len__(self):
-        return len(self.lengths)
+        super().__init__(lengths)
+        self.bs, self.mega = bs, mega
 
     def __iter__(self):
         idx = torch.randperm(len(self.lengths)).numpy()
@@ -155,11 +142,8 @@ def pad_collate(samples, pad_idx=1, pad_first=True, max_len=None):
     sl = max(len(s) for s in seqs)
     x = torch.full((len(seqs), sl), pad_idx, dtype=torch.long)
     for i, s in enumerate(seqs):
-        t = torch.from_numpy(s.astype(np.int64))
-        if pad_first:
-            x[i, sl - len(s) :] = t
-        else:
-            x[i, : len(s)] = t
+        start = sl - len(s) if pad_first else 0
+        x[i, start : start + len(s)] = torch.from_numpy(s.astype(np.int64))
     ys = [s[1] for s in samples]
     y = torch.as_tensor(np.stack(ys)) if isinstance(ys[0], np.ndarray) and ys[0].ndim else torch.tensor(ys)
     return x, (y.float() if y.is_floating_point() else y.long())
@@ -177,9 +161,7 @@ class TextClassDataset(Dataset):
     def __getitem__(self, i):
         j = self.idx[i]
         ids = np.asarray(self.store[j])
-        if self.max_len is not None:
-            ids = ids[-self.max_len :]
-        return ids, self.store.labels[j]
+        return (ids if self.max_len is None else ids[-self.max_len :]), self.store.labels[j]
 
     @property
     def lengths(self):

@@ -65,31 +65,20 @@ def main(argv=None):
     )
     ap.add_argument('--max-vocab', type=int, default=60000, help='vocab size cap incl. specials (default 60000)')
     ap.add_argument('--min-freq', type=int, default=3, help='keep tokens seen at least this often (default 3)')
-    ap.add_argument('--vocab-from', metavar='PATH', help="reuse a vocab: a store folder or vocab.json (e.g. the LM's)")
+    ap.add_argument(
+        '--vocab-from', dest='vocab', metavar='PATH', help="reuse a vocab: a store folder or vocab.json (e.g. the LM's)"
+    )
     ap.add_argument('--spm-vocab-size', type=int, default=15000, help='SentencePiece vocab size (default 15000)')
     ap.add_argument('--spm-model-type', choices=('unigram', 'bpe'), default='unigram')
     ap.add_argument('--n-workers', type=int, default=None, help='tokenizer processes (default: all cores)')
     ap.add_argument('--mirror', metavar='DIR', help='folder holding dataset archives (overrides $ULMFIT_MIRROR)')
-    ap.add_argument('--data', metavar='DIR', help='data root (overrides $ULMFIT_DATA, default ./data)')
+    ap.add_argument('--data', dest='root', metavar='DIR', help='data root (overrides $ULMFIT_DATA, default ./data)')
     ap.add_argument('--errors', choices=('strict', 'replace'), default='strict', help=ERRORS_HELP)
     a = ap.parse_args(argv)
     if not a.dataset and not a.corpus:
         ap.error('give --dataset or --corpus')
     t0 = time.time()
-    store = prepare_dataset(
-        a.dataset,
-        a.corpus,
-        a.tokenizer,
-        a.max_vocab,
-        a.min_freq,
-        a.n_workers,
-        a.mirror,
-        a.data,
-        a.vocab_from,
-        a.spm_vocab_size,
-        a.spm_model_type,
-        a.errors,
-    )
+    store = prepare_dataset(**vars(a))  # every flag's dest is a parameter of prepare_dataset
     m = store.meta
     log.info(
         f'docs: {m["n_docs"]:,}  tokens: {m["n_tokens"]:,}  vocab: {m["vocab_size"]:,} '

@@ -44,18 +44,15 @@ class TokenStore:
             raise FileNotFoundError(f'not a token store: {self.path}')
         self.meta = json.loads((self.path / 'meta.json').read_text(encoding='utf-8'))
         self.vocab = Vocab.load(self.path / 'vocab.json')
-        n = self.meta['n_tokens']
+        n, dtype = self.meta['n_tokens'], self.meta['dtype']
         # np.memmap refuses empty files; an empty corpus gets an empty array.
-        self.ids = (
-            np.memmap(self.path / 'tokens.bin', dtype=self.meta['dtype'], mode='r', shape=(n,))
-            if n
-            else np.zeros(0, self.meta['dtype'])
-        )
+        self.ids = np.memmap(self.path / 'tokens.bin', dtype=dtype, mode='r', shape=(n,)) if n else np.zeros(0, dtype)
         self.offsets = np.load(self.path / 'offsets.npy')  # (n_docs + 1,)
         self.labels = np.load(self.path / 'labels.npy')
         self.splits = np.load(self.path / 'splits.npy')
         self.label_names, self.split_names = self.meta['label_names'], self.meta['split_names']
         self.multi_label = self.meta['multi_label']
+        self.lengths, self.n_tokens = np.diff(self.offsets), len(self.ids)
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -65,14 +62,6 @@ class TokenStore:
 
     def __repr__(self):
         return f'TokenStore({self.path}, {len(self)} docs, {len(self.ids)} tokens, vocab {len(self.vocab)})'
-
-    @property
-    def lengths(self):
-        return np.diff(self.offsets)
-
-    @property
-    def n_tokens(self):
-        return len(self.ids)
 
     def split_idx(self, *names):
         "Indices of the docs in any of the named splits (all docs when no name is given)."
@@ -98,16 +87,8 @@ class TokenStore:
 
 def store_key(source_fp, tok_cfg, vocab_cfg):
     "Hash of everything that determines the store's contents."
-    blob = json.dumps(
-        dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg), sort_keys=True, default=str
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _vocab_cfg(vocab, max_vocab, min_freq):
-    if vocab is None:
-        return dict(max_vocab=max_vocab, min_freq=min_freq)
-    return dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
+    blob = dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def build_store(
@@ -122,19 +103,19 @@ def build_store(
     progress=True,
     name='',
 ):
-    """Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused when it exists).
-
-    `vocab`: numericalize against an existing vocab (e.g. the classifier reusing the LM's) instead of building one."""
+    "Tokenize + numericalize `reader`'s docs into a TokenStore under `root/cache` (reused), against `vocab` if given."
     tok = tok or SpacyTokenizer()
-    key = store_key(reader.fingerprint(), tok.config(), _vocab_cfg(vocab, max_vocab, min_freq))
+    vocab_cfg = dict(max_vocab=max_vocab, min_freq=min_freq)
+    if vocab is not None:  # a given vocab is known by its tokens
+        vocab_cfg = dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
+    key = store_key(reader.fingerprint(), tok.config(), vocab_cfg)
     cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists():
         return TokenStore(final)
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f'.tmp-{key}-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     try:
         _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name)
         try:
@@ -167,23 +148,16 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
 
     # pass 1: tokenize in parallel, ids into a growing table of strings (counted), appended to a temp file
     table = TokenTable()
-    bar = tqdm(
-        desc=f'tokenizing {name}'.strip(),
-        unit=' docs',
-        disable=not (progress and show_progress()),
-        mininterval=1,
-        smoothing=0.1,
-    )
+    show = progress and show_progress()
+    bar = tqdm(desc=f'tokenizing {name}'.strip(), unit=' docs', disable=not show, mininterval=1, smoothing=0.1)
     n_tok = 0
-    with open(tmp / 'pass1.bin', 'wb') as f:
+    with bar, open(tmp / 'pass1.bin', 'wb') as f:
         for ids, dl in encode_texts(texts(), tok, n_workers, chunk, table):
             ids.astype(np.int32).tofile(f)
             lens.extend(dl.tolist())
             n_tok += len(ids)
             bar.update(len(dl))
             bar.set_postfix(tokens=n_tok, refresh=False)
-    bar.close()
-    n_docs = len(lens)
     # pass 2: final vocab, then map the temp ids to it a block at a time
     if vocab is None:
         vocab = Vocab.from_counts(table.counter(), max_vocab=max_vocab, min_freq=min_freq)
@@ -199,9 +173,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
                 out.astype(dtype).tofile(f)
             del p1
     os.remove(tmp / 'pass1.bin')
-    offsets = np.zeros(n_docs + 1, np.int64)
-    np.cumsum(np.frombuffer(lens, np.int64), out=offsets[1:])
-    np.save(tmp / 'offsets.npy', offsets)
+    np.save(tmp / 'offsets.npy', np.concatenate([[0], np.cumsum(np.frombuffer(lens, np.int64))]))
     lab, label_names, multi = _encode_labels(labels, reader)
     np.save(tmp / 'labels.npy', lab)
     np.save(tmp / 'splits.npy', np.frombuffer(splits, np.uint8).copy())
@@ -210,7 +182,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
         version=STORE_VERSION,
         key=key,
         name=name,
-        n_docs=n_docs,
+        n_docs=len(lens),
         n_tokens=n_tok,
         n_unk=n_unk,
         dtype=np.dtype(dtype).name,
@@ -234,17 +206,14 @@ def spm_key(*inputs):
 
 
 def make_tokenizer(kind, reader=None, root=None, spm_vocab_size=15000, spm_model_type='unigram'):
-    "The tokenizer named `kind`: 'spacy' (fastai rules), or 'spm' (SentencePiece trained on `reader`, cached)."
+    "'spacy' (fastai rules) or 'spm': SentencePiece trained on a sample of `reader`'s docs (reused from `root/cache`)."
     if kind == 'spacy':
         return SpacyTokenizer()
-    if kind == 'spm':
-        return train_spm(reader, root, spm_vocab_size, spm_model_type)
-    raise ConfigError(f"tokenizer: must be 'spacy' or 'spm', not {kind!r}")
-
-
-def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=20000, seed=42):
-    "A SentencePieceTokenizer trained (or reused from `root/cache`) on a reservoir sample of `n_sample` docs."
-    out = get_data_root(root) / 'cache' / f'spm-{spm_key(reader.fingerprint(), vocab_sz, model_type, n_sample, seed)}'
+    if kind != 'spm':
+        raise ConfigError(f"tokenizer: must be 'spacy' or 'spm', not {kind!r}")
+    n_sample, seed = 20000, 42  # a reservoir sample of 20,000 docs
+    key = spm_key(reader.fingerprint(), spm_vocab_size, spm_model_type, n_sample, seed)
+    out = get_data_root(root) / 'cache' / f'spm-{key}'
     if (out / 'spm.model').exists():
         return SentencePieceTokenizer(out / 'spm.model')
     rng, sample = random.Random(seed), []
@@ -253,7 +222,7 @@ def train_spm(reader, root=None, vocab_sz=15000, model_type='unigram', n_sample=
             sample.append(d.text)
         elif (j := rng.randrange(i + 1)) < n_sample:
             sample[j] = d.text
-    return SentencePieceTokenizer.train(sample, out, vocab_sz=vocab_sz, model_type=model_type)
+    return SentencePieceTokenizer.train(sample, out, vocab_sz=spm_vocab_size, model_type=spm_model_type)
 
 
 def _encode_labels(labels, reader):
@@ -264,9 +233,7 @@ def _encode_labels(labels, reader):
     if isinstance(present[0], tuple):
         cols = getattr(reader, 'label_cols', None)
         if cols and len(cols) > 1 and len(present[0]) == len(cols):  # one 0/1 column per label
-            names = list(cols)
-            arr = np.array([lb if lb is not None else [0] * len(names) for lb in labels], np.float32)
-            return arr, names, True
+            return np.array([lb if lb is not None else [0] * len(cols) for lb in labels], np.float32), list(cols), True
         names = sorted({str(x) for lb in present for x in lb})
         pos = {n: i for i, n in enumerate(names)}
         arr = np.zeros((len(labels), len(names)), np.float32)
