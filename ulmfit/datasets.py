@@ -476,20 +476,3 @@ def dataset_reader(name, root=None, mirror=None, folder=None, errors='strict'):
             raise FileNotFoundError(f'no texts.csv in {folder}')
         return reader_for(csvs[:1], errors=errors)
     return reader_for([folder], errors=errors)
-
-
-__all__ = [
-    'Doc',
-    'DataError',
-    'REPLACE_HINT',
-    'ERRORS_HELP',
-    'ImdbReader',
-    'WikiTextReader',
-    'TextCorpusReader',
-    'TableReader',
-    'join_fields',
-    'find_bad_utf8',
-    'as_frame',
-    'table_source',
-    'check_labelled',
-]
