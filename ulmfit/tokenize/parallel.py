@@ -14,6 +14,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from .fast import SpacyTokenizer
+from .rules import token_id
 
 _W = {}  # per-process worker state
 
@@ -106,20 +107,12 @@ class TokenTable:
     def add(self, pid, local_ids, new_toks):
         "Translate a worker batch (local ids + the tokens it saw first) to table ids and count them."
         m = self._maps.setdefault(pid, np.zeros(0, np.int32))
-        ext = np.empty(len(new_toks), np.int32)
-        for j, t in enumerate(new_toks):
-            i = self.stoi.get(t)
-            if i is None:
-                i = self.stoi[t] = len(self.itos)
-                self.itos.append(t)
-            ext[j] = i
+        ext = np.fromiter((token_id(self.stoi, self.itos, t) for t in new_toks), np.int32, len(new_toks))
         if len(ext):
             m = self._maps[pid] = np.concatenate([m, ext])
         ids = m[local_ids]
         if len(self.itos) > len(self.counts):
-            self.counts = np.concatenate(
-                [self.counts, np.zeros(max(len(self.itos), 2 * len(self.counts)) - len(self.counts), np.int64)]
-            )
+            self.counts = np.pad(self.counts, (0, max(len(self.itos), 2 * len(self.counts)) - len(self.counts)))
         self.counts += np.bincount(ids, minlength=len(self.counts)) if len(ids) else 0
         return ids
 

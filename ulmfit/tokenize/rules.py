@@ -135,6 +135,15 @@ def apply_post_rules(toks, rules=POST_RULES):
     return toks
 
 
+def token_id(stoi, itos, t):
+    "Id of token `t` in a growing table (`stoi`/`itos`), appending it if new."
+    i = stoi.get(t)
+    if i is None:
+        i = stoi[t] = len(itos)
+        itos.append(t)
+    return i
+
+
 # ---------------------------------------------------------------- the plain path
 
 _PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by every tokenizer of a process

@@ -5,7 +5,7 @@ import os
 
 import sentencepiece as spm
 
-from .rules import BOS, EOS, PAD, SPECIALS, UNK, apply_pre_rules
+from .rules import BOS, EOS, PAD, SPECIALS, UNK, apply_pre_rules, token_id
 
 
 class SentencePieceTokenizer:
@@ -85,14 +85,7 @@ class SentencePieceTokenizer:
         return ([BOS] if self.include_bos else []) + toks + ([EOS] if self.include_eos else [])
 
     def encode(self, text, stoi, itos):
-        res = []
-        for t in self(text):
-            i = stoi.get(t)
-            if i is None:
-                i = stoi[t] = len(itos)
-                itos.append(t)
-            res.append(i)
-        return res
+        return [token_id(stoi, itos, t) for t in self(text)]
 
     # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
     def batch(self, texts):
