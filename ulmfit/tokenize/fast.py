@@ -49,7 +49,7 @@ class SpacyTokenizer:
 
     def __init__(self, lang='en', include_bos=True, include_eos=False, memo_size=2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._memos = {}
+        self._ids = None  # (stoi, memo, risk, conv) of the id table `encode_batch` last extended
 
     def config(self):
         "Everything that changes the output (goes into the store's cache key)."
@@ -153,7 +153,7 @@ class SpacyTokenizer:
             if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
             or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))
         ]
-        bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
+        bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, fast=True, rules=False), [rest[i] for i in cand])))
         for i, (p, tk) in enumerate(zip(rest, toks)):
             memo[p] = conv(tk)
             if p.startswith(right) or p.endswith(left):
@@ -273,19 +273,19 @@ class SpacyTokenizer:
 
         return conv
 
+    @cached_property
+    def _strs(self):
+        return {}, ({}, {}), self._conv({})  # memo, risk, conv of `batch`
+
     def batch(self, texts):
         "Tokens of each document (identical to `reference`); pieces unseen so far go through spaCy together."
-        m = self._memos
-        if 'str' not in m:
-            m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
-        return self._run(texts, m['str'], m['str_risk'], m['str_conv'])
+        return self._run(texts, *self._strs)
 
     def encode_batch(self, texts, stoi, itos):
         "Token ids of each document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
-        m = self._memos
-        if m.get('ids_of') is not stoi:
-            m.update(ids={}, ids_risk=({}, {}), ids_of=stoi, ids_conv=self._conv({}, stoi, itos))
-        return self._run(texts, m['ids'], m['ids_risk'], m['ids_conv'])
+        if self._ids is None or self._ids[0] is not stoi:
+            self._ids = stoi, {}, ({}, {}), self._conv({}, stoi, itos)
+        return self._run(texts, *self._ids[1:])
 
     def __call__(self, text):
         "Tokens of one document (identical to `reference(text)`)."

@@ -6,6 +6,7 @@
 much faster; its tests check it against `reference`.
 """
 
+import functools
 import html
 import re
 
@@ -94,10 +95,7 @@ def replace_all_caps(toks):
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t.isupper():
-            res += [UP, t.lower()]
-        else:
-            res.append(t)
+        res += [UP, t.lower()] if len(t) > 1 and t.isupper() else [t]
     return res
 
 
@@ -105,10 +103,7 @@ def replace_maj(toks):
     "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t[0].isupper() and t[1:].islower():
-            res += [MAJ, t.lower()]
-        else:
-            res.append(t)
+        res += [MAJ, t.lower()] if len(t) > 1 and t[0].isupper() and t[1:].islower() else [t]
     return res
 
 
@@ -146,23 +141,20 @@ def token_id(stoi, itos, t):
 
 # ---------------------------------------------------------------- the plain path
 
-_PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by every tokenizer of a process
 
-
+@functools.cache  # one per process and setting, shared by every tokenizer (pass `fast`/`rules` by keyword)
 def blank_tokenizer(lang='en', fast=False, rules=True):
     "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
-    if (lang, fast, rules) not in _PIPES:
-        import spacy
+    import spacy
 
-        nlp = spacy.blank(lang)
-        # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
-        # time spent on unseen words, and it never changes where tokens are split.
-        if fast:
-            nlp.vocab.lex_attr_getters = {}
-        if not rules:
-            nlp.tokenizer.rules = {}
-        _PIPES[lang, fast, rules] = nlp.tokenizer
-    return _PIPES[lang, fast, rules]
+    nlp = spacy.blank(lang)
+    # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the time
+    # spent on unseen words, and it never changes where tokens are split.
+    if fast:
+        nlp.vocab.lex_attr_getters = {}
+    if not rules:
+        nlp.tokenizer.rules = {}
+    return nlp.tokenizer
 
 
 def prepare(text, include_bos=True, include_eos=False):
