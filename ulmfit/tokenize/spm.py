@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+from functools import cached_property
+from itertools import islice
 
 import sentencepiece as spm
 
@@ -15,7 +17,6 @@ class SentencePieceTokenizer:
 
     def __init__(self, model_path, include_bos=True, include_eos=False):
         self.model_path, self.include_bos, self.include_eos = str(model_path), include_bos, include_eos
-        self._sp = None
 
     @classmethod
     def train(
@@ -33,26 +34,17 @@ class SentencePieceTokenizer:
         os.makedirs(out_dir, exist_ok=True)
         raw = os.path.join(out_dir, 'spm_train.txt')
         with open(raw, 'w', encoding='utf-8') as f:
-            for n, t in enumerate(texts):
-                if n >= max_sentences:
-                    break
+            for t in islice(texts, max_sentences):
                 f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
-        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/bos/eos/pad map
-        # onto ours.
+        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/pad/bos/eos are ours.
+        ours = dict(unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_id=0, pad_id=1, bos_id=2, eos_id=3)
         spm.SentencePieceTrainer.train(
             input=raw,
             model_prefix=os.path.join(out_dir, 'spm'),
             vocab_size=vocab_sz,
             model_type=model_type,
             character_coverage=char_coverage,
-            unk_piece=UNK,
-            pad_piece=PAD,
-            bos_piece=BOS,
-            eos_piece=EOS,
-            unk_id=0,
-            pad_id=1,
-            bos_id=2,
-            eos_id=3,
+            **ours,
             user_defined_symbols=SPECIALS[4:],
             hard_vocab_limit=False,
             input_sentence_size=max_sentences,
@@ -74,11 +66,9 @@ class SentencePieceTokenizer:
     def __setstate__(self, d):
         self.__init__(**d)
 
-    @property
+    @cached_property
     def sp(self):
-        if self._sp is None:
-            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
-        return self._sp
+        return spm.SentencePieceProcessor(model_file=self.model_path)
 
     def __call__(self, text):
         toks = self.sp.encode(apply_pre_rules(text), out_type=str)
