@@ -8,7 +8,7 @@ import gc
 import os
 from collections import deque
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, islice
 from multiprocessing import get_context
 
 import numpy as np
@@ -57,14 +57,8 @@ def _enc_batch(texts):
 
 
 def _batches(texts, chunk):
-    b = []
-    for t in texts:
-        b.append(t)
-        if len(b) == chunk:
-            yield b
-            b = []
-    if b:
-        yield b
+    it = iter(texts)
+    return iter(lambda: list(islice(it, chunk)), [])
 
 
 def default_workers():
