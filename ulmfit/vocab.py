@@ -1,6 +1,8 @@
 "Vocab: token <-> id, built from counts (specials first, size padded to a multiple of 8), saved as JSON."
 
 import json
+from collections import Counter
+from itertools import chain
 
 import numpy as np
 
@@ -37,11 +39,7 @@ class Vocab:
     @classmethod
     def from_tokens(cls, docs, **kwargs):
         "Count tokens over `docs` (lists of tokens) and build the vocab."
-        counts = {}
-        for d in docs:
-            for t in d:
-                counts[t] = counts.get(t, 0) + 1
-        return cls.from_counts(counts, **kwargs)
+        return cls.from_counts(Counter(chain.from_iterable(docs)), **kwargs)
 
     def __len__(self):
         return len(self.itos)
