@@ -2,8 +2,7 @@
 
     text ─ xxbos ─ pre-rules (text -> text) ─ spaCy ─ post-rules (tokens -> tokens) ─ tokens
 
-`reference(text)` is that pipeline written out. `SpacyTokenizer` (ulmfit/tokenize/fast.py) gives the same tokens
-much faster; its tests check it against `reference`.
+`reference(text)` is that pipeline written out; `SpacyTokenizer` (fast.py) gives the same tokens much faster.
 """
 
 import functools
@@ -36,6 +35,11 @@ _HTML_FIXES = [
     ('\\', ' \\ '),
 ]
 _re_spaces = re.compile(r'  +')
+_re_rep = re.compile(r'(\S)(\1{3,})')
+# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
+# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
+_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
+_re_spec = re.compile(r'([/#])')
 
 
 def fix_html(t):
@@ -46,9 +50,6 @@ def fix_html(t):
     if '&' in t:
         t = html.unescape(t)
     return _re_spaces.sub(' ', t) if '  ' in t else t
-
-
-_re_rep = re.compile(r'(\S)(\1{3,})')
 
 
 def _has_run4(t):
@@ -65,17 +66,9 @@ def replace_rep(t):
     return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
 
 
-# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
-# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
-_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
-
-
 def replace_wrep(t):
     "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no  way'`."
     return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
-
-
-_re_spec = re.compile(r'([/#])')
 
 
 def spec_add_spaces(t):
@@ -159,11 +152,8 @@ def blank_tokenizer(lang='en', fast=False, rules=True):
 
 def prepare(text, include_bos=True, include_eos=False):
     "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-    if include_bos:
-        text = f'{BOS} {text}'
-    if include_eos:
-        text = f'{text} {EOS}'
-    return apply_pre_rules(text)
+    text = f'{BOS} {text}' if include_bos else text
+    return apply_pre_rules(f'{text} {EOS}' if include_eos else text)
 
 
 def reference(text, lang='en', include_bos=True, include_eos=False):
