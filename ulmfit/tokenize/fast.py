@@ -1,8 +1,4 @@
-"""The memoised spaCy path: the same tokens as `rules.reference`, several times faster on real text.
-
-`SpacyTokenizer` is what the rest of the project uses: `tok(text)`, `tok.batch(texts)`, and `encode`/`encode_batch`
-for token ids in a growing table.
-"""
+"The memoised spaCy path: the same tokens as `rules.reference`, several times faster on real text."
 
 import re
 from functools import cached_property
@@ -94,10 +90,6 @@ class SpacyTokenizer:
     @cached_property
     def _special_keys(self):
         return frozenset(self._fast_tok.rules)
-
-    def prepare(self, text):
-        "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-        return prepare(text, self.include_bos, self.include_eos)
 
     def reference(self, text):
         "The slow, obviously-correct path (`rules.reference`) with this tokenizer's settings."
@@ -207,7 +199,7 @@ class SpacyTokenizer:
 
     def _pieces(self, text):
         "The prepared text and its pieces, or None for the pieces when the text must take the plain path."
-        text = self.prepare(text)
+        text = prepare(text, self.include_bos, self.include_eos)
         if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace():
             text = text[:-1]  # spaCy drops it too
         if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
