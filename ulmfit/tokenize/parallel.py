@@ -1,8 +1,5 @@
-"""Tokenizing a corpus in worker processes, and `TokenTable`, which merges the workers' token ids into one table.
-
-Each worker encodes with its own growing id table and sends back ids plus the tokens it saw first; the table maps
-them to global ids and counts every token on the way (the vocab is built from those counts).
-"""
+"""Tokenizing a corpus in worker processes. Each worker encodes with its own growing id table and sends back ids plus
+the tokens it saw first; `TokenTable` maps them to one table's ids and counts every token (the vocab's counts)."""
 
 import gc
 import os
@@ -34,8 +31,7 @@ def _relaxed_gc():
         gc.set_threshold(*old)
 
 
-def _init_worker(tok):
-    gc.set_threshold(*_GC_THRESHOLD)
+def _init_worker(tok):  # runs inside _relaxed_gc (forked workers inherit its threshold)
     # `pid` names this worker's id table; random so two runs in one process never share a mapping
     _W.clear()
     _W.update(tok=tok, stoi={}, itos=[], sent=0, pid=(os.getpid(), os.urandom(8).hex()))
@@ -56,11 +52,6 @@ def _enc_batch(texts):
     return _W['pid'], ids, lens, new
 
 
-def _batches(texts, chunk):
-    it = iter(texts)
-    return iter(lambda: list(islice(it, chunk)), [])
-
-
 def default_workers():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
@@ -68,16 +59,18 @@ def default_workers():
 def _run(fn, tok, texts, n_workers, chunk):
     "Map `fn` over batches of `texts` in worker processes; results in order, at most a few batches in flight."
     n_workers = default_workers() if n_workers is None else n_workers
+    it = iter(texts)
+    batches = iter(lambda: list(islice(it, chunk)), [])  # lists of `chunk` texts, the last one maybe shorter
     if n_workers <= 1:
         with _relaxed_gc():
             _init_worker(tok)
-            for b in _batches(texts, chunk):
+            for b in batches:
                 yield fn(b)
         return
     # Pool.imap would read the whole input ahead; a small window of async tasks keeps memory bounded.
     with _relaxed_gc(), get_context('fork').Pool(n_workers, initializer=_init_worker, initargs=(tok,)) as pool:
         pending = deque()
-        for b in _batches(texts, chunk):
+        for b in batches:
             pending.append(pool.apply_async(fn, (b,)))
             if len(pending) >= 3 * n_workers:
                 yield pending.popleft().get()
