@@ -69,12 +69,9 @@ class Vocab:
             toks = undo_caps(toks)
         return sep.join(toks)
 
-    def to_json(self):
-        return dict(itos=self.itos)
-
     def save(self, path):
         "Write the vocab as JSON (`{'itos': [...]}`), atomically."
-        atomic_write_json(path, self.to_json(), indent=None)
+        atomic_write_json(path, dict(itos=self.itos), indent=None)
 
     @classmethod
     def load(cls, path):
@@ -90,13 +87,9 @@ def undo_caps(toks):
     for t in toks:
         if t in (MAJ, UP) and mode is None:
             mode = t
-            continue
-        if mode == MAJ:
-            t = t[:1].upper() + t[1:]
-        elif mode == UP:
-            t = t.upper()
-        res.append(t)
-        mode = None
+        else:
+            res.append({MAJ: t[:1].upper() + t[1:], UP: t.upper()}.get(mode, t))
+            mode = None
     return res
 
 
