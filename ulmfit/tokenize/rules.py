@@ -17,23 +17,10 @@ SPECIALS = [UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ]
 
 
 # ---------------------------------------------------------------- pre-rules (text -> text)
-
-_HTML_FIXES = [
-    ('#39;', "'"),
-    ('amp;', '&'),
-    ('#146;', "'"),
-    ('nbsp;', ' '),
-    ('#36;', '$'),
-    ('\\n', '\n'),
-    ('quot;', "'"),
-    ('<br />', '\n'),
-    ('\\"', '"'),
-    ('<unk>', UNK),
-    (' @.@ ', '.'),
-    (' @-@ ', '-'),
-    (' @,@ ', ','),
-    ('\\', ' \\ '),
-]
+# In fastai's order, which shows in the output: 'amp;' -> '&' runs first, so '&amp;' -> '&&'.
+_HTML_FIXES = [('#39;', "'"), ('amp;', '&'), ('#146;', "'"), ('nbsp;', ' '), ('#36;', '$'), ('\\n', '\n')]
+_HTML_FIXES += [('quot;', "'"), ('<br />', '\n'), ('\\"', '"'), ('<unk>', UNK)]
+_HTML_FIXES += [(' @.@ ', '.'), (' @-@ ', '-'), (' @,@ ', ','), ('\\', ' \\ ')]  # WikiText's escapes, then backslashes
 _re_spaces = re.compile(r'  +')
 _re_rep = re.compile(r'(\S)(\1{3,})')
 # In any match the word and the non-word run after it are whole (the repeat must start with a word character right
@@ -82,8 +69,6 @@ def rm_useless_spaces(t):
 
 
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
-
-
 def replace_all_caps(toks):
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
     res = []
@@ -133,8 +118,6 @@ def token_id(stoi, itos, t):
 
 
 # ---------------------------------------------------------------- the plain path
-
-
 @functools.cache  # one per process and setting, shared by every tokenizer (pass `fast`/`rules` by keyword)
 def blank_tokenizer(lang='en', fast=False, rules=True):
     "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
