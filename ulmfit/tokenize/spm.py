@@ -1,9 +1,9 @@
 "SentencePiece (unigram or BPE) behind the same pre-rules and specials as the spaCy path."
 
 import hashlib
-import os
 from functools import cached_property
 from itertools import islice
+from pathlib import Path
 
 import sentencepiece as spm
 
@@ -30,17 +30,16 @@ class SentencePieceTokenizer:
         **kwargs,
     ):
         "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
-        out_dir = os.fspath(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        raw = os.path.join(out_dir, 'spm_train.txt')
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        raw = out_dir / 'spm_train.txt'
         with open(raw, 'w', encoding='utf-8') as f:
-            for t in islice(texts, max_sentences):
-                f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
+            f.writelines(apply_pre_rules(t).replace('\n', ' ') + '\n' for t in islice(texts, max_sentences))
         # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/pad/bos/eos are ours.
         ours = dict(unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_id=0, pad_id=1, bos_id=2, eos_id=3)
         spm.SentencePieceTrainer.train(
-            input=raw,
-            model_prefix=os.path.join(out_dir, 'spm'),
+            input=str(raw),
+            model_prefix=str(out_dir / 'spm'),
             vocab_size=vocab_sz,
             model_type=model_type,
             character_coverage=char_coverage,
@@ -52,12 +51,11 @@ class SentencePieceTokenizer:
             minloglevel=2,
             **kwargs,
         )
-        os.remove(raw)
-        return cls(os.path.join(out_dir, 'spm.model'))
+        raw.unlink()
+        return cls(out_dir / 'spm.model')
 
     def config(self):
-        with open(self.model_path, 'rb') as f:
-            h = hashlib.sha256(f.read()).hexdigest()
+        h = hashlib.sha256(Path(self.model_path).read_bytes()).hexdigest()
         return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
 
     def __getstate__(self):
