@@ -58,6 +58,7 @@ def default_workers():
 
 def _run(fn, tok, texts, n_workers, chunk):
     "Map `fn` over batches of `texts` in worker processes; results in order, at most a few batches in flight."
+    tok = tok or SpacyTokenizer()
     n_workers = default_workers() if n_workers is None else n_workers
     it = iter(texts)
     batches = iter(lambda: list(islice(it, chunk)), [])  # lists of `chunk` texts, the last one maybe shorter
@@ -80,7 +81,6 @@ def _run(fn, tok, texts, n_workers, chunk):
 
 def tokenize_texts(texts, tok=None, n_workers=None, chunk=256):
     "Tokenize `texts` in `n_workers` processes, yielding one token list per text, in order."
-    tok = tok or SpacyTokenizer()
     for res in _run(_tok_batch, tok, texts, n_workers, chunk):
         yield from res
 
@@ -109,7 +109,6 @@ class TokenTable:
 
 def encode_texts(texts, tok=None, n_workers=None, chunk=256, table=None):
     "Tokenize in parallel, yielding (ids int32, doc_lens) per batch with ids into `table` (which also counts)."
-    tok = tok or SpacyTokenizer()
     table = TokenTable() if table is None else table
     for pid, ids, lens, new in _run(_enc_batch, tok, texts, n_workers, chunk):
         yield table.add(pid, ids, new), lens
