@@ -155,8 +155,7 @@ class SpacyTokenizer:
             for j, c in enumerate(cs):
                 res += memo[c] if not c[0].isspace() else conv([c + ' ' if j == len(cs) - 1 else c])
             memo[p] = tuple(res)
-            st = risk[0].get(cs[0], 0) if not cs[0][0].isspace() else 0
-            _set_risk(risk, p, st, risk[1].get(cs[-1], 0) if not cs[-1][0].isspace() else 0)
+            _set_risk(risk, p, risk[0].get(cs[0], 0), risk[1].get(cs[-1], 0))  # whitespace runs never have masks
 
     def _affix_split(self, p):
         "`'(film,'` -> `['(', 'film', ',']`: one opening and/or closing mark around letters, else None (English only)."
