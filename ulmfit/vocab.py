@@ -1,6 +1,8 @@
 "Vocab: token <-> id, built from counts (specials first, size padded to a multiple of 8), saved as JSON."
 
 import json
+from collections import Counter
+from itertools import chain
 
 import numpy as np
 
@@ -37,11 +39,7 @@ class Vocab:
     @classmethod
     def from_tokens(cls, docs, **kwargs):
         "Count tokens over `docs` (lists of tokens) and build the vocab."
-        counts = {}
-        for d in docs:
-            for t in d:
-                counts[t] = counts.get(t, 0) + 1
-        return cls.from_counts(counts, **kwargs)
+        return cls.from_counts(Counter(chain.from_iterable(docs)), **kwargs)
 
     def __len__(self):
         return len(self.itos)
@@ -71,12 +69,9 @@ class Vocab:
             toks = undo_caps(toks)
         return sep.join(toks)
 
-    def to_json(self):
-        return dict(itos=self.itos)
-
     def save(self, path):
         "Write the vocab as JSON (`{'itos': [...]}`), atomically."
-        atomic_write_json(path, self.to_json(), indent=None)
+        atomic_write_json(path, dict(itos=self.itos), indent=None)
 
     @classmethod
     def load(cls, path):
@@ -92,13 +87,9 @@ def undo_caps(toks):
     for t in toks:
         if t in (MAJ, UP) and mode is None:
             mode = t
-            continue
-        if mode == MAJ:
-            t = t[:1].upper() + t[1:]
-        elif mode == UP:
-            t = t.upper()
-        res.append(t)
-        mode = None
+        else:
+            res.append({MAJ: t[:1].upper() + t[1:], UP: t.upper()}.get(mode, t))
+            mode = None
     return res
 
 

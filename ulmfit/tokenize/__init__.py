@@ -37,36 +37,10 @@ from .rules import (
 )
 from .spm import SentencePieceTokenizer
 
-__all__ = [
-    'BOS',
-    'EOS',
-    'FLD',
-    'MAJ',
-    'PAD',
-    'POST_RULES',
-    'PRE_RULES',
-    'REP',
-    'SPECIALS',
-    'UNK',
-    'UP',
-    'WREP',
-    'SentencePieceTokenizer',
-    'SpacyTokenizer',
-    'TokenTable',
-    'apply_post_rules',
-    'apply_pre_rules',
-    'blank_tokenizer',
-    'default_workers',
-    'encode_texts',
-    'fix_html',
-    'lowercase',
-    'prepare',
-    'reference',
-    'replace_all_caps',
-    'replace_maj',
-    'replace_rep',
-    'replace_wrep',
-    'rm_useless_spaces',
-    'spec_add_spaces',
-    'tokenize_texts',
-]
+# Tokenizers, runners, specials, pre-rules, post-rules, the plain path.
+__all__ = ['SpacyTokenizer', 'SentencePieceTokenizer']
+__all__ += ['tokenize_texts', 'encode_texts', 'TokenTable', 'default_workers']
+__all__ += ['UNK', 'PAD', 'BOS', 'EOS', 'FLD', 'REP', 'WREP', 'UP', 'MAJ', 'SPECIALS']
+__all__ += ['PRE_RULES', 'fix_html', 'replace_rep', 'replace_wrep', 'spec_add_spaces', 'rm_useless_spaces']
+__all__ += ['POST_RULES', 'replace_all_caps', 'replace_maj', 'lowercase']
+__all__ += ['apply_pre_rules', 'apply_post_rules', 'blank_tokenizer', 'prepare', 'reference']

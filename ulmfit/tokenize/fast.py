@@ -1,17 +1,14 @@
-"""The memoised spaCy path: the same tokens as `rules.reference`, several times faster on real text.
-
-`SpacyTokenizer` is what the rest of the project uses: `tok(text)`, `tok.batch(texts)`, and `encode`/`encode_batch`
-for token ids in a growing table. The tests check every output against `reference` on hand-picked hard cases.
-"""
+"The memoised spaCy path: the same tokens as `rules.reference`, several times faster on real text."
 
 import re
+from functools import cached_property
 from itertools import chain, repeat
 
 import numpy as np
 import spacy
 from spacy.attrs import IDX, LENGTH, ORTH
 
-from .rules import apply_post_rules, blank_tokenizer, prepare, reference
+from .rules import apply_post_rules, blank_tokenizer, prepare, reference, token_id
 
 # spaCy walks the text alternating between runs of whitespace and runs of non-whitespace ("chunks"). Each chunk is
 # tokenized on its own (prefixes/suffixes/infixes/special cases never look past it); a whitespace run gives nothing
@@ -33,6 +30,14 @@ _re_split_ws = re.compile(r'\S+|\s+')
 _OPEN1, _CLOSE1 = frozenset('("\''), frozenset(',!?;:)"\'')  # one-character prefixes/suffixes spaCy always splits
 
 
+def _set_risk(risk, p, st, en):
+    "Record piece `p`'s start/end risk masks (only the nonzero ones: most pieces have none)."
+    if st:
+        risk[0][p] = st
+    if en:
+        risk[1][p] = en
+
+
 class SpacyTokenizer:
     "fastai-compatible rules + spaCy's blank English tokenizer; `tok(text) -> list[str]`, memoized per piece."
 
@@ -40,96 +45,73 @@ class SpacyTokenizer:
 
     def __init__(self, lang='en', include_bos=True, include_eos=False, memo_size=2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._fast, self._memos, self._specials, self._risks, self._ends, self._lens = None, {}, None, None, None, None
+        self._ids = None  # (stoi, memo, risk, conv) of the id table `encode_batch` last extended
 
     def config(self):
         "Everything that changes the output (goes into the store's cache key)."
-        return dict(
-            kind=self.kind,
-            lang=self.lang,
-            include_bos=self.include_bos,
-            include_eos=self.include_eos,
-            spacy=spacy.__version__,
-            rules_version=2,
-        )
+        out = dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos)
+        return dict(out, spacy=spacy.__version__, rules_version=2)
 
     def __getstate__(self):  # the spaCy pipelines are rebuilt in each worker process
-        return dict(
-            lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos, memo_size=self.memo_size
-        )
+        return {k: getattr(self, k) for k in ('lang', 'include_bos', 'include_eos', 'memo_size')}
 
     def __setstate__(self, d):
         self.__init__(**d)
 
-    @property
+    @cached_property
     def _fast_tok(self):
-        if self._fast is None:
-            self._fast = blank_tokenizer(self.lang, fast=True)
-        return self._fast
+        return blank_tokenizer(self.lang, fast=True)
 
-    @property
+    @cached_property
     def _risk_sets(self):
-        """(left, right, bit, mask): token pairs that can join into a special case across a space, as bitmasks.
-
-        spaCy re-checks special cases containing affixes ("''", ":-)", "a.m.") on the token sequence after the affix
-        split, and that match can straddle a space: "Back'' ''Return" gives '' ' ' rather than '' ''. A key whose
-        split (without special cases) is [t1, ..., tn] can only straddle a boundary where the left piece ends with
-        some t_i and the right piece starts with t_(i+1). `bit[t_i] & mask[t_(i+1)]` is nonzero exactly for such pairs;
-        `left`/`right` are the tokens that have a bit/mask."""
-        if self._risks is None:
-            tok, bare = self._fast_tok, blank_tokenizer(self.lang, fast=True, rules=False)
-            pairs = set()
-            for k in tok.rules:
-                if tok.find_prefix(k) or tok.find_suffix(k) or tok.find_infix(k) or ' ' in k:
-                    p = [t.text for t in bare(k) if not t.is_space]
-                    pairs.update(zip(p, p[1:]))
-            bit = {a: 1 << j for j, a in enumerate(sorted({a for a, _ in pairs}))}
-            mask = {}
-            for a, b in pairs:
-                mask[b] = mask.get(b, 0) | bit[a]
-            self._risks = tuple(bit), tuple(mask), bit, mask
-        return self._risks
+        "(left, right, bit, mask): token pairs that can join into a special case across a space, as bitmasks."
+        # spaCy re-checks special cases containing affixes ("''", ":-)", "a.m.") on the token sequence after the affix
+        # split, and that match can straddle a space: "Back'' ''Return" gives '' ' ' rather than '' ''. A key whose
+        # split (without special cases) is [t1, ..., tn] can only straddle a boundary where the left piece ends with
+        # some t_i and the right piece starts with t_(i+1). `bit[t_i] & mask[t_(i+1)]` is nonzero exactly for such
+        # pairs; `left`/`right` are the tokens that have a bit/mask.
+        tok, bare = self._fast_tok, blank_tokenizer(self.lang, fast=True, rules=False)
+        pairs = set()
+        for k in tok.rules:
+            if tok.find_prefix(k) or tok.find_suffix(k) or tok.find_infix(k) or ' ' in k:
+                p = [t.text for t in bare(k) if not t.is_space]
+                pairs.update(zip(p, p[1:]))
+        bit = {a: 1 << j for j, a in enumerate(sorted({a for a, _ in pairs}))}
+        mask = {}
+        for a, b in pairs:
+            mask[b] = mask.get(b, 0) | bit[a]
+        return tuple(bit), tuple(mask), bit, mask
 
     def _flag(self, p, risk, toks, bare):
         "Record the risk masks of the tokens piece `p` starts/ends with, split with and without special cases."
         _, _, bit, mask = self._risk_sets
-        st = mask.get(toks[0], 0) | mask.get(bare[0], 0)
-        en = bit.get(toks[-1], 0) | bit.get(bare[-1], 0)
-        if st:
-            risk[0][p] = st
-        if en:
-            risk[1][p] = en
+        _set_risk(risk, p, mask.get(toks[0], 0) | mask.get(bare[0], 0), bit.get(toks[-1], 0) | bit.get(bare[-1], 0))
 
-    @property
+    @cached_property
     def _special_keys(self):
-        if self._specials is None:
-            self._specials = frozenset(self._fast_tok.rules)
-        return self._specials
-
-    def prepare(self, text):
-        "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-        return prepare(text, self.include_bos, self.include_eos)
+        return frozenset(self._fast_tok.rules)
 
     def reference(self, text):
         "The slow, obviously-correct path (`rules.reference`) with this tokenizer's settings."
         return reference(text, self.lang, self.include_bos, self.include_eos)
 
-    @property
+    @cached_property
     def _special_ends(self):
         "First and last token texts that any special case produces."
-        if self._ends is None:
-            outs = [[t[ORTH] for t in v] for v in self._fast_tok.rules.values()]
-            self._ends = frozenset(o[0] for o in outs if o), frozenset(o[-1] for o in outs if o)
-        return self._ends
+        outs = [[t[ORTH] for t in v] for v in self._fast_tok.rules.values()]
+        return frozenset(o[0] for o in outs if o), frozenset(o[-1] for o in outs if o)
+
+    @cached_property
+    def _risk_lens(self):
+        _, _, bit, mask = self._risk_sets
+        return sorted(set(map(len, mask))), sorted(set(map(len, bit)))
 
     def _other_risk(self, p, t, start):
         "Does `p` start (or end) with a risky token other than `t`?"
         _, _, bit, mask = self._risk_sets
-        if self._lens is None:
-            self._lens = sorted(set(map(len, mask))), sorted(set(map(len, bit)))
         if start:
-            return any(p[:n] != t and p[:n] in mask for n in self._lens[0])
-        return any(p[-n:] != t and p[-n:] in bit for n in self._lens[1])
+            return any(p[:n] != t and p[:n] in mask for n in self._risk_lens[0])
+        return any(p[-n:] != t and p[-n:] in bit for n in self._risk_lens[1])
 
     def _fill(self, miss, memo, risk, conv):
         "Tokenize the pieces missing from `memo` with one spaCy call; store `conv(tokens)` and boundary risk masks."
@@ -144,51 +126,42 @@ class SpacyTokenizer:
         # A purely alphabetic piece is one token unless it is one of spaCy's special cases ("cannot", "gonna"):
         # no prefix, suffix, infix or URL pattern of the English tokenizer can fire on letters alone.
         left, right, _, _ = self._risk_sets
-        if simple:
-            specials = self._special_keys
-            for p in simple:
-                tk = [p] if p.isalpha() and p not in specials else self._affix_split(p)
-                if tk:
-                    memo[p] = conv(tk)
-                    if p.startswith(right) or p.endswith(left):
-                        self._flag(p, risk, tk, tk)
-            rest = [p for p in simple if p not in memo]
-            if rest:
-                toks = self._split(self._fast_tok, rest)
-                # The split without special cases can only differ at an end whose token a special case produced:
-                # affixes are stripped from the outside in, identically, until a special case stops the stripping.
-                # And it only adds a flag if the piece starts/ends with some other risky token.
-                firsts, lasts = self._special_ends
-                cand = [
-                    i
-                    for i, (p, tk) in enumerate(zip(rest, toks))
-                    if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
-                    or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))
-                ]
-                bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, True, False), [rest[i] for i in cand])))
-                for i, (p, tk) in enumerate(zip(rest, toks)):
-                    memo[p] = conv(tk)
-                    if p.startswith(right) or p.endswith(left):
-                        self._flag(p, risk, tk, bare.get(i, tk))
+        specials = self._special_keys
+        for p in simple:
+            tk = [p] if p.isalpha() and p not in specials else self._affix_split(p)
+            if tk:
+                memo[p] = conv(tk)
+                if p.startswith(right) or p.endswith(left):
+                    self._flag(p, risk, tk, tk)
+        rest = [p for p in simple if p not in memo]
+        toks = self._split(self._fast_tok, rest)
+        # The split without special cases can only differ at an end whose token a special case produced: affixes
+        # are stripped from the outside in, identically, until a special case stops the stripping. And it only adds
+        # a flag if the piece starts/ends with some other risky token.
+        firsts, lasts = self._special_ends
+        cand = [
+            i
+            for i, (p, tk) in enumerate(zip(rest, toks))
+            if (tk[0] in firsts and self._other_risk(p, tk[0], start=True))
+            or (tk[-1] in lasts and self._other_risk(p, tk[-1], start=False))
+        ]
+        bare = dict(zip(cand, self._split(blank_tokenizer(self.lang, fast=True, rules=False), [rest[i] for i in cand])))
+        for i, (p, tk) in enumerate(zip(rest, toks)):
+            memo[p] = conv(tk)
+            if p.startswith(right) or p.endswith(left):
+                self._flag(p, risk, tk, bare.get(i, tk))
         for p, cs in zip(composite, subs):
             res = []
             for j, c in enumerate(cs):
                 res += memo[c] if not c[0].isspace() else conv([c + ' ' if j == len(cs) - 1 else c])
             memo[p] = tuple(res)
-            st = risk[0].get(cs[0], 0) if not cs[0][0].isspace() else 0
-            en = risk[1].get(cs[-1], 0) if not cs[-1][0].isspace() else 0
-            if st:
-                risk[0][p] = st
-            if en:
-                risk[1][p] = en
+            _set_risk(risk, p, risk[0].get(cs[0], 0), risk[1].get(cs[-1], 0))  # whitespace runs never have masks
 
     def _affix_split(self, p):
-        """Tokens of a word with one opening bracket/quote and/or one closing mark (`'(film,'` -> `['(', 'film', ',']`),
-        or None when `p` is not of that shape or a special case could be involved (English rules only).
-
-        spaCy strips one prefix and one suffix per step, checking the special cases on `p`, `p` minus its prefix,
-        `p` minus its suffix and the stem; these marks are affixes after any letter, and letters never are. A '.'
-        is only a suffix after some letters (lowercase, or two capitals): here only after a-z."""
+        "`'(film,'` -> `['(', 'film', ',']`: one opening and/or closing mark around letters, else None (English only)."
+        # spaCy strips one prefix and one suffix per step, checking the special cases on `p`, `p` minus its prefix,
+        # `p` minus its suffix and the stem; these marks are affixes after any letter, and letters never are. A '.'
+        # is only a suffix after some letters (lowercase, or two capitals): here only after a-z.
         n = len(p)
         if n < 2 or self.lang != 'en':
             return None
@@ -212,15 +185,12 @@ class SpacyTokenizer:
         # Each piece sees the same single-space context as in the text; a token belongs to the piece it starts in.
         if not pieces:
             return []
-        starts, pos = [], 4
-        for p in pieces:
-            starts.append(pos)
-            pos += len(p) + 5
+        n = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        starts = 4 + np.cumsum(n + 5) - (n + 5)  # each piece is followed by ' zqz '
         joined = 'zqz ' + ' zqz '.join(pieces) + ' zqz'
         idx, lens = tokenizer(joined).to_array([IDX, LENGTH]).T  # no Token objects: much cheaper
-        starts = np.asarray(starts)
         k = np.searchsorted(starts, idx, 'right') - 1
-        keep = (k >= 0) & (idx < starts[k] + np.fromiter(map(len, pieces), np.int64, len(pieces))[k])
+        keep = (k >= 0) & (idx < starts[k] + n[k])
         toks = [[] for _ in pieces]
         for kk, i, n in zip(k[keep].tolist(), idx[keep].tolist(), lens[keep].tolist()):
             toks[kk].append(joined[i : i + n])
@@ -228,7 +198,7 @@ class SpacyTokenizer:
 
     def _pieces(self, text):
         "The prepared text and its pieces, or None for the pieces when the text must take the plain path."
-        text = self.prepare(text)
+        text = prepare(text, self.include_bos, self.include_eos)
         if len(text) > 1 and text[-1] == ' ' and not text[-2].isspace():
             text = text[:-1]  # spaCy drops it too
         if not text or text[0].isspace() or text[-1].isspace() or '  ' in text or _re_ws_sp_ws.search(text):
@@ -237,10 +207,9 @@ class SpacyTokenizer:
 
     def _run(self, texts, memo, risk, conv):
         "Outputs of a batch of documents: every piece missing from the memo goes through one `_fill`."
-        if len(memo) > self.memo_size:
-            memo.clear()
-            risk[0].clear()
-            risk[1].clear()  # bounded memory
+        if len(memo) > self.memo_size:  # bounded memory
+            for d in (memo, *risk):
+                d.clear()
         docs, miss = [], {}
         for t in texts:
             text, pieces = self._pieces(t)
@@ -288,31 +257,26 @@ class SpacyTokenizer:
                 if r is None:
                     r = apply_post_rules([t])
                     if stoi is not None:
-                        for j, u in enumerate(r):
-                            i = stoi.get(u)
-                            if i is None:
-                                i = stoi[u] = len(itos)
-                                itos.append(u)
-                            r[j] = i
+                        r = [token_id(stoi, itos, u) for u in r]
                     r = post[t] = tuple(r)
                 res += r
             return tuple(res)
 
         return conv
 
+    @cached_property
+    def _strs(self):
+        return {}, ({}, {}), self._conv({})  # memo, risk, conv of `batch`
+
     def batch(self, texts):
         "Tokens of each document (identical to `reference`); pieces unseen so far go through spaCy together."
-        m = self._memos
-        if 'str' not in m:
-            m.update(str={}, str_risk=({}, {}), str_conv=self._conv({}))
-        return self._run(texts, m['str'], m['str_risk'], m['str_conv'])
+        return self._run(texts, *self._strs)
 
     def encode_batch(self, texts, stoi, itos):
         "Token ids of each document in a growing table (`stoi`/`itos`, extended in place; one table per tokenizer)."
-        m = self._memos
-        if m.get('ids_of') is not stoi:
-            m.update(ids={}, ids_risk=({}, {}), ids_of=stoi, ids_conv=self._conv({}, stoi, itos))
-        return self._run(texts, m['ids'], m['ids_risk'], m['ids_conv'])
+        if self._ids is None or self._ids[0] is not stoi:
+            self._ids = stoi, {}, ({}, {}), self._conv({}, stoi, itos)
+        return self._run(texts, *self._ids[1:])
 
     def __call__(self, text):
         "Tokens of one document (identical to `reference(text)`)."

@@ -2,10 +2,10 @@
 
     text ─ xxbos ─ pre-rules (text -> text) ─ spaCy ─ post-rules (tokens -> tokens) ─ tokens
 
-`reference(text)` is that pipeline written out. `SpacyTokenizer` (ulmfit/tokenize/fast.py) gives the same tokens
-much faster; its tests check it against `reference`.
+`reference(text)` is that pipeline written out; `SpacyTokenizer` (fast.py) gives the same tokens much faster.
 """
 
+import functools
 import html
 import re
 
@@ -17,24 +17,16 @@ SPECIALS = [UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ]
 
 
 # ---------------------------------------------------------------- pre-rules (text -> text)
-
-_HTML_FIXES = [
-    ('#39;', "'"),
-    ('amp;', '&'),
-    ('#146;', "'"),
-    ('nbsp;', ' '),
-    ('#36;', '$'),
-    ('\\n', '\n'),
-    ('quot;', "'"),
-    ('<br />', '\n'),
-    ('\\"', '"'),
-    ('<unk>', UNK),
-    (' @.@ ', '.'),
-    (' @-@ ', '-'),
-    (' @,@ ', ','),
-    ('\\', ' \\ '),
-]
+# In fastai's order, which shows in the output: 'amp;' -> '&' runs first, so '&amp;' -> '&&'.
+_HTML_FIXES = [('#39;', "'"), ('amp;', '&'), ('#146;', "'"), ('nbsp;', ' '), ('#36;', '$'), ('\\n', '\n')]
+_HTML_FIXES += [('quot;', "'"), ('<br />', '\n'), ('\\"', '"'), ('<unk>', UNK)]
+_HTML_FIXES += [(' @.@ ', '.'), (' @-@ ', '-'), (' @,@ ', ','), ('\\', ' \\ ')]  # WikiText's escapes, then backslashes
 _re_spaces = re.compile(r'  +')
+_re_rep = re.compile(r'(\S)(\1{3,})')
+# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
+# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
+_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
+_re_spec = re.compile(r'([/#])')
 
 
 def fix_html(t):
@@ -45,9 +37,6 @@ def fix_html(t):
     if '&' in t:
         t = html.unescape(t)
     return _re_spaces.sub(' ', t) if '  ' in t else t
-
-
-_re_rep = re.compile(r'(\S)(\1{3,})')
 
 
 def _has_run4(t):
@@ -64,17 +53,9 @@ def replace_rep(t):
     return _re_rep.sub(lambda m: f' {REP} {len(m.group(0))} {m.group(1)} ', t)
 
 
-# In any match the word and the non-word run after it are whole (the repeat must start with a word character right
-# after them), so possessive quantifiers change no match; they only stop the backtracking at every other word.
-_re_wrep = re.compile(r'(\b\w++\W++)(\1{3,})')
-
-
 def replace_wrep(t):
     "A word repeated 4+ times: `'no no no no way'` -> `' xxwrep 4 no  way'`."
     return _re_wrep.sub(lambda m: f' {WREP} {len(m.group(2).split()) + 1} {m.group(1)} ', t)
-
-
-_re_spec = re.compile(r'([/#])')
 
 
 def spec_add_spaces(t):
@@ -88,16 +69,11 @@ def rm_useless_spaces(t):
 
 
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
-
-
 def replace_all_caps(toks):
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t.isupper():
-            res += [UP, t.lower()]
-        else:
-            res.append(t)
+        res += [UP, t.lower()] if len(t) > 1 and t.isupper() else [t]
     return res
 
 
@@ -105,10 +81,7 @@ def replace_maj(toks):
     "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
     res = []
     for t in toks:
-        if len(t) > 1 and t[0].isupper() and t[1:].islower():
-            res += [MAJ, t.lower()]
-        else:
-            res.append(t)
+        res += [MAJ, t.lower()] if len(t) > 1 and t[0].isupper() and t[1:].islower() else [t]
     return res
 
 
@@ -135,34 +108,35 @@ def apply_post_rules(toks, rules=POST_RULES):
     return toks
 
 
+def token_id(stoi, itos, t):
+    "Id of token `t` in a growing table (`stoi`/`itos`), appending it if new."
+    i = stoi.get(t)
+    if i is None:
+        i = stoi[t] = len(itos)
+        itos.append(t)
+    return i
+
+
 # ---------------------------------------------------------------- the plain path
-
-_PIPES = {}  # (lang, fast, rules) -> tokenizer, shared by every tokenizer of a process
-
-
+@functools.cache  # one per process and setting, shared by every tokenizer (pass `fast`/`rules` by keyword)
 def blank_tokenizer(lang='en', fast=False, rules=True):
     "spaCy's tokenizer for `lang` (no model download); `fast` skips lexical attributes, `rules=False` special cases."
-    if (lang, fast, rules) not in _PIPES:
-        import spacy
+    import spacy
 
-        nlp = spacy.blank(lang)
-        # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the
-        # time spent on unseen words, and it never changes where tokens are split.
-        if fast:
-            nlp.vocab.lex_attr_getters = {}
-        if not rules:
-            nlp.tokenizer.rules = {}
-        _PIPES[lang, fast, rules] = nlp.tokenizer
-    return _PIPES[lang, fast, rules]
+    nlp = spacy.blank(lang)
+    # New words normally get spaCy's lexical attributes (shape, like_num, ...) computed: that is most of the time
+    # spent on unseen words, and it never changes where tokens are split.
+    if fast:
+        nlp.vocab.lex_attr_getters = {}
+    if not rules:
+        nlp.tokenizer.rules = {}
+    return nlp.tokenizer
 
 
 def prepare(text, include_bos=True, include_eos=False):
     "Add xxbos/xxeos (as fastai does, before the rules) and run the pre-rules."
-    if include_bos:
-        text = f'{BOS} {text}'
-    if include_eos:
-        text = f'{text} {EOS}'
-    return apply_pre_rules(text)
+    text = f'{BOS} {text}' if include_bos else text
+    return apply_pre_rules(f'{text} {EOS}' if include_eos else text)
 
 
 def reference(text, lang='en', include_bos=True, include_eos=False):

@@ -1,11 +1,13 @@
 "SentencePiece (unigram or BPE) behind the same pre-rules and specials as the spaCy path."
 
 import hashlib
-import os
+from functools import cached_property
+from itertools import islice
+from pathlib import Path
 
 import sentencepiece as spm
 
-from .rules import BOS, EOS, PAD, SPECIALS, UNK, apply_pre_rules
+from .rules import BOS, EOS, PAD, SPECIALS, UNK, apply_pre_rules, token_id
 
 
 class SentencePieceTokenizer:
@@ -15,7 +17,6 @@ class SentencePieceTokenizer:
 
     def __init__(self, model_path, include_bos=True, include_eos=False):
         self.model_path, self.include_bos, self.include_eos = str(model_path), include_bos, include_eos
-        self._sp = None
 
     @classmethod
     def train(
@@ -29,30 +30,20 @@ class SentencePieceTokenizer:
         **kwargs,
     ):
         "Train a model on `texts` (a sample of the corpus), write `out_dir/spm.model`, return the tokenizer."
-        out_dir = os.fspath(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        raw = os.path.join(out_dir, 'spm_train.txt')
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        raw = out_dir / 'spm_train.txt'
         with open(raw, 'w', encoding='utf-8') as f:
-            for n, t in enumerate(texts):
-                if n >= max_sentences:
-                    break
-                f.write(apply_pre_rules(t).replace('\n', ' ') + '\n')
-        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/bos/eos/pad map
-        # onto ours.
+            f.writelines(apply_pre_rules(t).replace('\n', ' ') + '\n' for t in islice(texts, max_sentences))
+        # Our specials are user-defined symbols so they are never split; SentencePiece's own unk/pad/bos/eos are ours.
+        ours = dict(unk_piece=UNK, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_id=0, pad_id=1, bos_id=2, eos_id=3)
         spm.SentencePieceTrainer.train(
-            input=raw,
-            model_prefix=os.path.join(out_dir, 'spm'),
+            input=str(raw),
+            model_prefix=str(out_dir / 'spm'),
             vocab_size=vocab_sz,
             model_type=model_type,
             character_coverage=char_coverage,
-            unk_piece=UNK,
-            pad_piece=PAD,
-            bos_piece=BOS,
-            eos_piece=EOS,
-            unk_id=0,
-            pad_id=1,
-            bos_id=2,
-            eos_id=3,
+            **ours,
             user_defined_symbols=SPECIALS[4:],
             hard_vocab_limit=False,
             input_sentence_size=max_sentences,
@@ -60,12 +51,11 @@ class SentencePieceTokenizer:
             minloglevel=2,
             **kwargs,
         )
-        os.remove(raw)
-        return cls(os.path.join(out_dir, 'spm.model'))
+        raw.unlink()
+        return cls(out_dir / 'spm.model')
 
     def config(self):
-        with open(self.model_path, 'rb') as f:
-            h = hashlib.sha256(f.read()).hexdigest()
+        h = hashlib.sha256(Path(self.model_path).read_bytes()).hexdigest()
         return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
 
     def __getstate__(self):
@@ -74,25 +64,16 @@ class SentencePieceTokenizer:
     def __setstate__(self, d):
         self.__init__(**d)
 
-    @property
+    @cached_property
     def sp(self):
-        if self._sp is None:
-            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
-        return self._sp
+        return spm.SentencePieceProcessor(model_file=self.model_path)
 
     def __call__(self, text):
         toks = self.sp.encode(apply_pre_rules(text), out_type=str)
         return ([BOS] if self.include_bos else []) + toks + ([EOS] if self.include_eos else [])
 
     def encode(self, text, stoi, itos):
-        res = []
-        for t in self(text):
-            i = stoi.get(t)
-            if i is None:
-                i = stoi[t] = len(itos)
-                itos.append(t)
-            res.append(i)
-        return res
+        return [token_id(stoi, itos, t) for t in self(text)]
 
     # The batch interface the parallel runner calls (the spaCy tokenizer's, which batches for speed).
     def batch(self, texts):
