@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, neve
 so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -82,14 +83,12 @@ def atomic_write(path, write_fn):
                 f"some space and run again"
             ) from None
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError:
-        pass
     return path
 
 
@@ -97,11 +96,6 @@ def atomic_write_json(path, obj, indent=1):
     "Write `obj` as UTF-8 JSON to `path` atomically (non-ASCII text kept as is, other objects as their str)."
     data = json.dumps(obj, indent=indent, ensure_ascii=False, default=str).encode('utf-8')
     return atomic_write(path, lambda f: f.write(data))
-
-
-def save_file(obj, path):
-    "`torch.save(obj)` to `path` atomically."
-    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def get_rng_state():
@@ -146,7 +140,7 @@ def save_checkpoint(path, model_state, config=None, opt_state=None, train_state=
         'rng': rng,
         'extras': dict(extras or {}),
     }
-    return save_file(obj, path)
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path, map_location='cpu'):

@@ -1,10 +1,7 @@
 """Events, cancel exceptions and the `Callback` base class of the training core.
 
-A `Learner` fires a fixed set of named events. A callback is an object with methods named after the
-events it cares about, and an `order` (lower runs first). Control flow that leaves a stage early goes
-only through the cancel exceptions below; each has a matching `after_cancel_*` event, and the stage's
-`after_*` event still fires.
-
+A callback has methods named after the events it handles and an `order` (lower runs first). Only the cancel
+exceptions leave a stage early; each has an `after_cancel_*` event, and the stage's `after_*` still fires.
 The standard callbacks, by `order`:
 
     order  callback             does                                            module

@@ -129,7 +129,8 @@ class Learner:
         if handlers is None:
             if event not in EVENTS:
                 raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
-            handlers = self._handlers[event] = [h for cb in self.cbs if (h := _handler(cb, event)) is not None]
+            # `getattr` finds an instance-level handler (DebugCallback) as well as the class's method.
+            handlers = self._handlers[event] = [h for cb in self.cbs if (h := getattr(cb, event, None)) is not None]
         for h in handlers:
             h()
 
@@ -220,7 +221,7 @@ class Learner:
 
     def _do_epoch(self):
         self._phase(True, self.dls.train)
-        self._stage('train', self._do_train, CancelTrainException)
+        self._stage('train', self._do_batches, CancelTrainException)
         if self.dls.valid is not None:
             self._phase(False, self.dls.valid)
             self._stage('validate', self._do_validate, CancelValidateException)
@@ -231,16 +232,14 @@ class Learner:
         self.n_iter = len(dl) if hasattr(dl, '__len__') else 0
         self.model.train(training)
 
-    def _do_train(self):
+    def _do_batches(self):
         for i, b in enumerate(self.dl, start=self.iter):  # `iter` is 0, or the first batch of a resumed epoch
             self.iter = i
             self._do_batch(b)
 
     def _do_validate(self):
         with torch.no_grad():
-            for i, b in enumerate(self.dl):
-                self.iter = i
-                self._do_batch(b)
+            self._do_batches()
 
     def _do_batch(self, b):
         self.xb, self.yb = b
@@ -327,15 +326,8 @@ class Learner:
         "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
         ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}
         ts = dict(ts, cbs={cb.name: cb.state_dict() for cb in self.cbs if cb.state_dict()})
-        return save_checkpoint(
-            path,
-            self.model.state_dict(),
-            config=config,
-            opt_state=self.opt.state_dict() if with_opt and self.opt is not None else None,
-            train_state=ts,
-            rng=get_rng_state(),
-            extras=extras,
-        )
+        opt = self.opt.state_dict() if with_opt and self.opt is not None else None
+        return save_checkpoint(path, self.model.state_dict(), config, opt, ts, get_rng_state(), extras)
 
     def load(self, path, with_opt=True, strict=True):
         "Load a checkpoint's model (and optimizer) state; returns the checkpoint dict."
@@ -353,10 +345,3 @@ class Learner:
     def __repr__(self):
         return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
 
-
-def _handler(cb, event):
-    "The bound method of `cb` for `event`: an instance-level handler (DebugCallback) or the class's method."
-    fn = cb.__dict__.get(event)
-    if fn is not None:
-        return fn
-    return getattr(cb, event) if getattr(type(cb), event, None) is not None else None
