@@ -55,18 +55,14 @@ def shard(t, r, n):
 
 
 def share_weight(bs, r, n):
-    """What rank r's mean loss is scaled by so DDP's plain average of the ranks' gradients is the gradient of the
-    whole batch's mean loss: rows_r * n / bs (1 when the batch splits evenly)."""
+    "Rank r's mean loss weight (rows_r * n / bs) that makes DDP's plain gradient average the whole batch's gradient."
     return (((r + 1) * bs // n) - (r * bs // n)) * n / bs
-
-
-def _comm_device():
-    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
 
 
 def all_reduce_sum(values):
     "Each number of `values` summed over all processes (as float64)."
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return t.tolist()
 

@@ -344,4 +344,3 @@ class Learner:
 
     def __repr__(self):
         return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
-

@@ -37,12 +37,11 @@ class Recorder(Callback):
         self.t0, self.train_total, self.train_count = time.time(), 0.0, 0
 
     def after_batch(self):
-        if not self.learn.training:
-            if hasattr(self.learn, 'loss'):
-                for m in [self.valid_loss, *self.metrics]:
-                    m.accumulate(self.learn)
-            return
         if not hasattr(self.learn, 'loss'):
+            return
+        if not self.learn.training:
+            for m in [self.valid_loss, *self.metrics]:
+                m.accumulate(self.learn)
             return
         loss = float(self.learn.loss.detach())
         self.losses.append(loss)
@@ -107,14 +106,14 @@ class ProgressCallback(Callback):
         self.enabled = show_progress() and not lr_finding(self.learn)  # rank 0, not quiet
 
     def _open(self, desc):
-        tty = (self.file or sys.stderr).isatty()
+        interval = 0.2 if (self.file or sys.stderr).isatty() else 30.0
         self.bar = tqdm(
             total=self.learn.n_iter or None,
             desc=desc,
             leave=False,
             file=self.file,
             dynamic_ncols=True,
-            mininterval=0.2 if tty else 30.0,
+            mininterval=interval,
         )
 
     def before_train(self):

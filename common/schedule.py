@@ -6,6 +6,7 @@ sets them on the optimizer each batch; `LRFinder` is the LR range test's exponen
 """
 
 import copy
+import itertools
 import math
 
 from .events import Callback, CancelFitException, CancelValidateException
@@ -41,9 +42,7 @@ def combine_scheds(pcts, scheds):
         raise ValueError(f"combine_scheds: {len(pcts)} fractions for {len(scheds)} schedules")
     if abs(sum(pcts) - 1) > 1e-6 or any(p < 0 for p in pcts):
         raise ValueError(f"combine_scheds: fractions must be >= 0 and sum to 1, got {pcts}")
-    bounds = [0.0]
-    for p in pcts:
-        bounds.append(bounds[-1] + p)
+    bounds = [0.0, *itertools.accumulate(pcts)]
 
     def _inner(pct):
         pct = min(max(pct, 0.0), 1.0)
@@ -77,12 +76,9 @@ def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0
 
 
 def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
-    """Slanted triangular LR (Howard & Ruder 2018, eq. 3).
-
-    With T iterations, cut = T*cut_frac, p = t/cut before the cut and 1 - (t-cut)/(cut*(1/cut_frac - 1))
-    after it; lr = lr_max * (1 + p*(ratio-1)) / ratio. In terms of pct = t/T that is a linear rise from
-    lr_max/ratio to lr_max over `cut_frac`, then a linear fall back to lr_max/ratio.
-    """
+    "Slanted triangular LR (Howard & Ruder 2018, eq. 3): lr_max/ratio up to lr_max over `cut_frac`, then back down."
+    # Eq. 3 with T steps, cut = T*cut_frac: p = t/cut before the cut, 1 - (t-cut)/(cut*(1/cut_frac - 1)) after it, and
+    # lr = lr_max * (1 + p*(ratio-1)) / ratio; in pct = t/T both halves are straight lines.
     return combine_scheds(
         [cut_frac, 1 - cut_frac], [sched_lin(lr_max / ratio, lr_max), sched_lin(lr_max, lr_max / ratio)]
     )
@@ -142,9 +138,8 @@ class LRFinder(Callback):
         warm = len(self.losses) > max(5, self.num_it // 20)
         if warm:
             self.best = min(self.best, smooth)
-        if (
-            self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))
-        ) or self.learn.train_iter >= self.num_it:
+        diverged = self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))
+        if diverged or self.learn.train_iter >= self.num_it:
             raise CancelFitException()
 
     def before_validate(self):
