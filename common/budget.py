@@ -15,7 +15,7 @@ from .distributed import all_reduce_sum, world_size
 from .events import Callback, CancelFitException, CancelTrainException
 from .log import log
 from .optim import lrs_for, set_hyper
-from .schedule import one_cycle_scheds
+from .schedule import MOMS, one_cycle_scheds
 
 MAX_EPOCHS = 10**6  # the epochs a planned fit is started with: the plan ends it long before
 
@@ -163,16 +163,7 @@ def _bs(dl):
 
 
 def fit_one_cycle_budget(
-    learn,
-    budget_s,
-    lr_max=None,
-    pct_start=0.25,
-    div=25.0,
-    div_final=1e5,
-    moms=(0.95, 0.85, 0.95),
-    cbs=None,
-    resume=None,
-    **plan,
+    learn, budget_s, lr_max=None, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS, cbs=None, resume=None, **plan
 ):
     "`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds; returns the PlannedSchedule (`n_steps`)."
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)

@@ -2,23 +2,10 @@
 
 A callback has methods named after the events it handles and an `order` (lower runs first). Only the cancel
 exceptions leave a stage early; each has an `after_cancel_*` event, and the stage's `after_*` still fires.
-The standard callbacks, by `order`:
 
-    order  callback             does                                            module
-     -30   Resume               replays a checkpoint's training position        stopping
-     -20   DeviceCallback       moves model and batches to the device           device
-     -15   DistributedCallback  DDP wrapping and batch sharding                 distributed
-       0   ParamScheduler       sets per-group hyper-parameters from schedules  schedule
-       5   LRFinder             exponential LR sweep                            schedule
-      10   MixedPrecision       autocast, fp16 loss scaling, skipped steps      precision
-      20   GradientClip         clip by total norm (after unscaling)            precision
-      30   NanGuard             stops on a non-finite loss                      precision
-      50   Recorder             losses, hyper-parameters, metrics               recorder
-      55   GatherPreds          predictions and targets for `get_preds`         recorder
-      60   ProgressCallback     progress bars and the per-epoch table           recorder
-      65   RunLogger            metrics.jsonl and plots in the run folder       runs
-      70   EarlyStopping, SaveBest, CheckpointCallback; 75 TimeBudget           stopping
-     100   DebugCallback        calls a function (or pdb) at one event          events
+The standard callbacks, by `order`: -30 Resume, -20 DeviceCallback, -15 DistributedCallback, 0 ParamScheduler,
+5 LRFinder, 10 MixedPrecision, 20 GradientClip, 30 NanGuard, 50 Recorder, 55 GatherPreds, 60 ProgressCallback,
+65 RunLogger, 70 EarlyStopping, SaveBest and CheckpointCallback, 75 TimeBudget, 100 DebugCallback.
 """
 
 import pdb

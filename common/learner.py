@@ -31,7 +31,6 @@ from .events import (
 )
 from .optim import (
     adamw,
-    as_param_lists,
     bn_params,
     check_split,
     lrs_for,
@@ -42,7 +41,7 @@ from .optim import (
 )
 from .precision import GradientClip, MixedPrecision, NanGuard
 from .recorder import GatherPreds, ProgressCallback, Recorder
-from .schedule import LRFinder, ParamScheduler, one_cycle_scheds
+from .schedule import MOMS, LRFinder, ParamScheduler, one_cycle_scheds
 from .stopping import Resume
 
 
@@ -152,10 +151,8 @@ class Learner:
 
     def _split(self):
         "Ask the splitter again (the model may have changed) and check that it covers every parameter once."
-        groups = as_param_lists(self.splitter(self.model))
-        check_split(self.model, groups)
-        self._groups = groups
-        return groups
+        self._groups = check_split(self.model, self.splitter(self.model))
+        return self._groups
 
     @property
     def n_groups(self):
@@ -273,16 +270,7 @@ class Learner:
 
     # ---- schedules -----------------------------------------------------------------------------------
     def fit_one_cycle(
-        self,
-        n_epoch,
-        lr_max=None,
-        pct_start=0.25,
-        div=25.0,
-        div_final=1e5,
-        moms=(0.95, 0.85, 0.95),
-        wd=None,
-        cbs=None,
-        resume=None,
+        self, n_epoch, lr_max=None, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS, wd=None, cbs=None, resume=None
     ):
         "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)

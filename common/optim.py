@@ -56,13 +56,9 @@ def bn_params(model):
     }
 
 
-def as_param_lists(groups):
-    "Normalise a splitter's output (modules or param iterables) into a list of param lists."
-    return [list(g.parameters() if isinstance(g, nn.Module) else g) for g in groups]
-
-
 def check_split(model, groups):
-    "Every parameter in exactly one group: a splitter that drops or repeats one is a bug."
+    "The splitter's `groups` (modules or parameters) as parameter lists; a parameter in none or in two is an error."
+    groups = [list(g.parameters() if isinstance(g, nn.Module) else g) for g in groups]
     seen = {}
     for i, g in enumerate(groups):
         for p in g:
@@ -72,6 +68,7 @@ def check_split(model, groups):
     missing = [n for n, p in model.named_parameters() if id(p) not in seen]
     if missing:
         raise ValueError(f"splitter leaves out parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return groups
 
 
 def make_param_groups(model, groups, wd_on_norm_and_bias=False):

@@ -13,6 +13,8 @@ from .events import Callback, CancelFitException, CancelValidateException
 from .optim import get_hyper, set_hyper
 from .plots import plot_lr_find
 
+MOMS = (0.95, 0.85, 0.95)  # one-cycle momentum (Adam's beta1): down while the LR rises, then back up (fastai's default)
+
 
 def sched_lin(start, end):
     "Linear from `start` to `end`."
@@ -62,12 +64,12 @@ def one_cycle(lr_max, pct_start=0.25, div=25.0, div_final=1e5):
     )
 
 
-def one_cycle_mom(moms=(0.95, 0.85, 0.95), pct_start=0.25):
+def one_cycle_mom(moms=MOMS, pct_start=0.25):
     "Momentum (or Adam's beta1) of the one-cycle policy: down while the LR rises, then back up."
     return combine_scheds([pct_start, 1 - pct_start], [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
 
 
-def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95)):
+def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS):
     "One-cycle schedules for each layer group's peak LR in `lrs` (and momentum unless `moms` is None)."
     scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
     if moms is not None:
