@@ -12,10 +12,10 @@ import math
 import time
 
 from .distributed import all_reduce_sum, world_size
-from .events import Callback, CancelFitException, CancelTrainException
+from .events import CancelFitException, CancelTrainException
 from .log import log
-from .optim import lrs_for, set_hyper
-from .schedule import MOMS, one_cycle_scheds
+from .optim import lrs_for
+from .schedule import MOMS, ParamScheduler, one_cycle_scheds
 
 MAX_EPOCHS = 10**6  # the epochs a planned fit is started with: the plan ends it long before
 
@@ -51,8 +51,7 @@ class StageBudget:
 
     def __init__(self, total_s, weights, clock=None):
         self.total_s, self.weights, self.clock = total_s, dict(weights), clock or time.perf_counter
-        self.t0 = self.clock()
-        self.reserved = {}
+        self.t0, self.reserved = self.clock(), {}
 
     def left(self):
         return self.total_s - (self.clock() - self.t0)
@@ -70,10 +69,8 @@ class StageBudget:
         return split_budget(self.left(), w, sum(self.reserved[n] for n in rest if n in self.reserved))
 
 
-class PlannedSchedule(Callback):
-    "Sets hyper-parameters from schedules of pct, as `ParamScheduler`, over the steps planned to fit in `budget_s`."
-
-    order = 0
+class PlannedSchedule(ParamScheduler):
+    "A `ParamScheduler` whose pct runs over the number of steps planned to fit in `budget_s` seconds."
 
     def __init__(
         self,
@@ -89,15 +86,15 @@ class PlannedSchedule(Callback):
     ):
         if not 0 <= n_skip < n_probe:
             raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
-        self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
-        self.valid_ratio = valid_ratio
+        super().__init__(scheds)
+        self.budget_s, self.overhead_s, self.valid_s = budget_s, overhead_s, valid_s
         self.n_probe, self.n_skip, self.probe_s = n_probe, n_skip, probe_pct * budget_s
-        self.clock = clock or time.perf_counter
+        self.valid_ratio, self.clock = valid_ratio, clock or time.perf_counter
         self.n_steps = self.step_s = None
 
     def before_fit(self):
+        super().before_fit()
         self.t0, self.timed, self.n_timed = self.clock(), 0.0, 0
-        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
 
     def before_epoch(self):
         if self.n_steps is not None and self.learn.train_iter >= self.n_steps:
@@ -114,10 +111,7 @@ class PlannedSchedule(Callback):
         i = self.learn.train_iter  # steps taken before this one
         if self.n_steps is not None and i >= self.n_steps:
             raise CancelTrainException()  # the plan is done: this epoch's validation still runs
-        pct = 0.0 if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.0)
-        for name, s in self.scheds.items():
-            fns = s if isinstance(s, (list, tuple)) else [s] * self.n_groups
-            set_hyper(self.learn.opt, name, [f(pct) for f in fns])
+        self.set_hypers(0.0 if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.0))
 
     def after_batch(self):
         if not self.learn.training or self.n_steps is not None:

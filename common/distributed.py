@@ -90,11 +90,11 @@ class DistributedCallback(Callback):
         # Loaders that already shard by rank (e.g. the LM loader) say so with `distributed_aware`.
         self.weight = None
         if self.learn.training and not getattr(self.learn.dl, 'distributed_aware', False):
+            r, n = rank(), world_size()
             bs = self.learn.yb.shape[0] if isinstance(self.learn.yb, torch.Tensor) else None
-            self.learn.xb = shard(self.learn.xb, rank(), world_size())
-            self.learn.yb = shard(self.learn.yb, rank(), world_size())
-            if bs is not None and bs % world_size():
-                self.weight = share_weight(bs, rank(), world_size())
+            self.learn.xb, self.learn.yb = shard((self.learn.xb, self.learn.yb), r, n)
+            if bs is not None and bs % n:
+                self.weight = share_weight(bs, r, n)
 
     def before_backward(self):
         # An uneven batch (e.g. a classifier's last one): ranks hold different row counts, and DDP averages their

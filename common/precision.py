@@ -37,8 +37,7 @@ class MixedPrecision(Callback):
             self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
         if self.pending is not None and self.scaler is not None:  # a resumed run's scale and growth tracker
             self.scaler.load_state_dict(self.pending)
-        self.pending = None
-        self.n_skipped = 0
+        self.pending, self.n_skipped = None, 0
 
     def before_batch(self):
         self.device_type = next(self.learn.model.parameters()).device.type  # validate() may run before any fit

@@ -23,9 +23,8 @@ class Recorder(Callback):
     def __init__(self, metrics=(), beta=0.98):
         self.metrics, self.beta = [as_metric(m) for m in metrics], beta
         self.valid_loss = AvgLoss()
+        self.before_fit()  # empty records for a Learner that validates before any fit
         self.before_validate()  # metrics start empty, even if a validation stage is cancelled at once
-        self.last_valid, self.history = {}, []
-        self.losses, self.lrs, self.moms = [], [], []
 
     def before_fit(self):
         self.losses, self.lrs, self.moms, self.last_valid = [], [], [], {}
@@ -48,9 +47,8 @@ class Recorder(Callback):
         self.train_total += loss
         self.train_count += 1
         self._avg, self._n = self.beta * self._avg + (1 - self.beta) * loss, self._n + 1
-        opt = self.learn.opt
-        self.lrs.append(get_hyper(opt, 'lr'))
-        self.moms.append(get_hyper(opt, 'mom'))
+        self.lrs.append(get_hyper(self.learn.opt, 'lr'))
+        self.moms.append(get_hyper(self.learn.opt, 'mom'))
 
     @property
     def smooth_loss(self):
@@ -143,12 +141,11 @@ class ProgressCallback(Callback):
         if not self.enabled or not self.learn.recorder.history:
             return
         row = self.learn.recorder.history[-1]
-        keys = list(row)
         if not self.header_done:
-            tqdm.write('  '.join(f'{k:>12}' for k in keys), file=self.file)
+            tqdm.write('  '.join(f'{k:>12}' for k in row), file=self.file)
             self.header_done = True
         fmt = lambda v: f'{v:>12d}' if isinstance(v, int) else f'{v:>12.5g}' if isinstance(v, float) else f'{v!s:>12}'  # noqa: E731
-        tqdm.write('  '.join(fmt(row[k]) for k in keys), file=self.file)
+        tqdm.write('  '.join(fmt(v) for v in row.values()), file=self.file)
 
 
 class GatherPreds(Callback):

@@ -95,18 +95,21 @@ class ParamScheduler(Callback):
     def __init__(self, scheds):
         self.scheds = scheds
 
+    def before_fit(self):
+        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
+
     def before_batch(self):
-        if not self.learn.training:
-            return
-        n, pct = self.n_groups, self.learn.pct_train
+        if self.learn.training:
+            self.set_hypers(self.learn.pct_train)
+
+    def set_hypers(self, pct):
+        "Set each scheduled hyper-parameter of each layer group to its value at `pct`."
+        n = self.n_groups
         for name, s in self.scheds.items():
             fns = s if isinstance(s, (list, tuple)) else [s] * n
             if len(fns) != n:
                 raise ValueError(f"{len(fns)} schedules for '{name}' but the splitter gives {n} param groups")
             set_hyper(self.learn.opt, name, [f(pct) for f in fns])
-
-    def before_fit(self):
-        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
 
 
 class LRFinder(Callback):

@@ -76,8 +76,7 @@ class CheckpointCallback(Callback):
 
     def __init__(self, path, every_minutes=None, every_epoch=True, config=None, extras=None):
         self.path, self.every_minutes, self.every_epoch = path, every_minutes, every_epoch
-        self.config, self.extras = config, extras
-        self.epoch_rng = None
+        self.config, self.extras, self.epoch_rng = config, extras, None
 
     def before_fit(self):
         self.last, self.epoch_rng = time.time(), None
