@@ -47,12 +47,6 @@ class _WriteGuard:
         return getattr(self.f, name)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def temp_files(path):
     "Temp files `atomic_write` leaves beside `path` when the process is killed mid-write."
     path = Path(path)
@@ -66,7 +60,9 @@ def atomic_write(path, write_fn):
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     guard = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should be readable like any other
+        mask = os.umask(0)  # reading the umask means setting it: put it back
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the file should be readable like any other
         with os.fdopen(fd, 'wb') as f:
             guard = _WriteGuard(f)
             write_fn(guard)
@@ -74,8 +70,7 @@ def atomic_write(path, write_fn):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         err = e if isinstance(e, OSError) else getattr(guard, 'error', None)
         if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
