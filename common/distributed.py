@@ -28,12 +28,11 @@ def world_size():
 
 def setup_distributed(backend=None):
     "Join the process group torchrun describes in the environment (no-op when not launched by torchrun)."
-    if is_distributed() or int(os.environ.get('WORLD_SIZE', 1)) <= 1:
-        return rank(), world_size()
-    backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-    if backend == 'nccl':
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    dist.init_process_group(backend)
+    if not is_distributed() and int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
+        if backend == 'nccl':
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        dist.init_process_group(backend)
     return rank(), world_size()
 
 
@@ -103,9 +102,8 @@ class DistributedCallback(Callback):
             self.learn.loss_grad = self.learn.loss_grad * self.weight
 
     def after_validate(self):
-        # A loader that shards by rank (the LM loader) shows each rank 1/N of the validation stream: the metrics'
-        # running sums are added up over the ranks, so the reported numbers cover the whole stream. (Other loaders
-        # show every rank everything.)
+        # A loader that shards by rank (the LM loader) shows each rank 1/N of the validation stream (others show every
+        # rank everything): the metrics' running sums are added up over the ranks to cover the whole stream.
         rec = getattr(self.learn, 'recorder', None)
         if rec is not None and getattr(self.learn.dl, 'distributed_aware', False):
             for m in [rec.valid_loss, *rec.metrics]:

@@ -75,9 +75,7 @@ class Callback:
     @property
     def name(self):
         "snake_case class name without the `Callback` suffix, e.g. `GradientClip` -> `gradient_clip`."
-        n = type(self).__name__
-        if n.endswith('Callback') and n != 'Callback':
-            n = n[: -len('Callback')]
+        n = type(self).__name__.removesuffix('Callback') or 'Callback'  # the base class keeps its name
         n = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', n)  # LRFinder -> LR_Finder
         return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', n).lower()  # MixedPrecision -> mixed_precision, RNN -> rnn
 

@@ -33,7 +33,7 @@ class Recorder(Callback):
         self._avg, self._n = 0.0, 0
 
     def before_epoch(self):
-        self.t0, self.train_total, self.train_count = time.time(), 0.0, 0
+        self.t0, self.n0 = time.time(), len(self.losses)  # this epoch's losses start at `n0`
 
     def after_batch(self):
         if not hasattr(self.learn, 'loss'):
@@ -44,8 +44,6 @@ class Recorder(Callback):
             return
         loss = float(self.learn.loss.detach())
         self.losses.append(loss)
-        self.train_total += loss
-        self.train_count += 1
         self._avg, self._n = self.beta * self._avg + (1 - self.beta) * loss, self._n + 1
         self.lrs.append(get_hyper(self.learn.opt, 'lr'))
         self.moms.append(get_hyper(self.learn.opt, 'mom'))
@@ -62,9 +60,10 @@ class Recorder(Callback):
         self.last_valid = {'valid_loss': self.valid_loss.value, **{m.name: m.value for m in self.metrics}}
 
     def after_epoch(self):
+        losses = self.losses[self.n0 :]
         row = {
             'epoch': self.learn.epoch + 1,
-            'train_loss': self.train_total / self.train_count if self.train_count else float('nan'),
+            'train_loss': sum(losses) / len(losses) if losses else float('nan'),
             **(self.last_valid if self.learn.dls.valid is not None else {}),
             'time_s': round(time.time() - self.t0, 2),
         }

@@ -13,7 +13,7 @@ from .events import Callback, CancelFitException, CancelValidateException
 from .optim import get_hyper, set_hyper
 from .plots import plot_lr_find
 
-MOMS = (0.95, 0.85, 0.95)  # one-cycle momentum (Adam's beta1): down while the LR rises, then back up (fastai's default)
+MOMS = (0.95, 0.85, 0.95)  # one-cycle momentum (or Adam's beta1): fastai's default
 
 
 def sched_lin(start, end):
@@ -50,9 +50,7 @@ def combine_scheds(pcts, scheds):
         pct = min(max(pct, 0.0), 1.0)
         # The last phase that starts at or before pct (skipping zero-length phases).
         i = max(j for j in range(len(scheds)) if bounds[j] <= pct and (pcts[j] > 0 or j == len(scheds) - 1))
-        if pcts[i] == 0:
-            return scheds[i](1.0)
-        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.0))
+        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.0) if pcts[i] else 1.0)  # a zero-length phase: its end
 
     return _inner
 
