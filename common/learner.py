@@ -128,7 +128,6 @@ class Learner:
         if handlers is None:
             if event not in EVENTS:
                 raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
-            # `getattr` finds an instance-level handler (DebugCallback) as well as the class's method.
             handlers = self._handlers[event] = [h for cb in self.cbs if (h := getattr(cb, event, None)) is not None]
         for h in handlers:
             h()

@@ -76,7 +76,7 @@ class MixedPrecision(Callback):
         return {'scaler': self.scaler.state_dict()} if self.scaler is not None else {}
 
     def load_state_dict(self, state):
-        # A resume loads callback state before `before_fit`, where the scaler is first made: keep it until then.
+        # A resume loads callback state before `before_fit`, where the scaler may first be made: it loads it there.
         self.pending = state.get('scaler')
 
 

@@ -103,14 +103,14 @@ class ProgressCallback(Callback):
         self.enabled = show_progress() and not lr_finding(self.learn)  # rank 0, not quiet
 
     def _open(self, desc):
-        interval = 0.2 if (self.file or sys.stderr).isatty() else 30.0
+        tty = (self.file or sys.stderr).isatty()
         self.bar = tqdm(
             total=self.learn.n_iter or None,
             desc=desc,
             leave=False,
             file=self.file,
             dynamic_ncols=True,
-            mininterval=interval,
+            mininterval=0.2 if tty else 30.0,
         )
 
     def before_train(self):
