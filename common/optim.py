@@ -9,8 +9,9 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+NORM_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def adamw(params, lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, **kwargs):
@@ -48,12 +49,7 @@ def norm_and_bias_params(model):
 
 def bn_params(model):
     "Set of ids of BatchNorm parameters (these stay trainable inside frozen groups)."
-    return {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for p in m.parameters(recurse=False)
-    }
+    return {id(p) for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)}
 
 
 def check_split(model, groups):
