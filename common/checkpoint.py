@@ -1,9 +1,7 @@
 """Checkpoints: one file, written atomically, loaded safely.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled module:
-    {'format': 1, 'model': state_dict, 'config': {...}, 'opt': optimizer state or None,
-     'train_state': {'epoch', 'iter', ...} or None, 'rng': {...} or None, 'extras': {...}}
-so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
+A checkpoint (`save_checkpoint`) is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled
+module, so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
 
 import contextlib

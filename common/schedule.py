@@ -1,8 +1,7 @@
 """Hyper-parameter schedules as functions of training progress `pct` in [0, 1], and the callbacks that apply them.
 
-A schedule is a plain function `f(pct) -> value`. One-cycle is a composition of two cosine halves,
-slanted triangular is a composition of two linear halves; each works without a Learner. `ParamScheduler`
-sets them on the optimizer each batch; `LRFinder` is the LR range test's exponential sweep.
+A schedule is a plain function `f(pct) -> value` that works without a Learner; one-cycle and slanted triangular are
+compositions of two halves. `ParamScheduler` sets them on the optimizer each batch; `LRFinder` sweeps the LR.
 """
 
 import copy
