@@ -48,6 +48,11 @@ class CancelFitException(Exception):
 CancelStep, CancelBatch, CancelTrain = CancelStepException, CancelBatchException, CancelTrainException
 CancelValidate, CancelEpoch, CancelFit = CancelValidateException, CancelEpochException, CancelFitException
 
+# The exception that cancels each stage of the loop.
+CANCEL = dict(
+    step=CancelStep, batch=CancelBatch, train=CancelTrain, validate=CancelValidate, epoch=CancelEpoch, fit=CancelFit
+)
+
 
 # What a callback's `after_loss` does to `learn.loss_grad` (the loss backward sees), in the order they must run:
 # 'replace' computes it afresh from the predictions (MixUp), 'add' adds a term to it (AR/TAR), 'scale' multiplies

@@ -18,17 +18,7 @@ import torch
 from .checkpoint import CheckpointError, get_rng_state, load_checkpoint, load_model_state, save_checkpoint
 from .device import DeviceCallback
 from .distributed import DistributedCallback, world_size
-from .events import (
-    EVENTS,
-    Callback,
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-    CancelStepException,
-    CancelTrainException,
-    CancelValidateException,
-    check_loss_roles,
-)
+from .events import CANCEL, EVENTS, Callback, CancelBatchException, check_loss_roles
 from .optim import (
     adamw,
     bn_params,
@@ -132,12 +122,12 @@ class Learner:
         for h in handlers:
             h()
 
-    def _stage(self, name, fn, cancel):
-        "before_{name}, fn(), after_{name}; a `cancel` exception skips to after_cancel_{name}."
+    def _stage(self, name, fn):
+        "before_{name}, fn(), after_{name}; the stage's cancel exception skips to after_cancel_{name}."
         try:
             self.emit(f'before_{name}')
             fn()
-        except cancel:
+        except CANCEL[name]:
             self.emit(f'after_cancel_{name}')
         self.emit(f'after_{name}')
 
@@ -197,7 +187,7 @@ class Learner:
                 self.create_opt()
             set_hyper(self.opt, 'lr', lrs_for(self.lr, self.n_groups))
             self.n_epoch, self.epoch, self.train_iter = n_epoch, 0, 0
-            self._stage('fit', self._do_fit, CancelFitException)
+            self._stage('fit', self._do_fit)
         except KeyboardInterrupt as e:
             ck = getattr(self, 'checkpoint', None)  # a CheckpointCallback saves where training stands
             if ck is None:
@@ -213,14 +203,14 @@ class Learner:
             opt_state_to_params(self.opt)
         for epoch in range(self.epoch, self.n_epoch):  # from 0, or from where `Resume` says training stopped
             self.epoch = epoch
-            self._stage('epoch', self._do_epoch, CancelEpochException)
+            self._stage('epoch', self._do_epoch)
 
     def _do_epoch(self):
         self._phase(True, self.dls.train)
-        self._stage('train', self._do_batches, CancelTrainException)
+        self._stage('train', self._do_batches)
         if self.dls.valid is not None:
             self._phase(False, self.dls.valid)
-            self._stage('validate', self._do_validate, CancelValidateException)
+            self._stage('validate', self._do_validate)
 
     def _phase(self, training, dl):
         "Set up a training or validation pass over `dl` (before its `before_*` event fires)."
@@ -259,7 +249,7 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
         self.emit('before_backward')
         self.loss_grad.backward()
-        self._stage('step', self.opt.step, CancelStepException)
+        self._stage('step', self.opt.step)
 
     @property
     def pct_train(self):
@@ -297,7 +287,7 @@ class Learner:
         self.add_cbs(cbs)
         try:
             self._phase(False, dl if dl is not None else self.dls.valid)
-            self._stage('validate', self._do_validate, CancelValidateException)
+            self._stage('validate', self._do_validate)
         finally:
             self.remove_cbs(cbs)
         return dict(self.recorder.last_valid) if hasattr(self, 'recorder') else {}
