@@ -1,36 +1,31 @@
 """Training to a time budget: plan the number of steps that fit, then run one complete schedule over them.
 
-    probe   the first steps run at the schedule's start (pct = 0) and, after the first `n_skip`, are timed: at least
-            `n_probe` steps and `probe_pct` of the budget (a longer average of a noisy step time), or until the budget
-            is spent
+    probe   the first steps run at pct = 0; after the first `n_skip` they are timed, for at least `n_probe` steps and
+            `probe_pct` of the budget (a noisy step time wants a long average), or until the budget is spent
     plan    n_steps = plan_steps(step_s, budget_s, ...): the whole fit, the probe's steps included
-    run     step i (from 0) runs at pct = i / (n_steps - 1), so the last planned step is the schedule's end;
-            training stops there, after that epoch's validation
+    run     step i (from 0) runs at pct = i / (n_steps - 1); training stops after the last, and that epoch's validation
 
-A schedule cut by a clock (`TimeBudget`, `--max-minutes`) never reaches its low final LR; a planned one always
-does. `StageBudget` shares one budget among the stages of a pipeline, each planning its own steps in its share.
+A schedule cut by a clock (`TimeBudget`) never reaches its low final LR; a planned one always does.
 """
 
 import math
 import time
 
 from .distributed import all_reduce_sum, world_size
-from .events import Callback, CancelFitException, CancelTrainException
+from .events import CancelFitException, CancelTrainException
 from .log import log
-from .optim import lrs_for, set_hyper
-from .schedule import one_cycle_scheds
+from .optim import lrs_for
+from .schedule import MOMS, ParamScheduler, one_cycle_scheds
 
 MAX_EPOCHS = 10**6  # the epochs a planned fit is started with: the plan ends it long before
 
 
 def plan_steps(step_s, budget_s, overhead_s=0.0, elapsed_s=0.0, n_done=0, valid_s=0.0, epoch_len=0):
-    """The total number of training steps (the `n_done` taken so far included) that fit in `budget_s` seconds:
-    `elapsed_s` are spent, each further step takes `step_s`, `overhead_s` is spent once more, and a validation pass
-    of `valid_s` follows every `epoch_len` steps and the last one. At least `n_done`, and at least 1."""
+    "The total training steps, the `n_done` taken included, that fit in `budget_s` seconds (at least `n_done`, and 1)."
     if step_s <= 0:
         raise ValueError(f"plan_steps needs a positive step time, got {step_s}")
 
-    def cost(n):
+    def cost(n):  # `elapsed_s` spent, `step_s` per further step, `overhead_s` once, `valid_s` per epoch and at the end
         n_valid = math.ceil(n / epoch_len) - n_done // epoch_len if valid_s and epoch_len else 0
         return elapsed_s + (n - n_done) * step_s + n_valid * valid_s + overhead_s
 
@@ -45,21 +40,18 @@ def plan_steps(step_s, budget_s, overhead_s=0.0, elapsed_s=0.0, n_done=0, valid_
 
 
 def split_budget(left_s, weights, reserved_s=0.0):
-    """Seconds for the first of the stages still to run (`weights`, in order): its weight's share of
-    `left_s - reserved_s`."""
+    "Seconds for the first of the stages still to run (`weights`, in order): its share of `left_s - reserved_s`."
     total = sum(weights)
     return max(left_s - reserved_s, 0.0) * weights[0] / total if total else 0.0
 
 
 class StageBudget:
-    """`total_s` seconds shared by named stages run in order. A stage gets, when it starts, its weight's share of the
-    time left, so a stage that overruns shrinks the ones after it. `reserve(name, s)` replaces a stage's weight by a
-    measured estimate of its cost, kept aside for it."""
+    """`total_s` seconds shared by stages run in order: each gets its weight's share of the time left when it starts
+    (an overrun shrinks the stages after it), or what `reserve` kept aside for it."""
 
     def __init__(self, total_s, weights, clock=None):
         self.total_s, self.weights, self.clock = total_s, dict(weights), clock or time.perf_counter
-        self.t0 = self.clock()
-        self.reserved = {}
+        self.t0, self.reserved = self.clock(), {}
 
     def left(self):
         return self.total_s - (self.clock() - self.t0)
@@ -77,15 +69,8 @@ class StageBudget:
         return split_budget(self.left(), w, sum(self.reserved[n] for n in rest if n in self.reserved))
 
 
-class PlannedSchedule(Callback):
-    """Sets hyper-parameters from schedules of pct (`{'lr': sched or [sched per group], 'mom': ...}`, as
-    ParamScheduler) over a number of steps planned to fit `budget_s` seconds from `before_fit`.
-
-    `valid_s`: the time of one validation pass; None estimates it from the measured step: a validation batch costs
-    `valid_ratio` training steps per row (a forward pass is about a third of a step; more when validation computes
-    what training skips, e.g. the full softmax of a model trained with a sampled one)."""
-
-    order = 0
+class PlannedSchedule(ParamScheduler):
+    "A `ParamScheduler` whose pct runs over the number of steps planned to fit in `budget_s` seconds."
 
     def __init__(
         self,
@@ -101,15 +86,15 @@ class PlannedSchedule(Callback):
     ):
         if not 0 <= n_skip < n_probe:
             raise ValueError(f"PlannedSchedule times steps n_skip+1..n_probe; got n_skip={n_skip}, n_probe={n_probe}")
-        self.scheds, self.budget_s, self.overhead_s, self.valid_s = scheds, budget_s, overhead_s, valid_s
-        self.valid_ratio = valid_ratio
+        super().__init__(scheds)
+        self.budget_s, self.overhead_s, self.valid_s = budget_s, overhead_s, valid_s
         self.n_probe, self.n_skip, self.probe_s = n_probe, n_skip, probe_pct * budget_s
-        self.clock = clock or time.perf_counter
+        self.valid_ratio, self.clock = valid_ratio, clock or time.perf_counter
         self.n_steps = self.step_s = None
 
     def before_fit(self):
+        super().before_fit()
         self.t0, self.timed, self.n_timed = self.clock(), 0.0, 0
-        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
 
     def before_epoch(self):
         if self.n_steps is not None and self.learn.train_iter >= self.n_steps:
@@ -126,10 +111,7 @@ class PlannedSchedule(Callback):
         i = self.learn.train_iter  # steps taken before this one
         if self.n_steps is not None and i >= self.n_steps:
             raise CancelTrainException()  # the plan is done: this epoch's validation still runs
-        pct = 0.0 if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.0)
-        for name, s in self.scheds.items():
-            fns = s if isinstance(s, (list, tuple)) else [s] * self.n_groups
-            set_hyper(self.learn.opt, name, [f(pct) for f in fns])
+        self.set_hypers(0.0 if self.n_steps is None else min(i / max(self.n_steps - 1, 1), 1.0))
 
     def after_batch(self):
         if not self.learn.training or self.n_steps is not None:
@@ -150,6 +132,8 @@ class PlannedSchedule(Callback):
         self.step_s = step_s
         dl_len, valid = len(self.learn.dls.train), self.learn.dls.valid
         valid_s = self.valid_s
+        # A validation batch costs `valid_ratio` training steps per row: a forward pass is about a third of a step, more
+        # when validation computes what training skips (the full softmax of a model trained with a sampled one).
         if valid_s is None and valid is not None:
             valid_s = len(valid) * step_s * self.valid_ratio * _bs(valid) / _bs(self.learn.dls.train)
         valid_s = valid_s or 0.0
@@ -173,19 +157,9 @@ def _bs(dl):
 
 
 def fit_one_cycle_budget(
-    learn,
-    budget_s,
-    lr_max=None,
-    pct_start=0.25,
-    div=25.0,
-    div_final=1e5,
-    moms=(0.95, 0.85, 0.95),
-    cbs=None,
-    resume=None,
-    **plan,
+    learn, budget_s, lr_max=None, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS, cbs=None, resume=None, **plan
 ):
-    """`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds (`plan`: PlannedSchedule's options);
-    returns the PlannedSchedule (its `n_steps`, `step_s`)."""
+    "`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds; returns the PlannedSchedule (`n_steps`)."
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)
     scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
     sched = PlannedSchedule(scheds, budget_s, **plan)

@@ -1,11 +1,10 @@
 """Checkpoints: one file, written atomically, loaded safely.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled module:
-    {'format': 1, 'model': state_dict, 'config': {...}, 'opt': optimizer state or None,
-     'train_state': {'epoch', 'iter', ...} or None, 'rng': {...} or None, 'extras': {...}}
-so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
+A checkpoint (`save_checkpoint`) is a plain dict of tensors, numbers, strings, lists and dicts, never a pickled
+module, so `torch.load(weights_only=True)` reads it and a file carrying code is refused.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -46,12 +45,6 @@ class _WriteGuard:
         return getattr(self.f, name)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def temp_files(path):
     "Temp files `atomic_write` leaves beside `path` when the process is killed mid-write."
     path = Path(path)
@@ -65,7 +58,9 @@ def atomic_write(path, write_fn):
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     guard = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file should be readable like any other
+        mask = os.umask(0)  # reading the umask means setting it: put it back
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the file should be readable like any other
         with os.fdopen(fd, 'wb') as f:
             guard = _WriteGuard(f)
             write_fn(guard)
@@ -73,8 +68,7 @@ def atomic_write(path, write_fn):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         err = e if isinstance(e, OSError) else getattr(guard, 'error', None)
         if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
@@ -82,14 +76,12 @@ def atomic_write(path, write_fn):
                 f"some space and run again"
             ) from None
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError:
-        pass
     return path
 
 
@@ -97,11 +89,6 @@ def atomic_write_json(path, obj, indent=1):
     "Write `obj` as UTF-8 JSON to `path` atomically (non-ASCII text kept as is, other objects as their str)."
     data = json.dumps(obj, indent=indent, ensure_ascii=False, default=str).encode('utf-8')
     return atomic_write(path, lambda f: f.write(data))
-
-
-def save_file(obj, path):
-    "`torch.save(obj)` to `path` atomically."
-    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def get_rng_state():
@@ -146,7 +133,7 @@ def save_checkpoint(path, model_state, config=None, opt_state=None, train_state=
         'rng': rng,
         'extras': dict(extras or {}),
     }
-    return save_file(obj, path)
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path, map_location='cpu'):

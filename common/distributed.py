@@ -28,12 +28,11 @@ def world_size():
 
 def setup_distributed(backend=None):
     "Join the process group torchrun describes in the environment (no-op when not launched by torchrun)."
-    if is_distributed() or int(os.environ.get('WORLD_SIZE', 1)) <= 1:
-        return rank(), world_size()
-    backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-    if backend == 'nccl':
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    dist.init_process_group(backend)
+    if not is_distributed() and int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
+        if backend == 'nccl':
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        dist.init_process_group(backend)
     return rank(), world_size()
 
 
@@ -55,18 +54,14 @@ def shard(t, r, n):
 
 
 def share_weight(bs, r, n):
-    """What rank r's mean loss is scaled by so DDP's plain average of the ranks' gradients is the gradient of the
-    whole batch's mean loss: rows_r * n / bs (1 when the batch splits evenly)."""
+    "Rank r's mean loss weight (rows_r * n / bs) that makes DDP's plain gradient average the whole batch's gradient."
     return (((r + 1) * bs // n) - (r * bs // n)) * n / bs
-
-
-def _comm_device():
-    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
 
 
 def all_reduce_sum(values):
     "Each number of `values` summed over all processes (as float64)."
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -94,11 +89,11 @@ class DistributedCallback(Callback):
         # Loaders that already shard by rank (e.g. the LM loader) say so with `distributed_aware`.
         self.weight = None
         if self.learn.training and not getattr(self.learn.dl, 'distributed_aware', False):
+            r, n = rank(), world_size()
             bs = self.learn.yb.shape[0] if isinstance(self.learn.yb, torch.Tensor) else None
-            self.learn.xb = shard(self.learn.xb, rank(), world_size())
-            self.learn.yb = shard(self.learn.yb, rank(), world_size())
-            if bs is not None and bs % world_size():
-                self.weight = share_weight(bs, rank(), world_size())
+            self.learn.xb, self.learn.yb = shard((self.learn.xb, self.learn.yb), r, n)
+            if bs is not None and bs % n:
+                self.weight = share_weight(bs, r, n)
 
     def before_backward(self):
         # An uneven batch (e.g. a classifier's last one): ranks hold different row counts, and DDP averages their
@@ -107,9 +102,8 @@ class DistributedCallback(Callback):
             self.learn.loss_grad = self.learn.loss_grad * self.weight
 
     def after_validate(self):
-        # A loader that shards by rank (the LM loader) shows each rank 1/N of the validation stream: the metrics'
-        # running sums are added up over the ranks, so the reported numbers cover the whole stream. (Other loaders
-        # show every rank everything.)
+        # A loader that shards by rank (the LM loader) shows each rank 1/N of the validation stream (others show every
+        # rank everything): the metrics' running sums are added up over the ranks to cover the whole stream.
         rec = getattr(self.learn, 'recorder', None)
         if rec is not None and getattr(self.learn.dl, 'distributed_aware', False):
             for m in [rec.valid_loss, *rec.metrics]:

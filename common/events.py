@@ -1,27 +1,11 @@
 """Events, cancel exceptions and the `Callback` base class of the training core.
 
-A `Learner` fires a fixed set of named events. A callback is an object with methods named after the
-events it cares about, and an `order` (lower runs first). Control flow that leaves a stage early goes
-only through the cancel exceptions below; each has a matching `after_cancel_*` event, and the stage's
-`after_*` event still fires.
+A callback has methods named after the events it handles and an `order` (lower runs first). Only the cancel
+exceptions leave a stage early; each has an `after_cancel_*` event, and the stage's `after_*` still fires.
 
-The standard callbacks, by `order`:
-
-    order  callback             does                                            module
-     -30   Resume               replays a checkpoint's training position        stopping
-     -20   DeviceCallback       moves model and batches to the device           device
-     -15   DistributedCallback  DDP wrapping and batch sharding                 distributed
-       0   ParamScheduler       sets per-group hyper-parameters from schedules  schedule
-       5   LRFinder             exponential LR sweep                            schedule
-      10   MixedPrecision       autocast, fp16 loss scaling, skipped steps      precision
-      20   GradientClip         clip by total norm (after unscaling)            precision
-      30   NanGuard             stops on a non-finite loss                      precision
-      50   Recorder             losses, hyper-parameters, metrics               recorder
-      55   GatherPreds          predictions and targets for `get_preds`         recorder
-      60   ProgressCallback     progress bars and the per-epoch table           recorder
-      65   RunLogger            metrics.jsonl and plots in the run folder       runs
-      70   EarlyStopping, SaveBest, CheckpointCallback; 75 TimeBudget           stopping
-     100   DebugCallback        calls a function (or pdb) at one event          events
+The standard callbacks, by `order`: -30 Resume, -20 DeviceCallback, -15 DistributedCallback, 0 ParamScheduler,
+5 LRFinder, 10 MixedPrecision, 20 GradientClip, 30 NanGuard, 50 Recorder, 55 GatherPreds, 60 ProgressCallback,
+65 RunLogger, 70 EarlyStopping, SaveBest and CheckpointCallback, 75 TimeBudget, 100 DebugCallback.
 """
 
 import pdb
@@ -64,6 +48,11 @@ class CancelFitException(Exception):
 CancelStep, CancelBatch, CancelTrain = CancelStepException, CancelBatchException, CancelTrainException
 CancelValidate, CancelEpoch, CancelFit = CancelValidateException, CancelEpochException, CancelFitException
 
+# The exception that cancels each stage of the loop.
+CANCEL = dict(
+    step=CancelStep, batch=CancelBatch, train=CancelTrain, validate=CancelValidate, epoch=CancelEpoch, fit=CancelFit
+)
+
 
 # What a callback's `after_loss` does to `learn.loss_grad` (the loss backward sees), in the order they must run:
 # 'replace' computes it afresh from the predictions (MixUp), 'add' adds a term to it (AR/TAR), 'scale' multiplies
@@ -91,9 +80,7 @@ class Callback:
     @property
     def name(self):
         "snake_case class name without the `Callback` suffix, e.g. `GradientClip` -> `gradient_clip`."
-        n = type(self).__name__
-        if n.endswith('Callback') and n != 'Callback':
-            n = n[: -len('Callback')]
+        n = type(self).__name__.removesuffix('Callback') or 'Callback'  # the base class keeps its name
         n = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', n)  # LRFinder -> LR_Finder
         return re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', n).lower()  # MixedPrecision -> mixed_precision, RNN -> rnn
 

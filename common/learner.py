@@ -18,20 +18,9 @@ import torch
 from .checkpoint import CheckpointError, get_rng_state, load_checkpoint, load_model_state, save_checkpoint
 from .device import DeviceCallback
 from .distributed import DistributedCallback, world_size
-from .events import (
-    EVENTS,
-    Callback,
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-    CancelStepException,
-    CancelTrainException,
-    CancelValidateException,
-    check_loss_roles,
-)
+from .events import CANCEL, EVENTS, Callback, CancelBatchException, check_loss_roles
 from .optim import (
     adamw,
-    as_param_lists,
     bn_params,
     check_split,
     lrs_for,
@@ -42,7 +31,7 @@ from .optim import (
 )
 from .precision import GradientClip, MixedPrecision, NanGuard
 from .recorder import GatherPreds, ProgressCallback, Recorder
-from .schedule import LRFinder, ParamScheduler, one_cycle_scheds
+from .schedule import MOMS, LRFinder, ParamScheduler, one_cycle_scheds
 from .stopping import Resume
 
 
@@ -129,16 +118,16 @@ class Learner:
         if handlers is None:
             if event not in EVENTS:
                 raise ValueError(f"unknown event {event!r}; events are: {', '.join(sorted(EVENTS))}")
-            handlers = self._handlers[event] = [h for cb in self.cbs if (h := _handler(cb, event)) is not None]
+            handlers = self._handlers[event] = [h for cb in self.cbs if (h := getattr(cb, event, None)) is not None]
         for h in handlers:
             h()
 
-    def _stage(self, name, fn, cancel):
-        "before_{name}, fn(), after_{name}; a `cancel` exception skips to after_cancel_{name}."
+    def _stage(self, name, fn):
+        "before_{name}, fn(), after_{name}; the stage's cancel exception skips to after_cancel_{name}."
         try:
             self.emit(f'before_{name}')
             fn()
-        except cancel:
+        except CANCEL[name]:
             self.emit(f'after_cancel_{name}')
         self.emit(f'after_{name}')
 
@@ -151,10 +140,8 @@ class Learner:
 
     def _split(self):
         "Ask the splitter again (the model may have changed) and check that it covers every parameter once."
-        groups = as_param_lists(self.splitter(self.model))
-        check_split(self.model, groups)
-        self._groups = groups
-        return groups
+        self._groups = check_split(self.model, self.splitter(self.model))
+        return self._groups
 
     @property
     def n_groups(self):
@@ -200,7 +187,7 @@ class Learner:
                 self.create_opt()
             set_hyper(self.opt, 'lr', lrs_for(self.lr, self.n_groups))
             self.n_epoch, self.epoch, self.train_iter = n_epoch, 0, 0
-            self._stage('fit', self._do_fit, CancelFitException)
+            self._stage('fit', self._do_fit)
         except KeyboardInterrupt as e:
             ck = getattr(self, 'checkpoint', None)  # a CheckpointCallback saves where training stands
             if ck is None:
@@ -216,14 +203,14 @@ class Learner:
             opt_state_to_params(self.opt)
         for epoch in range(self.epoch, self.n_epoch):  # from 0, or from where `Resume` says training stopped
             self.epoch = epoch
-            self._stage('epoch', self._do_epoch, CancelEpochException)
+            self._stage('epoch', self._do_epoch)
 
     def _do_epoch(self):
         self._phase(True, self.dls.train)
-        self._stage('train', self._do_train, CancelTrainException)
+        self._stage('train', self._do_batches)
         if self.dls.valid is not None:
             self._phase(False, self.dls.valid)
-            self._stage('validate', self._do_validate, CancelValidateException)
+            self._stage('validate', self._do_validate)
 
     def _phase(self, training, dl):
         "Set up a training or validation pass over `dl` (before its `before_*` event fires)."
@@ -231,16 +218,14 @@ class Learner:
         self.n_iter = len(dl) if hasattr(dl, '__len__') else 0
         self.model.train(training)
 
-    def _do_train(self):
+    def _do_batches(self):
         for i, b in enumerate(self.dl, start=self.iter):  # `iter` is 0, or the first batch of a resumed epoch
             self.iter = i
             self._do_batch(b)
 
     def _do_validate(self):
         with torch.no_grad():
-            for i, b in enumerate(self.dl):
-                self.iter = i
-                self._do_batch(b)
+            self._do_batches()
 
     def _do_batch(self, b):
         self.xb, self.yb = b
@@ -264,7 +249,7 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
         self.emit('before_backward')
         self.loss_grad.backward()
-        self._stage('step', self.opt.step, CancelStepException)
+        self._stage('step', self.opt.step)
 
     @property
     def pct_train(self):
@@ -274,16 +259,7 @@ class Learner:
 
     # ---- schedules -----------------------------------------------------------------------------------
     def fit_one_cycle(
-        self,
-        n_epoch,
-        lr_max=None,
-        pct_start=0.25,
-        div=25.0,
-        div_final=1e5,
-        moms=(0.95, 0.85, 0.95),
-        wd=None,
-        cbs=None,
-        resume=None,
+        self, n_epoch, lr_max=None, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS, wd=None, cbs=None, resume=None
     ):
         "Fit with the one-cycle policy; `lr_max` may be one value, a slice or one value per layer group."
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
@@ -311,7 +287,7 @@ class Learner:
         self.add_cbs(cbs)
         try:
             self._phase(False, dl if dl is not None else self.dls.valid)
-            self._stage('validate', self._do_validate, CancelValidateException)
+            self._stage('validate', self._do_validate)
         finally:
             self.remove_cbs(cbs)
         return dict(self.recorder.last_valid) if hasattr(self, 'recorder') else {}
@@ -327,15 +303,8 @@ class Learner:
         "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
         ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}
         ts = dict(ts, cbs={cb.name: cb.state_dict() for cb in self.cbs if cb.state_dict()})
-        return save_checkpoint(
-            path,
-            self.model.state_dict(),
-            config=config,
-            opt_state=self.opt.state_dict() if with_opt and self.opt is not None else None,
-            train_state=ts,
-            rng=get_rng_state(),
-            extras=extras,
-        )
+        opt = self.opt.state_dict() if with_opt and self.opt is not None else None
+        return save_checkpoint(path, self.model.state_dict(), config, opt, ts, get_rng_state(), extras)
 
     def load(self, path, with_opt=True, strict=True):
         "Load a checkpoint's model (and optimizer) state; returns the checkpoint dict."
@@ -352,11 +321,3 @@ class Learner:
 
     def __repr__(self):
         return f'Learner({type(self.model).__name__}, {self.dls}, cbs={[type(c).__name__ for c in self.cbs]})'
-
-
-def _handler(cb, event):
-    "The bound method of `cb` for `event`: an instance-level handler (DebugCallback) or the class's method."
-    fn = cb.__dict__.get(event)
-    if fn is not None:
-        return fn
-    return getattr(cb, event) if getattr(type(cb), event, None) is not None else None

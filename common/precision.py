@@ -19,12 +19,7 @@ class _StepProbe:
 
 
 class MixedPrecision(Callback):
-    """Autocast to bf16 or fp16; for fp16, dynamic loss scaling with `torch.amp.GradScaler`.
-
-    The scaled loss is only what backward sees (`learn.loss_grad`); `learn.loss` stays unscaled. Gradients
-    are unscaled in `before_step` (before clipping, which runs later in that event); a step whose gradients
-    hold inf/NaN is skipped by raising CancelStepException, and the scale is lowered in `after_step`.
-    """
+    "Autocast to bf16 or fp16; for fp16, dynamic loss scaling of `learn.loss_grad` (`learn.loss` stays unscaled)."
 
     order = 10
     loss_role = 'scale'  # after every callback that replaces `loss_grad` or adds to it (see common.events)
@@ -42,8 +37,7 @@ class MixedPrecision(Callback):
             self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
         if self.pending is not None and self.scaler is not None:  # a resumed run's scale and growth tracker
             self.scaler.load_state_dict(self.pending)
-        self.pending = None
-        self.n_skipped = 0
+        self.pending, self.n_skipped = None, 0
 
     def before_batch(self):
         self.device_type = next(self.learn.model.parameters()).device.type  # validate() may run before any fit
@@ -63,7 +57,7 @@ class MixedPrecision(Callback):
             self.ctx.__exit__(None, None, None)
             self.ctx = None
 
-    def before_step(self):
+    def before_step(self):  # unscale before GradientClip (later in this event); skip a step with inf/NaN gradients
         if self.scaler is None:
             return
         self.probe = _StepProbe(self.learn.opt)
@@ -82,12 +76,8 @@ class MixedPrecision(Callback):
         return {'scaler': self.scaler.state_dict()} if self.scaler is not None else {}
 
     def load_state_dict(self, state):
-        # A resume loads callback state before `before_fit`, where the scaler is first made: keep it until then.
-        if 'scaler' in state:
-            if self.scaler is not None:
-                self.scaler.load_state_dict(state['scaler'])
-            else:
-                self.pending = state['scaler']
+        # A resume loads callback state before `before_fit`, where the scaler may first be made: it loads it there.
+        self.pending = state.get('scaler')
 
 
 class GradientClip(Callback):

@@ -23,9 +23,8 @@ class Recorder(Callback):
     def __init__(self, metrics=(), beta=0.98):
         self.metrics, self.beta = [as_metric(m) for m in metrics], beta
         self.valid_loss = AvgLoss()
+        self.before_fit()  # empty records for a Learner that validates before any fit
         self.before_validate()  # metrics start empty, even if a validation stage is cancelled at once
-        self.last_valid, self.history = {}, []
-        self.losses, self.lrs, self.moms = [], [], []
 
     def before_fit(self):
         self.losses, self.lrs, self.moms, self.last_valid = [], [], [], {}
@@ -34,24 +33,20 @@ class Recorder(Callback):
         self._avg, self._n = 0.0, 0
 
     def before_epoch(self):
-        self.t0, self.train_total, self.train_count = time.time(), 0.0, 0
+        self.t0, self.n0 = time.time(), len(self.losses)  # this epoch's losses start at `n0`
 
     def after_batch(self):
-        if not self.learn.training:
-            if hasattr(self.learn, 'loss'):
-                for m in [self.valid_loss, *self.metrics]:
-                    m.accumulate(self.learn)
-            return
         if not hasattr(self.learn, 'loss'):
+            return
+        if not self.learn.training:
+            for m in [self.valid_loss, *self.metrics]:
+                m.accumulate(self.learn)
             return
         loss = float(self.learn.loss.detach())
         self.losses.append(loss)
-        self.train_total += loss
-        self.train_count += 1
         self._avg, self._n = self.beta * self._avg + (1 - self.beta) * loss, self._n + 1
-        opt = self.learn.opt
-        self.lrs.append(get_hyper(opt, 'lr'))
-        self.moms.append(get_hyper(opt, 'mom'))
+        self.lrs.append(get_hyper(self.learn.opt, 'lr'))
+        self.moms.append(get_hyper(self.learn.opt, 'mom'))
 
     @property
     def smooth_loss(self):
@@ -65,9 +60,10 @@ class Recorder(Callback):
         self.last_valid = {'valid_loss': self.valid_loss.value, **{m.name: m.value for m in self.metrics}}
 
     def after_epoch(self):
+        losses = self.losses[self.n0 :]
         row = {
             'epoch': self.learn.epoch + 1,
-            'train_loss': self.train_total / self.train_count if self.train_count else float('nan'),
+            'train_loss': sum(losses) / len(losses) if losses else float('nan'),
             **(self.last_valid if self.learn.dls.valid is not None else {}),
             'time_s': round(time.time() - self.t0, 2),
         }
@@ -144,12 +140,11 @@ class ProgressCallback(Callback):
         if not self.enabled or not self.learn.recorder.history:
             return
         row = self.learn.recorder.history[-1]
-        keys = list(row)
         if not self.header_done:
-            tqdm.write('  '.join(f'{k:>12}' for k in keys), file=self.file)
+            tqdm.write('  '.join(f'{k:>12}' for k in row), file=self.file)
             self.header_done = True
         fmt = lambda v: f'{v:>12d}' if isinstance(v, int) else f'{v:>12.5g}' if isinstance(v, float) else f'{v!s:>12}'  # noqa: E731
-        tqdm.write('  '.join(fmt(row[k]) for k in keys), file=self.file)
+        tqdm.write('  '.join(fmt(v) for v in row.values()), file=self.file)
 
 
 class GatherPreds(Callback):

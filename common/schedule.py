@@ -1,16 +1,18 @@
 """Hyper-parameter schedules as functions of training progress `pct` in [0, 1], and the callbacks that apply them.
 
-A schedule is a plain function `f(pct) -> value`. One-cycle is a composition of two cosine halves,
-slanted triangular is a composition of two linear halves; each works without a Learner. `ParamScheduler`
-sets them on the optimizer each batch; `LRFinder` is the LR range test's exponential sweep.
+A schedule is a plain function `f(pct) -> value` that works without a Learner; one-cycle and slanted triangular are
+compositions of two halves. `ParamScheduler` sets them on the optimizer each batch; `LRFinder` sweeps the LR.
 """
 
 import copy
+import itertools
 import math
 
 from .events import Callback, CancelFitException, CancelValidateException
 from .optim import get_hyper, set_hyper
 from .plots import plot_lr_find
+
+MOMS = (0.95, 0.85, 0.95)  # one-cycle momentum (or Adam's beta1): fastai's default
 
 
 def sched_lin(start, end):
@@ -41,17 +43,13 @@ def combine_scheds(pcts, scheds):
         raise ValueError(f"combine_scheds: {len(pcts)} fractions for {len(scheds)} schedules")
     if abs(sum(pcts) - 1) > 1e-6 or any(p < 0 for p in pcts):
         raise ValueError(f"combine_scheds: fractions must be >= 0 and sum to 1, got {pcts}")
-    bounds = [0.0]
-    for p in pcts:
-        bounds.append(bounds[-1] + p)
+    bounds = [0.0, *itertools.accumulate(pcts)]
 
     def _inner(pct):
         pct = min(max(pct, 0.0), 1.0)
         # The last phase that starts at or before pct (skipping zero-length phases).
         i = max(j for j in range(len(scheds)) if bounds[j] <= pct and (pcts[j] > 0 or j == len(scheds) - 1))
-        if pcts[i] == 0:
-            return scheds[i](1.0)
-        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.0))
+        return scheds[i](min((pct - bounds[i]) / pcts[i], 1.0) if pcts[i] else 1.0)  # a zero-length phase: its end
 
     return _inner
 
@@ -63,12 +61,12 @@ def one_cycle(lr_max, pct_start=0.25, div=25.0, div_final=1e5):
     )
 
 
-def one_cycle_mom(moms=(0.95, 0.85, 0.95), pct_start=0.25):
+def one_cycle_mom(moms=MOMS, pct_start=0.25):
     "Momentum (or Adam's beta1) of the one-cycle policy: down while the LR rises, then back up."
     return combine_scheds([pct_start, 1 - pct_start], [sched_cos(moms[0], moms[1]), sched_cos(moms[1], moms[2])])
 
 
-def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95)):
+def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS):
     "One-cycle schedules for each layer group's peak LR in `lrs` (and momentum unless `moms` is None)."
     scheds = {'lr': [one_cycle(lr, pct_start, div, div_final) for lr in lrs]}
     if moms is not None:
@@ -77,12 +75,9 @@ def one_cycle_scheds(lrs, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0
 
 
 def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
-    """Slanted triangular LR (Howard & Ruder 2018, eq. 3).
-
-    With T iterations, cut = T*cut_frac, p = t/cut before the cut and 1 - (t-cut)/(cut*(1/cut_frac - 1))
-    after it; lr = lr_max * (1 + p*(ratio-1)) / ratio. In terms of pct = t/T that is a linear rise from
-    lr_max/ratio to lr_max over `cut_frac`, then a linear fall back to lr_max/ratio.
-    """
+    "Slanted triangular LR (Howard & Ruder 2018, eq. 3): lr_max/ratio up to lr_max over `cut_frac`, then back down."
+    # Eq. 3 with T steps, cut = T*cut_frac: p = t/cut before the cut, 1 - (t-cut)/(cut*(1/cut_frac - 1)) after it, and
+    # lr = lr_max * (1 + p*(ratio-1)) / ratio; in pct = t/T both halves are straight lines.
     return combine_scheds(
         [cut_frac, 1 - cut_frac], [sched_lin(lr_max / ratio, lr_max), sched_lin(lr_max, lr_max / ratio)]
     )
@@ -97,18 +92,21 @@ class ParamScheduler(Callback):
     def __init__(self, scheds):
         self.scheds = scheds
 
+    def before_fit(self):
+        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
+
     def before_batch(self):
-        if not self.learn.training:
-            return
-        n, pct = self.n_groups, self.learn.pct_train
+        if self.learn.training:
+            self.set_hypers(self.learn.pct_train)
+
+    def set_hypers(self, pct):
+        "Set each scheduled hyper-parameter of each layer group to its value at `pct`."
+        n = self.n_groups
         for name, s in self.scheds.items():
             fns = s if isinstance(s, (list, tuple)) else [s] * n
             if len(fns) != n:
                 raise ValueError(f"{len(fns)} schedules for '{name}' but the splitter gives {n} param groups")
             set_hyper(self.learn.opt, name, [f(pct) for f in fns])
-
-    def before_fit(self):
-        self.n_groups = 1 + max(pg['layer_group'] for pg in self.learn.opt.param_groups)
 
 
 class LRFinder(Callback):
@@ -142,9 +140,8 @@ class LRFinder(Callback):
         warm = len(self.losses) > max(5, self.num_it // 20)
         if warm:
             self.best = min(self.best, smooth)
-        if (
-            self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))
-        ) or self.learn.train_iter >= self.num_it:
+        diverged = self.stop_div and warm and (smooth > 4 * self.best or not math.isfinite(smooth))
+        if diverged or self.learn.train_iter >= self.num_it:
             raise CancelFitException()
 
     def before_validate(self):

@@ -18,12 +18,9 @@ class _Monitor(Callback):
     order = 70
 
     def __init__(self, monitor='valid_loss', mode='auto', min_delta=0.0):
-        self.monitor, self.min_delta = monitor, min_delta
-        self.mode = (
-            mode
-            if mode != 'auto'
-            else ('min' if 'loss' in monitor or 'error' in monitor or 'perplexity' in monitor else 'max')
-        )
+        if mode == 'auto':
+            mode = 'min' if any(w in monitor for w in ('loss', 'error', 'perplexity')) else 'max'
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
 
     def before_fit(self):
         self.best, self.wait = (float('inf') if self.mode == 'min' else -float('inf')), 0
@@ -79,8 +76,7 @@ class CheckpointCallback(Callback):
 
     def __init__(self, path, every_minutes=None, every_epoch=True, config=None, extras=None):
         self.path, self.every_minutes, self.every_epoch = path, every_minutes, every_epoch
-        self.config, self.extras = config, extras
-        self.epoch_rng = None
+        self.config, self.extras, self.epoch_rng = config, extras, None
 
     def before_fit(self):
         self.last, self.epoch_rng = time.time(), None
@@ -111,12 +107,9 @@ class CheckpointCallback(Callback):
         return self.path
 
     def after_batch(self):
-        if (
-            self.every_minutes
-            and self.learn.training
-            and time.time() - self.last >= 60 * self.every_minutes
-            and self.learn.iter + 1 < self.learn.n_iter
-        ):
+        L = self.learn
+        due = self.every_minutes and time.time() - self.last >= 60 * self.every_minutes
+        if due and L.training and L.iter + 1 < L.n_iter:  # not after an epoch's last batch
             self.save_now()
 
     def after_epoch(self):
@@ -132,15 +125,12 @@ class CheckpointCallback(Callback):
         if isinstance(e, Interrupted) or lr_finding(L) or self.epoch_rng is None:
             return e
         if self.rng_epoch != L.epoch:  # between epochs: the last one ended with its own checkpoint
-            return (
-                Interrupted(f"the checkpoint of epoch {L.epoch} is kept: {self.path}", checkpoint=self.path)
-                if self.every_epoch and Path(self.path).exists()
-                else e
-            )
-        if L.training:  # a batch cut short before its end (before `train_iter` counted it) is trained again on resume
-            n_done = L.train_iter - self.train_iter0
-        else:  # in validation: this epoch's training is done
-            n_done = len(L.dls.train)
+            if self.every_epoch and Path(self.path).exists():
+                return Interrupted(f"the checkpoint of epoch {L.epoch} is kept: {self.path}", checkpoint=self.path)
+            return e
+        # In training, a batch cut short before its end (before `train_iter` counted it) is trained again on resume;
+        # in validation, this epoch's training is done.
+        n_done = L.train_iter - self.train_iter0 if L.training else len(L.dls.train)
         path = self.save_now(n_done=n_done)
         if path is None:
             return e
@@ -148,12 +138,7 @@ class CheckpointCallback(Callback):
 
 
 class Resume(Callback):
-    """Go on from a checkpoint of `CheckpointCallback`: `learn.fit(n, resume=path)` attaches one for that fit.
-
-    `before_fit` loads the model, the optimizer, the callbacks' states and the training position. The epoch that was
-    cut short is replayed: its data order is drawn again from the RNG state saved at its start, the batches already
-    trained on are drawn and dropped, and the RNG then goes on exactly where it was when the checkpoint was written.
-    """
+    "Go on from a `CheckpointCallback` checkpoint, replaying the epoch it cut short (`learn.fit(n, resume=path)`)."
 
     order = -30  # first: MixedPrecision and Recorder take the state it loads in their own `before_fit`
 
@@ -178,8 +163,8 @@ class Resume(Callback):
     def before_train(self):
         if self.learn.epoch != self.epoch:
             return
-        # Replay this epoch's data order. (At an epoch end the saved epoch RNG state is the state at the save, which
-        # the next epoch's order is drawn from, so restoring it is all that an epoch-end checkpoint needs.)
+        # Replay this epoch's data order from the RNG state saved at its start. (At an epoch end the saved epoch RNG
+        # state is the state at the save, which the next epoch's order is drawn from: restoring it is all it needs.)
         set_rng_state(self.epoch_rng)
         if self.iter > 0:
             self.learn.dl, self.learn.iter = _Replay(self.learn.dl, self.iter, self.rng), self.iter
