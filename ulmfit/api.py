@@ -36,6 +36,8 @@ from .tokenize import SpacyTokenizer
 from .vocab import Vocab
 
 Prediction = namedtuple('Prediction', 'label probs')
+# What a saved classifier records of how it reads texts (older folders lack the last three: the defaults hold).
+SAVED_SETTINGS = ('multi_label', 'thresholds', 'bptt', 'max_len', 'drop_mult', 'truncate', 'backwards')
 
 
 def _text_reader(texts, text_col='text'):
@@ -84,17 +86,19 @@ class TextClassifier:
         return build_store(reader, self.tok, vocab=vocab, root=self.data_root, progress=progress, name=name)
 
     def _new_vocab(self, texts, text_col='text'):
-        "The vocab from `texts`: their store, and the pretrained LM state re-indexed to it (None without one)."
+        "Take the vocab of `texts` and re-index the pretrained LM to it; (their store, the LM state or None)."
         store = self._store(_text_reader(texts, text_col), 'texts')
-        self.vocab = store.vocab
+        self.vocab, state = store.vocab, None
         if self.lm_state is None:
             warnings.warn(
                 'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=2
             )
-            return store, None
-        state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
-        if self.verbose:
-            log.info(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
+        else:
+            state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
+            if self.verbose:
+                log.info(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
+        self.itos, self.config = list(self.vocab.itos), replace(self.config, vocab_sz=len(self.vocab))
+        self.enc_state = encoder_state(state) if state is not None else None
         return store, state
 
     def fine_tune_lm(
@@ -112,21 +116,10 @@ class TextClassifier:
     ):
         "Fine-tune the language model on `texts` (no labels needed); builds the vocab from them."
         store, state = self._new_vocab(texts, text_col)
-        config = replace(self.config, vocab_sz=len(self.vocab))
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
-        learn = recipe.finetune_lm(
-            state,
-            config,
-            dls,
-            frozen_epochs=frozen_epochs,
-            frozen_lr=frozen_lr,
-            epochs=epochs,
-            lr=lr,
-            precision=self.precision,
-            drop_mult=drop_mult,
-            verbose=self.verbose,
-        )
-        self.lm_state, self.itos, self.config = learn.model.state_dict(), list(self.vocab.itos), config
+        kw = dict(precision=self.precision, drop_mult=drop_mult, verbose=self.verbose)
+        learn = recipe.finetune_lm(state, self.config, dls, frozen_epochs, frozen_lr, epochs, lr, **kw)
+        self.lm_state = learn.model.state_dict()
         self.enc_state = encoder_state(self.lm_state)
         self.lm_results = learn.validate()
         return self
@@ -167,30 +160,17 @@ class TextClassifier:
             df, text_cols=text_col, label_cols=label_cols if self.multi_label else label_cols[0], valid_col=valid_col
         )
         if self.vocab is None:  # no LM fine-tuning: the vocab comes from these texts, the LM rows are matched
-            _, state = self._new_vocab(df, text_col)
-            self.config = replace(self.config, vocab_sz=len(self.vocab))
-            self.enc_state = encoder_state(state) if state is not None else None
-            self.itos = list(self.vocab.itos)
+            self._new_vocab(df, text_col)
         store = self._store(reader, 'labelled', self.vocab)
         self.classes = list(store.label_names)
         tr, va = store.labeled_idx('train'), store.labeled_idx('valid')
         if len(tr) == 0 or len(va) == 0:
             raise DataError(f"need labelled rows in both training ({len(tr)}) and validation ({len(va)})")
         dls = DataLoaders(recipe.clas_loader(store, tr, self.bs, train=True), recipe.clas_loader(store, va, self.bs))
-        learn = recipe.clas_learner(
-            self.config,
-            len(self.classes),
-            dls,
-            multi_label=self.multi_label,
-            label_smoothing=label_smoothing,
-            drop_mult=drop_mult,
-            bptt=self.bptt,
-            max_len=self.max_len,
-            precision=self.precision,
-        )
-        self.stage_times = recipe.train_classifier(
-            learn, self.enc_state, stages or recipe.CLAS_STAGES, verbose=self.verbose
-        )
+        kw = dict(drop_mult=drop_mult, bptt=self.bptt, max_len=self.max_len, precision=self.precision)
+        learn = recipe.clas_learner(self.config, len(self.classes), dls, self.multi_label, label_smoothing, **kw)
+        stages = stages or recipe.CLAS_STAGES
+        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages, verbose=self.verbose)
         self.model, self.drop_mult = learn.model.eval(), drop_mult
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:
@@ -202,7 +182,6 @@ class TextClassifier:
         return self
 
     # ---- prediction ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, texts, bs=64):
         "Labels and probabilities for each text, in input order (internally sorted by length for speed)."
         if isinstance(texts, str):
@@ -254,8 +233,7 @@ class TextClassifier:
             raise FileExistsError(
                 f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it"
             )
-        names = ('multi_label', 'thresholds', 'bptt', 'max_len', 'drop_mult', 'truncate', 'backwards')
-        settings = {k: getattr(self, k) for k in names} | {'tokenizer': self.tok.config()}
+        settings = {k: getattr(self, k) for k in SAVED_SETTINGS} | {'tokenizer': self.tok.config()}
         return save_classifier(path, self.model, self.config, self.itos, self.classes, settings)
 
     @classmethod
@@ -264,7 +242,6 @@ class TextClassifier:
         model, config, itos, classes, settings = load_classifier(path)
         clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
-        clf.multi_label, clf.thresholds = settings['multi_label'], settings['thresholds']
-        clf.truncate, clf.backwards = settings.get('truncate', 0), settings.get('backwards', False)
-        clf.drop_mult = settings.get('drop_mult', clf.drop_mult)
+        for k in SAVED_SETTINGS:
+            setattr(clf, k, settings.get(k, getattr(clf, k)))
         return clf

@@ -19,7 +19,7 @@ from common.config import ConfigError
 from common.learner import DataLoaders, Learner
 from common.log import log, show_progress
 from common.metrics import Perplexity, accuracy, accuracy_multi, confusion_matrix
-from common.optim import adamw, discriminative_lrs
+from common.optim import discriminative_lrs
 
 from .awd_lstm import ARTARCallback, RNNCallback, clas_config, get_language_model, lm_accuracy, lm_loss, lm_splitter
 from .classifier import clas_splitter, get_text_classifier, load_encoder
@@ -53,19 +53,17 @@ def match_embeds(state, old_itos, new_itos):
     return out, len(pairs)
 
 
-def _awd_learner(model, dls, loss, splitter, metrics, wd, alpha, beta, cbs, **kwargs):
-    "A Learner for an AWD-LSTM model: AdamW, hidden-state resets, AR/TAR and a progress bar; `kwargs` go to Learner."
-    opt_fn, cbs = partial(adamw, weight_decay=wd), [RNNCallback(), ARTARCallback(alpha, beta), *cbs]
-    return Learner(
-        model, dls, loss, opt_fn=opt_fn, splitter=splitter, metrics=metrics, progress=show_progress(), cbs=cbs, **kwargs
-    )
+def _awd_learner(model, dls, loss, splitter, metrics, alpha, beta, cbs, **kwargs):
+    "A Learner (AdamW by default) with hidden-state resets, AR/TAR and a progress bar; `kwargs` go to Learner."
+    cbs = [RNNCallback(), ARTARCallback(alpha, beta), *cbs]
+    return Learner(model, dls, loss, splitter=splitter, metrics=metrics, progress=show_progress(), cbs=cbs, **kwargs)
 
 
 def lm_learner(config, dls, lr=2e-3, wd=0.01, clip=0.1, precision='fp32', alpha=2.0, beta=1.0, cbs=(), path=None):
     "A Learner for an AWD-LSTM language model (AR/TAR, clipping, accuracy and perplexity)."
     model, metrics = get_language_model(config), [lm_accuracy, Perplexity()]
-    kw = dict(lr=lr, precision=precision, clip=clip, path=path)
-    return _awd_learner(model, dls, lm_loss, lm_splitter, metrics, wd, alpha, beta, cbs, **kw)
+    kw = dict(lr=lr, wd=wd, precision=precision, clip=clip, path=path)
+    return _awd_learner(model, dls, lm_loss, lm_splitter, metrics, alpha, beta, cbs, **kw)
 
 
 def split_docs(docs, valid_pct, seed=42):
@@ -187,9 +185,8 @@ def clas_learner(
         loss, metrics = nn.BCEWithLogitsLoss(), [accuracy_multi]
     else:
         loss, metrics = nn.CrossEntropyLoss(label_smoothing=label_smoothing), [accuracy]
-    return _awd_learner(
-        model, dls, loss, clas_splitter, metrics, wd, alpha, beta, cbs, precision=precision, clip=clip, path=path
-    )
+    kw = dict(wd=wd, precision=precision, clip=clip, path=path)
+    return _awd_learner(model, dls, loss, clas_splitter, metrics, alpha, beta, cbs, **kw)
 
 
 def train_classifier(
@@ -267,9 +264,7 @@ def model_probs(model, dl, multi_label=False):
     dev = next(model.parameters()).device
     out = []
     for x, _ in dl:
-        model[0].reset()
-        logits = model(x.to(dev))
-        logits = logits[0] if isinstance(logits, tuple) else logits  # (bs, n_out)
+        logits = model(x.to(dev))[0]  # (bs, n_out)
         out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits.float(), -1)).cpu())
     return in_dataset_order(dl, torch.cat(out))[0]
 
