@@ -66,15 +66,12 @@ def convert_fastai_state(sd, pad_id=1):
             out['0.embed.emb.weight'] = v
         elif k in ('1.decoder.weight', '1.decoder.bias'):
             out[k] = v
-        elif k == '0.encoder_dp.emb.weight':
-            continue
         elif m:
             i, name = int(m.group(1)), m.group(2)
             n_layers = max(n_layers, i + 1)
-            if name == 'module.weight_hh_l0':
-                continue
-            out[f'0.rnns.{i}.module.weight_hh_l0' if name == 'weight_hh_l0_raw' else f'0.rnns.{i}.{name}'] = v
-        else:
+            if name != 'module.weight_hh_l0':  # v1's weight-dropped copy is dropped
+                out[f'0.rnns.{i}.module.weight_hh_l0' if name == 'weight_hh_l0_raw' else f'0.rnns.{i}.{name}'] = v
+        elif k != '0.encoder_dp.emb.weight':  # the embedding again
             raise CheckpointError(f"unexpected key in fastai state dict: {k!r}")
     vocab_sz, emb_sz = out['0.embed.emb.weight'].shape
     n_hid = out['0.rnns.0.module.weight_ih_l0'].shape[0] // 4 if n_layers > 1 else emb_sz  # 1150 (v1) or 1152 (v2)
@@ -83,13 +80,7 @@ def convert_fastai_state(sd, pad_id=1):
     if tied:  # one tensor for both, as our tied model holds it
         out['1.decoder.weight'] = out['0.embed.emb.weight']
     config = AWDLSTMConfig(
-        vocab_sz=vocab_sz,
-        emb_sz=emb_sz,
-        n_hid=n_hid,
-        n_layers=n_layers,
-        pad_id=pad_id,
-        tie_weights=tied,
-        out_bias='1.decoder.bias' in out,
+        vocab_sz, emb_sz, n_hid, n_layers, pad_id, tie_weights=tied, out_bias='1.decoder.bias' in out
     )
     return out, config
 

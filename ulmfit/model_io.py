@@ -21,11 +21,9 @@ from .tokenize import SentencePieceTokenizer, SpacyTokenizer
 
 def save_model_folder(path, model, config, itos, extras=None, spm_model=None):
     "Write a language model, its config, vocab and SentencePiece model (`spm_model`, if it used one) to folder `path`."
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     if len(itos) != config.vocab_sz:
         raise ValueError(f"vocab has {len(itos)} tokens but config.vocab_sz is {config.vocab_sz}")
-    cfg, itos = config.to_dict(), list(itos)
+    path, cfg, itos = Path(path), config.to_dict(), list(itos)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ex = dict(extras or {}, itos=itos)
     save_checkpoint(path / 'lm.pth', sd, config=cfg, extras=ex)
@@ -37,41 +35,36 @@ def save_model_folder(path, model, config, itos, extras=None, spm_model=None):
     return path
 
 
-def _checked_vocab(path, config):
-    "The folder's vocab, refused when its size doesn't fit the embedding (vocab.json replaced by another model's?)."
+def _load_folder(path, name, map_location):
+    "Checkpoint `name` of a model folder, its config and vocab (refused when it doesn't fit the embedding)."
+    ck = load_checkpoint(Path(path) / name, map_location)
+    config = AWDLSTMConfig.from_dict(ck['config'])
     d = json.loads((Path(path) / 'vocab.json').read_text(encoding='utf-8'))
     itos = d['itos'] if isinstance(d, dict) else d
-    if len(itos) != config.vocab_sz:
+    if len(itos) != config.vocab_sz:  # vocab.json replaced by another model's?
         raise CheckpointError(
             f"{Path(path) / 'vocab.json'}: {len(itos)} tokens, but the model's embedding has {config.vocab_sz} rows: "
             "the vocab belongs to another model (was the folder overwritten?). Use an intact model folder"
         )
-    return itos
+    return ck, config, itos
 
 
 def load_model_folder(path, map_location='cpu', with_extras=False):
     "Rebuild the LM of a folder written by `save_model_folder`: (model, config, itos), plus extras if asked."
-    path = Path(path)
-    ck = load_checkpoint(path / 'lm.pth', map_location)
-    config = AWDLSTMConfig.from_dict(ck['config'])
-    model = get_language_model(config)
-    load_model_state(model, ck['model'], path / 'lm.pth')
-    res = model, config, _checked_vocab(path, config)
-    return res + (ck['extras'],) if with_extras else res
+    ck, config, itos = _load_folder(path, 'lm.pth', map_location)
+    model = load_model_state(get_language_model(config), ck['model'], Path(path) / 'lm.pth')
+    return (model, config, itos, ck['extras']) if with_extras else (model, config, itos)
 
 
 def load_encoder_folder(path, map_location='cpu'):
     "The encoder part of a model folder: returns (encoder state dict, config, itos)."
-    path = Path(path)
-    ck = load_checkpoint(path / 'encoder.pth', map_location)
-    config = AWDLSTMConfig.from_dict(ck['config'])
-    return ck['model'], config, _checked_vocab(path, config)
+    ck, config, itos = _load_folder(path, 'encoder.pth', map_location)
+    return ck['model'], config, itos
 
 
 def save_classifier(path, model, config, itos, classes, settings):
     "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
