@@ -7,11 +7,8 @@
     clf.predict(['great film', 'dull'])                          # [Prediction(label, probs), ...] in input order
     clf.save('my-clf'); TextClassifier.load('my-clf')
 
-`predict` takes a list of strings (a bare string, or a list holding anything else, is refused, naming positions);
-empty texts are predicted as `Prediction(None, {})` with a warning. Texts are read whole; the classifier pools over
-the outputs of their last `max_len` tokens, as in training and in fastai. A table needs 2+ classes, and validation
-labels never seen in training are refused by name. A saved classifier is one folder (clas.pth, vocab.json,
-config.json), checked for agreement on load; `save` refuses a non-empty folder unless `overwrite=True`.
+Empty texts are predicted as `Prediction(None, {})` with a warning. Texts are read whole; the classifier pools over
+the outputs of their last `max_len` tokens, as in training and in fastai.
 """
 
 import warnings

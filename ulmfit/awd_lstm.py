@@ -83,12 +83,8 @@ def dropout_mask(x, sz, p):
     return x.new_empty(*sz).bernoulli_(1 - p).div_(1 - p)
 
 
-class RNNDropout(nn.Module):
+class RNNDropout(nn.Dropout):
     "Variational dropout: one mask per sequence, shared across all time steps."
-
-    def __init__(self, p=0.5):
-        super().__init__()
-        self.p = p
 
     def forward(self, x):  # (bs, sl, n)
         if not self.training or self.p == 0.0:
@@ -165,10 +161,9 @@ def _lstm_fp32(x):
     if dt not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dt):
         return False
     dtype = torch.get_autocast_dtype(dt)
+    onednn = torch.ops.mkldnn
     has = dt != 'cpu' or (
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        if dtype == torch.bfloat16
-        else torch.ops.mkldnn._is_mkldnn_fp16_supported()
+        onednn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16 else onednn._is_mkldnn_fp16_supported()
     )
     return lstm_in_fp32(dt, dtype, has)
 

@@ -150,16 +150,11 @@ def clas_loader(store, idx, bs=64, train=False, max_len=None, backwards=False, n
     ds = (Reversed if backwards else TextClassDataset)(store, idx)
     lengths = np.minimum(ds.lengths, max_len) if max_len else ds.lengths
     sampler = SortishSampler(lengths, bs) if train else SortSampler(lengths)
+    collate = partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len)
     # Training drops the last partial batch, as fastai v1 does (`TextClasDataBunch.create`): a one-row batch crashes
     # BatchNorm1d in training mode. A training set smaller than one batch keeps its only batch.
-    return DataLoader(
-        ds,
-        batch_size=bs if train else 2 * bs,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=train and len(ds) >= bs,
-        collate_fn=partial(pad_collate, pad_idx=store.vocab.pad_idx, pad_first=True, max_len=max_len),
-    )
+    kw = dict(sampler=sampler, num_workers=num_workers, drop_last=train and len(ds) >= bs, collate_fn=collate)
+    return DataLoader(ds, batch_size=bs if train else 2 * bs, **kw)
 
 
 def clas_learner(
@@ -249,12 +244,8 @@ def in_dataset_order(dl, *ts):
 
 def ids_loader(ids, bs=64, pad_idx=1):
     "A prediction DataLoader over token-id arrays: longest first (SortSampler), padding at the front, labels 0."
-    return DataLoader(
-        [(t, 0) for t in ids],
-        batch_size=bs,
-        sampler=SortSampler([len(t) for t in ids]),
-        collate_fn=partial(pad_collate, pad_idx=pad_idx, pad_first=True),
-    )
+    collate = partial(pad_collate, pad_idx=pad_idx, pad_first=True)
+    return DataLoader([(t, 0) for t in ids], bs, sampler=SortSampler([len(t) for t in ids]), collate_fn=collate)
 
 
 @torch.no_grad()

@@ -67,8 +67,7 @@ class SampledSoftmax(Callback):
             return
         out = self.learn.rnn.out  # (bs, sl, emb_sz): the dropped last-layer output, the decoder's input
         dec = self.learn.model[1].decoder
-        samples, log_w = self.sampler(self.k)
-        samples, log_w = samples.to(out.device), log_w.to(out.device)
+        samples, log_w = (t.to(out.device) for t in self.sampler(self.k))
         y = self.learn.yb.reshape(-1)  # (bs * sl,)
         h = out.reshape(-1, out.size(-1))  # (bs * sl, emb_sz)
         self.learn.pred = sampled_softmax_logits(h, dec.weight, dec.bias, y, samples, log_w)  # (bs * sl, 1 + u)
