@@ -49,7 +49,7 @@ class UnigramSampler:
 class SampledSoftmax(Callback):
     "Trains the LM with `sampled_softmax_logits` in place of the decoder's full logits (target: column 0)."
 
-    order = -4  # after RNNCallback (-5) unpacks the model's outputs, before ARTARCallback (5) uses them
+    order = -4  # after RNNCallback (-5) unpacks the model's outputs, before ARTARCallback (9) uses them
 
     def __init__(self, counts, k=4096, alpha=0.75):
         self.sampler, self.k = UnigramSampler(counts, alpha), k
