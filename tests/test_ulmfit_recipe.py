@@ -266,3 +266,24 @@ def test_a_loaded_classifier_saves_the_dropout_it_was_trained_with(trained, tmp_
     save_classifier(tmp_path / 'b', model, config, itos, classes, {**settings, 'drop_mult': 0.7})
     TextClassifier.load(tmp_path / 'b', verbose=False).save(tmp_path / 'c')
     assert load_classifier(tmp_path / 'c')[4]['drop_mult'] == 0.7
+
+
+def test_a_sentencepiece_classifier_reads_with_its_own_model_after_save_and_load(trained, tmp_path):
+    import shutil
+
+    from ulmfit.tokenize import SentencePieceTokenizer
+
+    clf, _ = trained
+    texts = [f'the {w} dog sat on {v} mat' for w in ('red', 'big', 'small') for v in ('a', 'the', 'one')] * 20
+    spm_tok = SentencePieceTokenizer.train(texts, tmp_path / 'spm', vocab_sz=40)
+    spacy_tok, clf.tok = clf.tok, spm_tok
+    try:
+        folder = clf.save(tmp_path / 'clf')
+    finally:
+        clf.tok = spacy_tok
+    shutil.rmtree(tmp_path / 'spm')  # the folder is self-contained
+    again = TextClassifier.load(folder, verbose=False)
+    assert isinstance(again.tok, SentencePieceTokenizer)
+    assert again.tok.batch(['the red dog sat']) == SentencePieceTokenizer(folder / 'spm.model').batch(
+        ['the red dog sat']
+    )

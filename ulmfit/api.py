@@ -231,12 +231,14 @@ class TextClassifier:
                 f"{path} exists: choose a new folder, or pass overwrite=True to replace what is in it"
             )
         settings = {k: getattr(self, k) for k in SAVED_SETTINGS} | {'tokenizer': self.tok.config()}
-        return save_classifier(path, self.model, self.config, self.itos, self.classes, settings)
+        spm_model = getattr(self.tok, 'model_path', None)  # a SentencePiece model is copied into the folder
+        return save_classifier(path, self.model, self.config, self.itos, self.classes, settings, spm_model)
 
     @classmethod
     def load(cls, path, **kwargs):
         "Load a folder written by `save` (or by `python -m ulmfit imdb`)."
         model, config, itos, classes, settings = load_classifier(path)
+        kwargs.setdefault('tokenizer', tokenizer_for(path, settings))  # the tokenizer it was trained with
         clf = cls(config=config, itos=itos, bptt=settings['bptt'], max_len=settings['max_len'], **kwargs)
         clf.model, clf.classes, clf.vocab = model.eval(), classes, Vocab(itos)
         for k in SAVED_SETTINGS:

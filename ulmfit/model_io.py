@@ -62,9 +62,12 @@ def load_encoder_folder(path, map_location='cpu'):
     return ck['model'], config, itos
 
 
-def save_classifier(path, model, config, itos, classes, settings):
+def save_classifier(path, model, config, itos, classes, settings, spm_model=None):
     "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
     path = Path(path)
+    if spm_model:  # the tokenizer's model travels with the classifier (see tokenizer_for)
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spm_model, path / 'spm.model')
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
