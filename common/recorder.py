@@ -11,7 +11,6 @@ from .events import Callback
 from .log import show_progress
 from .metrics import AvgLoss, as_metric
 from .optim import get_hyper
-from .plots import plot_losses, plot_sched
 from .schedule import lr_finding
 
 
@@ -68,14 +67,6 @@ class Recorder(Callback):
             'time_s': round(time.time() - self.t0, 2),
         }
         self.history.append(row)
-
-    def plot_loss(self, path):
-        "Training loss per batch (smoothed) and validation loss per epoch, as a PNG."
-        return plot_losses(self, path)
-
-    def plot_sched(self, path):
-        "Learning rate and momentum per batch, as a PNG."
-        return plot_sched(self, path)
 
     def state_dict(self):
         return {'history': self.history}
@@ -162,8 +153,6 @@ class GatherPreds(Callback):
         self._preds.append((self.act(p) if self.act else p).cpu())
         self._targs.append(self.learn.yb.detach().cpu())
 
-    def preds(self):
-        return torch.cat(self._preds) if self._preds else torch.empty(0)
-
-    def targets(self):
-        return torch.cat(self._targs) if self._targs else torch.empty(0)
+    def result(self):
+        "(predictions, targets), each concatenated on the CPU."
+        return tuple(torch.cat(xs) if xs else torch.empty(0) for xs in (self._preds, self._targs))

@@ -15,7 +15,7 @@ from .checkpoint import atomic_write, atomic_write_json
 from .config import config_to_json
 from .distributed import rank
 from .events import Callback
-from .plots import plot_metrics
+from .plots import plot_losses, plot_metrics, plot_sched
 from .schedule import lr_finding
 
 
@@ -95,7 +95,7 @@ class RunLogger(Callback):
         r = self.learn.recorder
         plots = self.run_dir / 'plots'
         if r.losses:
-            r.plot_loss(plots / f'{self.tag}_loss.png')
-            r.plot_sched(plots / f'{self.tag}_sched.png')
+            plot_losses(r, plots / f'{self.tag}_loss.png')
+            plot_sched(r, plots / f'{self.tag}_sched.png')
         if r.history:
             plot_metrics(r.history, plots / f'{self.tag}_metrics.png')
