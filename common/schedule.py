@@ -133,8 +133,7 @@ class LRFinder(Callback):
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
         self.lrs.append(get_hyper(self.learn.opt, 'lr')[-1])
         self.losses.append(smooth)
-        # The first few smoothed values are a handful of noisy batches: they neither set the best loss
-        # nor count as divergence.
+        # The first smoothed values are a few noisy batches: they neither set the best loss nor count as divergence.
         warm = len(self.losses) > max(5, self.num_it // 20)
         if warm:
             self.best = min(self.best, smooth)
