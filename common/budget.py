@@ -130,8 +130,7 @@ class PlannedSchedule(ParamScheduler):
         if ws > 1:  # every process must stop at the same step: all plan from the mean timings
             step_s, elapsed_s = (v / ws for v in all_reduce_sum([step_s, elapsed_s]))
         self.step_s = step_s
-        dl_len, valid = len(self.learn.dls.train), self.learn.dls.valid
-        valid_s = self.valid_s
+        dl_len, valid, valid_s = len(self.learn.dls.train), self.learn.dls.valid, self.valid_s
         # A validation batch costs `valid_ratio` training steps per row: a forward pass is about a third of a step, more
         # when validation computes what training skips (the full softmax of a model trained with a sampled one).
         if valid_s is None and valid is not None:

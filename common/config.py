@@ -7,6 +7,7 @@
 """
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,8 @@ def _caster(default):
 
 def _guess(s):
     for t in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return t(s)
-        except ValueError:
-            pass
     return s
 
 

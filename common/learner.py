@@ -260,8 +260,7 @@ class Learner:
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
         scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
         if wd is not None:
-            self.wd = wd
-            self.opt = None
+            self.wd, self.opt = wd, None  # a new weight decay: a new optimizer
         self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
 
     def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, plot_path=None):

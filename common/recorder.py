@@ -29,7 +29,7 @@ class Recorder(Callback):
         self.losses, self.lrs, self.moms, self.last_valid = [], [], [], {}
         self.history = getattr(self, '_resumed_history', None) or []  # epochs from before an interruption
         self._resumed_history = None
-        self._avg, self._n = 0.0, 0
+        self._avg = 0.0
 
     def before_epoch(self):
         self.t0, self.n0 = time.time(), len(self.losses)  # this epoch's losses start at `n0`
@@ -43,13 +43,13 @@ class Recorder(Callback):
             return
         loss = float(self.learn.loss.detach())
         self.losses.append(loss)
-        self._avg, self._n = self.beta * self._avg + (1 - self.beta) * loss, self._n + 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
         self.lrs.append(get_hyper(self.learn.opt, 'lr'))
         self.moms.append(get_hyper(self.learn.opt, 'mom'))
 
     @property
     def smooth_loss(self):
-        return self._avg / (1 - self.beta**self._n) if self._n else float('nan')
+        return self._avg / (1 - self.beta ** len(self.losses)) if self.losses else float('nan')
 
     def before_validate(self):
         for m in [self.valid_loss, *self.metrics]:

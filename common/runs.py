@@ -7,6 +7,7 @@ runs/<name>/config.json      the resolved config
            checkpoints/      checkpoint files (resume from `last.pth`)
 """
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -25,13 +26,11 @@ def new_run_dir(name, root='runs'):
     root.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         d = root / (name if i == 1 else f'{name}-{i}')
-        try:
+        with contextlib.suppress(FileExistsError):  # taken: try the next name
             d.mkdir()
-        except FileExistsError:
-            continue
-        (d / 'plots').mkdir()
-        (d / 'checkpoints').mkdir()
-        return d
+            (d / 'plots').mkdir()
+            (d / 'checkpoints').mkdir()
+            return d
     raise RuntimeError(f"no free run folder name for {name!r} under {root}")
 
 
