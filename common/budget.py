@@ -160,7 +160,6 @@ def fit_one_cycle_budget(
 ):
     "`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds; returns the PlannedSchedule (`n_steps`)."
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)
-    scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
-    sched = PlannedSchedule(scheds, budget_s, **plan)
+    sched = PlannedSchedule(one_cycle_scheds(lrs, pct_start, div, div_final, moms), budget_s, **plan)
     learn.fit(MAX_EPOCHS, lr=lrs, cbs=[sched, *(cbs or [])], resume=resume)
     return sched

@@ -75,8 +75,7 @@ def resolve_config(settings, presets, preset=None, overrides=None):
     for k, s in settings.items():
         if s.choices and cfg[k] not in s.choices:
             raise ValueError(f"config key {k!r} must be one of {s.choices}, got {cfg[k]!r}")
-    cfg['preset'] = preset
-    return cfg
+    return cfg | {'preset': preset}
 
 
 def parse_run_config(argv, settings, presets, prog, description, positional=None):
@@ -105,8 +104,7 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
         cfg = resolve_config(settings, presets, preset, args)
     except ValueError as e:
         p.error(str(e))
-    cfg.update(pos)
-    return cfg
+    return cfg | pos
 
 
 def config_to_json(cfg):

@@ -158,10 +158,9 @@ def fetch_archive(name, root=None, mirror=None, progress=True):
     if dest.exists():
         verify(dest, entry)
         return dest
-    if src is not None and entry['url'] and not src.exists():
-        mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if mirror:
+    # A mirror may hold only some archives (no pretrained models, say): the rest come by URL.
+    if src is not None and (src.exists() or not entry['url']):
         if not src.exists():
             raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
         tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
@@ -171,9 +170,9 @@ def fetch_archive(name, root=None, mirror=None, progress=True):
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
+    elif not entry['url']:
+        raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
     else:
-        if not entry['url']:
-            raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
         download_url(entry['url'], dest, progress)
         try:
             checked = verify(dest, entry)
