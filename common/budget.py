@@ -46,8 +46,7 @@ def split_budget(left_s, weights, reserved_s=0.0):
 
 
 class StageBudget:
-    """`total_s` seconds shared by stages run in order: each gets its weight's share of the time left when it starts
-    (an overrun shrinks the stages after it), or what `reserve` kept aside for it."""
+    "`total_s` seconds for stages in order: each gets its weight's share of what is left at its start, or its reserve."
 
     def __init__(self, total_s, weights, clock=None):
         self.total_s, self.weights, self.clock = total_s, dict(weights), clock or time.perf_counter

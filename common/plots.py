@@ -93,10 +93,9 @@ def plot_confusion(cm, classes, path, normalize=False):
     ax.set_xticks(range(n)), ax.set_yticks(range(n))
     ax.set_xticklabels(classes, rotation=90, fontsize=7), ax.set_yticklabels(classes, fontsize=7)
     if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                label = f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}'
-                color = 'white' if cm[i, j] > cm.max() / 2 else 'black'
-                ax.text(j, i, label, ha='center', va='center', fontsize=7, color=color)
+        for i, j in np.ndindex(n, n):
+            label = f'{cm[i, j]:.2f}' if normalize else f'{int(cm[i, j])}'
+            color = 'white' if cm[i, j] > cm.max() / 2 else 'black'
+            ax.text(j, i, label, ha='center', va='center', fontsize=7, color=color)
     ax.set_xlabel('predicted'), ax.set_ylabel('actual')
     return _save(fig, path)
