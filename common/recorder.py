@@ -20,8 +20,7 @@ class Recorder(Callback):
     order = 50
 
     def __init__(self, metrics=(), beta=0.98):
-        self.metrics, self.beta = [as_metric(m) for m in metrics], beta
-        self.valid_loss = AvgLoss()
+        self.metrics, self.beta, self.valid_loss = [as_metric(m) for m in metrics], beta, AvgLoss()
         self.before_fit()  # empty records for a Learner that validates before any fit
         self.before_validate()  # metrics start empty, even if a validation stage is cancelled at once
 
