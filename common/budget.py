@@ -46,8 +46,7 @@ def split_budget(left_s, weights, reserved_s=0.0):
 
 
 class StageBudget:
-    """`total_s` seconds shared by stages run in order: each gets its weight's share of the time left when it starts
-    (an overrun shrinks the stages after it), or what `reserve` kept aside for it."""
+    "`total_s` seconds for stages in order: each gets its weight's share of what is left at its start, or its reserve."
 
     def __init__(self, total_s, weights, clock=None):
         self.total_s, self.weights, self.clock = total_s, dict(weights), clock or time.perf_counter
@@ -126,18 +125,16 @@ class PlannedSchedule(ParamScheduler):
             self._plan(now, i)
 
     def _plan(self, now, i):
-        step_s, elapsed_s, ws = self.timed / self.n_timed, now - self.t0, world_size()
+        self.step_s, elapsed_s, ws = self.timed / self.n_timed, now - self.t0, world_size()
         if ws > 1:  # every process must stop at the same step: all plan from the mean timings
-            step_s, elapsed_s = (v / ws for v in all_reduce_sum([step_s, elapsed_s]))
-        self.step_s = step_s
-        dl_len, valid = len(self.learn.dls.train), self.learn.dls.valid
-        valid_s = self.valid_s
+            self.step_s, elapsed_s = (v / ws for v in all_reduce_sum([self.step_s, elapsed_s]))
+        dl_len, valid, valid_s = len(self.learn.dls.train), self.learn.dls.valid, self.valid_s
         # A validation batch costs `valid_ratio` training steps per row: a forward pass is about a third of a step, more
         # when validation computes what training skips (the full softmax of a model trained with a sampled one).
         if valid_s is None and valid is not None:
-            valid_s = len(valid) * step_s * self.valid_ratio * _bs(valid) / _bs(self.learn.dls.train)
+            valid_s = len(valid) * self.step_s * self.valid_ratio * _bs(valid) / _bs(self.learn.dls.train)
         valid_s = valid_s or 0.0
-        self.n_steps = plan_steps(step_s, self.budget_s, self.overhead_s, elapsed_s, i, valid_s, dl_len)
+        self.n_steps = plan_steps(self.step_s, self.budget_s, self.overhead_s, elapsed_s, i, valid_s, dl_len)
         self.learn.n_epoch = math.ceil(self.n_steps / dl_len)  # what the progress bar shows
         log.info(
             f'budget {self.budget_s / 60:.1f} min: {self.step_s:.3f} s/step over steps {self.n_skip + 1}-{i}, '
@@ -161,7 +158,6 @@ def fit_one_cycle_budget(
 ):
     "`learn.fit_one_cycle` over the steps that fit in `budget_s` seconds; returns the PlannedSchedule (`n_steps`)."
     lrs = lrs_for(lr_max if lr_max is not None else learn.lr, learn.n_groups)
-    scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
-    sched = PlannedSchedule(scheds, budget_s, **plan)
+    sched = PlannedSchedule(one_cycle_scheds(lrs, pct_start, div, div_final, moms), budget_s, **plan)
     learn.fit(MAX_EPOCHS, lr=lrs, cbs=[sched, *(cbs or [])], resume=resume)
     return sched

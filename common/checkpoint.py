@@ -93,11 +93,11 @@ def atomic_write_json(path, obj, indent=1):
 
 def get_rng_state():
     "Every RNG the training loop touches, in a weights_only-loadable form."
-    np_state = np.random.get_state()
+    np_state, (version, internal, gauss) = np.random.get_state(), random.getstate()
     state = {
         'torch': torch.get_rng_state(),
         'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        'python': _tuples_to_lists(random.getstate()),
+        'python': [version, list(internal), gauss],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
@@ -109,17 +109,10 @@ def set_rng_state(state):
     torch.set_rng_state(state['torch'])
     kind, keys, *rest = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(_lists_to_tuples(state['python']))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def _tuples_to_lists(x):
-    return [_tuples_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _lists_to_tuples(x):
-    return tuple(_lists_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def save_checkpoint(path, model_state, config=None, opt_state=None, train_state=None, rng=None, extras=None):

@@ -29,9 +29,8 @@ def run_command(fn, argv, expected=()):
     "Call `fn(argv)`; returns its exit code, 2 after an expected error, 130 after Ctrl-C."
     argv = list(argv)
     debug = '--debug' in argv
-    argv = [a for a in argv if a != '--debug']
     try:
-        rc = fn(argv)
+        rc = fn([a for a in argv if a != '--debug'])
     except KeyboardInterrupt as e:
         if debug:
             raise

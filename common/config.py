@@ -7,6 +7,7 @@
 """
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,8 @@ def _caster(default):
 
 def _guess(s):
     for t in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return t(s)
-        except ValueError:
-            pass
     return s
 
 
@@ -76,8 +75,7 @@ def resolve_config(settings, presets, preset=None, overrides=None):
     for k, s in settings.items():
         if s.choices and cfg[k] not in s.choices:
             raise ValueError(f"config key {k!r} must be one of {s.choices}, got {cfg[k]!r}")
-    cfg['preset'] = preset
-    return cfg
+    return cfg | {'preset': preset}
 
 
 def parse_run_config(argv, settings, presets, prog, description, positional=None):
@@ -106,8 +104,7 @@ def parse_run_config(argv, settings, presets, prog, description, positional=None
         cfg = resolve_config(settings, presets, preset, args)
     except ValueError as e:
         p.error(str(e))
-    cfg.update(pos)
-    return cfg
+    return cfg | pos
 
 
 def config_to_json(cfg):

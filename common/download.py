@@ -79,12 +79,11 @@ def sha256_file(path, block=1 << 20):
 
 def verify(path, entry, expected_size=None):
     "Check size (when expected or in the entry) and sha256 (when the registry knows one for this size); True if hashed."
-    path = Path(path)
-    size = path.stat().st_size
+    size = Path(path).stat().st_size
     for want in (expected_size, entry.get('size')):
         if want is not None and size != want:
             raise DownloadError(f'{path}: size {size} bytes, expected {want} (truncated or damaged download)')
-    known = entry.get('known', {}).get(size) or entry.get('known', {}).get(str(size))
+    known = entry.get('known', {}).get(size)
     if not known:
         return False
     digest = sha256_file(path)
@@ -159,10 +158,9 @@ def fetch_archive(name, root=None, mirror=None, progress=True):
     if dest.exists():
         verify(dest, entry)
         return dest
-    if src is not None and entry['url'] and not src.exists():
-        mirror = None  # a mirror may hold only some archives (no pretrained models, say): the rest come by URL
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if mirror:
+    # A mirror may hold only some archives (no pretrained models, say): the rest come by URL.
+    if src is not None and (src.exists() or not entry['url']):
         if not src.exists():
             raise DownloadError(f'mirror {mirror} has no {entry["archive"]} (looked for {src})')
         tmp = dest.with_name(f'.{dest.name}.copy{os.getpid()}')
@@ -172,9 +170,9 @@ def fetch_archive(name, root=None, mirror=None, progress=True):
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
+    elif not entry['url']:
+        raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
     else:
-        if not entry['url']:
-            raise DownloadError(f'{name} has no download URL; set ULMFIT_MIRROR to a folder holding {entry["archive"]}')
         download_url(entry['url'], dest, progress)
         try:
             checked = verify(dest, entry)
@@ -199,7 +197,6 @@ def _inside(base, target):
 
 def check_members(archive, dest):
     "Refuse absolute paths, `..`, links that leave `dest`, and device files, before extracting anything."
-    dest = Path(dest)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -268,8 +265,7 @@ def extract_archive(archive, dest):
 def untar_data(name, data_root=None, mirror=None, progress=True):
     "Folder (a Path) of dataset `name` under `data_root` ($ULMFIT_DATA, ./data): fetched, verified, extracted once."
     root = get_data_root(data_root)
-    entry = registry_entry(name)
-    dest = root / entry['folder']
+    dest = root / registry_entry(name)['folder']
     if dest.exists():
         return dest
     archive = fetch_archive(name, root, mirror, progress)

@@ -48,7 +48,6 @@ class CancelFitException(Exception):
 CancelStep, CancelBatch, CancelTrain = CancelStepException, CancelBatchException, CancelTrainException
 CancelValidate, CancelEpoch, CancelFit = CancelValidateException, CancelEpochException, CancelFitException
 
-# The exception that cancels each stage of the loop.
 CANCEL = dict(
     step=CancelStep, batch=CancelBatch, train=CancelTrain, validate=CancelValidate, epoch=CancelEpoch, fit=CancelFit
 )

@@ -29,6 +29,7 @@ from .optim import (
     set_hyper,
     trainable_params,
 )
+from .plots import plot_lr_find
 from .precision import GradientClip, MixedPrecision, NanGuard
 from .recorder import GatherPreds, ProgressCallback, Recorder
 from .schedule import MOMS, LRFinder, ParamScheduler, one_cycle_scheds
@@ -86,7 +87,6 @@ class Learner:
                 self.add_cbs(DistributedCallback())
         self.add_cbs(list(cbs))
 
-    # ---- callbacks -------------------------------------------------------------------------------
     def add_cbs(self, cbs):
         "Attach callbacks (one or a list); each can then be reached as `learn.<cb.name>`."
         cbs = cbs if isinstance(cbs, (list, tuple)) else [cbs]
@@ -131,12 +131,9 @@ class Learner:
             self.emit(f'after_cancel_{name}')
         self.emit(f'after_{name}')
 
-    # ---- layer groups, freezing, optimizer -------------------------------------------------------
     def layer_groups(self):
         "The splitter's layer groups (input to output) as lists of parameters, as of the last `freeze_to` or optimizer."
-        if self._groups is None:
-            self._split()
-        return self._groups
+        return self._groups if self._groups is not None else self._split()
 
     def _split(self):
         "Ask the splitter again (the model may have changed) and check that it covers every parameter once."
@@ -175,7 +172,6 @@ class Learner:
         set_hyper(self.opt, 'lr', lrs_for(self.lr, len(groups)))
         return self.opt
 
-    # ---- the loop ----------------------------------------------------------------------------------
     def fit(self, n_epoch, lr=None, cbs=None, resume=None):
         "Train for `n_epoch` epochs; `cbs` are attached for this call only; `resume` is a checkpoint path (`Resume`)."
         cbs = list(cbs or []) + ([Resume(resume)] if resume is not None else [])
@@ -257,7 +253,6 @@ class Learner:
         total = self.n_epoch * max(len(self.dls.train), 1)
         return min(self.train_iter / total, 1.0) if total else 0.0
 
-    # ---- schedules -----------------------------------------------------------------------------------
     def fit_one_cycle(
         self, n_epoch, lr_max=None, pct_start=0.25, div=25.0, div_final=1e5, moms=MOMS, wd=None, cbs=None, resume=None
     ):
@@ -265,8 +260,7 @@ class Learner:
         lrs = lrs_for(lr_max if lr_max is not None else self.lr, self.n_groups)
         scheds = one_cycle_scheds(lrs, pct_start, div, div_final, moms)
         if wd is not None:
-            self.wd = wd
-            self.opt = None
+            self.wd, self.opt = wd, None  # a new weight decay: a new optimizer
         self.fit(n_epoch, lr=lrs, cbs=[ParamScheduler(scheds)] + list(cbs or []), resume=resume)
 
     def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, plot_path=None):
@@ -277,10 +271,9 @@ class Learner:
         if plot_path is None and self.path is not None:
             plot_path = self.path / 'plots' / 'lr_find.png'
         if plot_path is not None:
-            finder.plot(plot_path)
+            plot_lr_find(finder.lrs, finder.losses, finder.suggestions(), plot_path)
         return finder.suggestions()
 
-    # ---- evaluation --------------------------------------------------------------------------------
     def validate(self, dl=None, cbs=None):
         "Run the validation stage on `dl` (default: the validation loader); returns the metrics dict."
         cbs = list(cbs or [])
@@ -296,9 +289,8 @@ class Learner:
         "Predictions and targets over `dl` (default: validation loader), concatenated on the CPU."
         g = GatherPreds(act)
         self.validate(dl, cbs=[g])
-        return g.preds(), g.targets()
+        return g.result()
 
-    # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, path, config=None, extras=None, with_opt=True, train_state=None):
         "Write a checkpoint: model, config, optimizer, training position, RNG states and extras."
         ts = train_state if train_state is not None else {'epoch': self.epoch, 'iter': 0}

@@ -40,10 +40,7 @@ class Metric:
 
 
 class WeightedAvg(Metric):
-    "Average over the pass of a per-batch value, `batch_value(learn)`, weighted by the number of targets."
-
-    def batch_value(self, learn):
-        raise NotImplementedError
+    "Average over the pass of a per-batch value, a subclass's `batch_value(learn)`, weighted by the number of targets."
 
     def reset(self):
         self.total, self.count = 0.0, 0

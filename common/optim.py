@@ -123,11 +123,8 @@ def get_hyper(opt, name):
     "Current value of `name` per layer group."
     out = {}
     for pg in opt.param_groups:
-        if name == 'mom':
-            v = pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.0)
-        else:
-            v = pg[name]
-        out.setdefault(pg['layer_group'], v)
+        mom = pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.0)
+        out.setdefault(pg['layer_group'], mom if name == 'mom' else pg[name])
     return [out[k] for k in sorted(out)]
 
 

@@ -49,13 +49,12 @@ class MixedPrecision(Callback):
         if self.scaler is not None and self.learn.training:
             self.learn.loss_grad = self.scaler.scale(self.learn.loss_grad)
 
-    def after_cancel_batch(self):
-        self._exit()
-
     def _exit(self):
         if self.ctx is not None:
             self.ctx.__exit__(None, None, None)
             self.ctx = None
+
+    after_cancel_batch = _exit
 
     def before_step(self):  # unscale before GradientClip (later in this event); skip a step with inf/NaN gradients
         if self.scaler is None:

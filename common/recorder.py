@@ -11,7 +11,6 @@ from .events import Callback
 from .log import show_progress
 from .metrics import AvgLoss, as_metric
 from .optim import get_hyper
-from .plots import plot_losses, plot_sched
 from .schedule import lr_finding
 
 
@@ -21,8 +20,7 @@ class Recorder(Callback):
     order = 50
 
     def __init__(self, metrics=(), beta=0.98):
-        self.metrics, self.beta = [as_metric(m) for m in metrics], beta
-        self.valid_loss = AvgLoss()
+        self.metrics, self.beta, self.valid_loss = [as_metric(m) for m in metrics], beta, AvgLoss()
         self.before_fit()  # empty records for a Learner that validates before any fit
         self.before_validate()  # metrics start empty, even if a validation stage is cancelled at once
 
@@ -30,7 +28,7 @@ class Recorder(Callback):
         self.losses, self.lrs, self.moms, self.last_valid = [], [], [], {}
         self.history = getattr(self, '_resumed_history', None) or []  # epochs from before an interruption
         self._resumed_history = None
-        self._avg, self._n = 0.0, 0
+        self._avg = 0.0
 
     def before_epoch(self):
         self.t0, self.n0 = time.time(), len(self.losses)  # this epoch's losses start at `n0`
@@ -44,13 +42,13 @@ class Recorder(Callback):
             return
         loss = float(self.learn.loss.detach())
         self.losses.append(loss)
-        self._avg, self._n = self.beta * self._avg + (1 - self.beta) * loss, self._n + 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
         self.lrs.append(get_hyper(self.learn.opt, 'lr'))
         self.moms.append(get_hyper(self.learn.opt, 'mom'))
 
     @property
     def smooth_loss(self):
-        return self._avg / (1 - self.beta**self._n) if self._n else float('nan')
+        return self._avg / (1 - self.beta ** len(self.losses)) if self.losses else float('nan')
 
     def before_validate(self):
         for m in [self.valid_loss, *self.metrics]:
@@ -68,14 +66,6 @@ class Recorder(Callback):
             'time_s': round(time.time() - self.t0, 2),
         }
         self.history.append(row)
-
-    def plot_loss(self, path):
-        "Training loss per batch (smoothed) and validation loss per epoch, as a PNG."
-        return plot_losses(self, path)
-
-    def plot_sched(self, path):
-        "Learning rate and momentum per batch, as a PNG."
-        return plot_sched(self, path)
 
     def state_dict(self):
         return {'history': self.history}
@@ -162,8 +152,6 @@ class GatherPreds(Callback):
         self._preds.append((self.act(p) if self.act else p).cpu())
         self._targs.append(self.learn.yb.detach().cpu())
 
-    def preds(self):
-        return torch.cat(self._preds) if self._preds else torch.empty(0)
-
-    def targets(self):
-        return torch.cat(self._targs) if self._targs else torch.empty(0)
+    def result(self):
+        "(predictions, targets), each concatenated on the CPU."
+        return tuple(torch.cat(xs) if xs else torch.empty(0) for xs in (self._preds, self._targs))

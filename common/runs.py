@@ -7,6 +7,7 @@ runs/<name>/config.json      the resolved config
            checkpoints/      checkpoint files (resume from `last.pth`)
 """
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from .checkpoint import atomic_write, atomic_write_json
 from .config import config_to_json
 from .distributed import rank
 from .events import Callback
-from .plots import plot_metrics
+from .plots import plot_losses, plot_metrics, plot_sched
 from .schedule import lr_finding
 
 
@@ -25,13 +26,11 @@ def new_run_dir(name, root='runs'):
     root.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         d = root / (name if i == 1 else f'{name}-{i}')
-        try:
+        with contextlib.suppress(FileExistsError):  # taken: try the next name
             d.mkdir()
-        except FileExistsError:
-            continue
-        (d / 'plots').mkdir()
-        (d / 'checkpoints').mkdir()
-        return d
+            (d / 'plots').mkdir()
+            (d / 'checkpoints').mkdir()
+            return d
     raise RuntimeError(f"no free run folder name for {name!r} under {root}")
 
 
@@ -95,7 +94,7 @@ class RunLogger(Callback):
         r = self.learn.recorder
         plots = self.run_dir / 'plots'
         if r.losses:
-            r.plot_loss(plots / f'{self.tag}_loss.png')
-            r.plot_sched(plots / f'{self.tag}_sched.png')
+            plot_losses(r, plots / f'{self.tag}_loss.png')
+            plot_sched(r, plots / f'{self.tag}_sched.png')
         if r.history:
             plot_metrics(r.history, plots / f'{self.tag}_metrics.png')

@@ -10,7 +10,6 @@ import math
 
 from .events import Callback, CancelFitException, CancelValidateException
 from .optim import get_hyper, set_hyper
-from .plots import plot_lr_find
 
 MOMS = (0.95, 0.85, 0.95)  # one-cycle momentum (or Adam's beta1): fastai's default
 
@@ -83,7 +82,6 @@ def slanted_triangular(lr_max, cut_frac=0.1, ratio=32):
     )
 
 
-# ---- callbacks -------------------------------------------------------------------------------------------------
 class ParamScheduler(Callback):
     "Sets hyper-parameters each training batch: {'lr': sched or [sched per layer group], 'mom': ...}."
 
@@ -135,8 +133,7 @@ class LRFinder(Callback):
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))
         self.lrs.append(get_hyper(self.learn.opt, 'lr')[-1])
         self.losses.append(smooth)
-        # The first few smoothed values are a handful of noisy batches: they neither set the best loss
-        # nor count as divergence.
+        # The first smoothed values are a few noisy batches: they neither set the best loss nor count as divergence.
         warm = len(self.losses) > max(5, self.num_it // 20)
         if warm:
             self.best = min(self.best, smooth)
@@ -163,10 +160,6 @@ class LRFinder(Callback):
         slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(skip, hi)]
         i_steep = skip + min(range(len(slopes)), key=slopes.__getitem__)
         return {'minimum': lrs[i_min] / 10, 'steep': lrs[i_steep], 'lr_at_min_loss': lrs[i_min]}
-
-    def plot(self, path):
-        "Loss against LR (log scale), with the suggestions marked, as a PNG."
-        return plot_lr_find(self.lrs, self.losses, self.suggestions(), path)
 
 
 def lr_finding(learn):

@@ -205,12 +205,10 @@ class TimeBudget(Callback):
 
     def after_batch(self):
         if self.learn.training and time.time() - self.t0 > 60 * self.max_minutes:
-            ck = getattr(self.learn, 'checkpoint', None)
+            ck, saved = getattr(self.learn, 'checkpoint', None), ''
             if ck is not None:
                 ck.save_now()
-            log.info(
-                f'time budget of {self.max_minutes} min reached: stopping'
-                + (f' (checkpoint: {ck.path})' if ck is not None else '')
-            )
+                saved = f' (checkpoint: {ck.path})'
+            log.info(f'time budget of {self.max_minutes} min reached: stopping{saved}')
             self.reached = True
             raise CancelFitException()
