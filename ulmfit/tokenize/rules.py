@@ -36,7 +36,7 @@ def fix_html(t):
             t = t.replace(old, new)
     if '&' in t:
         t = html.unescape(t)
-    return _re_spaces.sub(' ', t) if '  ' in t else t
+    return rm_useless_spaces(t)
 
 
 def _has_run4(t):
