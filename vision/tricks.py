@@ -22,13 +22,9 @@ from common.events import Callback
 # ---- losses -------------------------------------------------------------------------------------------------
 def reduce_loss(loss, reduction='mean'):
     "Reduce a per-sample loss the way torch losses do: 'mean', 'sum' or 'none'."
-    if reduction == 'mean':
-        return loss.mean()
-    if reduction == 'sum':
-        return loss.sum()
-    if reduction == 'none':
-        return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if reduction not in ('mean', 'sum', 'none'):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return loss if reduction == 'none' else loss.mean() if reduction == 'mean' else loss.sum()
 
 
 @contextmanager
