@@ -42,7 +42,9 @@ ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'repl
 
 
 def decode(raw, name, errors='strict', base=0):
-    "UTF-8 decode with an error naming the file and byte offset."
+    "UTF-8 decode with an error naming the file and byte offset; no bytes at all is an empty file."
+    if not raw:
+        raise DataError(f'{name}: empty file')
     try:
         return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
@@ -114,8 +116,6 @@ class ImdbReader:
 
     def _doc(self, m, raw, name):
         split, folder, _, rating = m.groups()
-        if not raw:
-            raise DataError(f'{name}: empty file')
         label = None if folder == 'unsup' else folder if self.label == 'sentiment' else int(rating)
         return Doc(decode(raw, name, self.errors), label, split if folder != 'unsup' else 'unsup', name)
 
@@ -230,8 +230,6 @@ class TextCorpusReader:
         for f in sorted(p.rglob('*')):
             if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
                 raw = b''.join(_open_bin(f))
-                if not raw:
-                    raise DataError(f'{f}: empty file')
                 yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
     def fingerprint(self):
