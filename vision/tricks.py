@@ -103,10 +103,9 @@ class MixUp(Callback):
         self.learn.xb, self.y_a, self.y_b = mixup(xb, yb, self.lam, self.perm)
 
     def after_loss(self):
-        if not self.learn.training:
-            return
-        loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
-        self.learn.loss = self.learn.loss_grad = loss
+        learn = self.learn
+        if learn.training:
+            learn.loss = learn.loss_grad = mix_loss(learn.loss_fn, learn.pred, self.y_a, self.y_b, self.lam)
 
 
 # ---- CutMix -------------------------------------------------------------------------------------------------
