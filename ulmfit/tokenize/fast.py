@@ -167,8 +167,7 @@ class SpacyTokenizer:
         w = p[a:b]
         if (a == 0 and b == n) or not w.isalpha():
             return None
-        specials = self._special_keys
-        if p in specials or w in specials or p[a:] in specials or p[:b] in specials:
+        if not self._special_keys.isdisjoint((p, w, p[a:], p[:b])):
             return None
         toks = ([p[0]] if a else []) + [w] + ([p[-1]] if b < n else [])
         _, _, bit, mask = self._risk_sets  # a special case with affixes could join two of these tokens
