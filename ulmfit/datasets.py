@@ -42,7 +42,9 @@ ERRORS_HELP = "undecodable bytes: 'strict' stops with the file and offset, 'repl
 
 
 def decode(raw, name, errors='strict', base=0):
-    "UTF-8 decode with an error naming the file and byte offset."
+    "UTF-8 decode with an error naming the file and byte offset; no bytes at all is an empty file."
+    if not raw:
+        raise DataError(f'{name}: empty file')
     try:
         return raw.decode('utf-8', errors=errors)
     except UnicodeDecodeError as e:
@@ -114,11 +116,8 @@ class ImdbReader:
 
     def _doc(self, m, raw, name):
         split, folder, _, rating = m.groups()
-        if not raw:
-            raise DataError(f'{name}: empty file')
-        if folder == 'unsup':
-            return Doc(decode(raw, name, self.errors), None, 'unsup', name)
-        return Doc(decode(raw, name, self.errors), folder if self.label == 'sentiment' else int(rating), split, name)
+        label = None if folder == 'unsup' else folder if self.label == 'sentiment' else int(rating)
+        return Doc(decode(raw, name, self.errors), label, split if folder != 'unsup' else 'unsup', name)
 
     def _folders(self):
         "The (split, folder) pairs of an extracted IMDB folder to read, in a fixed order."
@@ -231,8 +230,6 @@ class TextCorpusReader:
         for f in sorted(p.rglob('*')):
             if f.is_file() and re.search(r'\.txt(\.gz)?$', f.name):
                 raw = b''.join(_open_bin(f))
-                if not raw:
-                    raise DataError(f'{f}: empty file')
                 yield Doc(decode(raw, str(f), self.errors), None, self.split, str(f))
 
     def fingerprint(self):
@@ -261,9 +258,7 @@ class TableReader:
         chunksize=10_000,
     ):
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
-        self.label_cols = (
-            [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
-        )
+        self.label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols or ())
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
         is_path = isinstance(src, (str, os.PathLike))
@@ -273,16 +268,12 @@ class TableReader:
             if not Path(src).exists():
                 raise FileNotFoundError(f'table not found: {src}')
             _check_nonempty(src)
-        self._check_columns(self._columns())
-
-    def _columns(self):
-        if self._kind == 'parquet' and isinstance(self.src, (str, os.PathLike)):
+        if self._kind == 'parquet' and is_path:
             import pyarrow.parquet as pq  # only for Parquet files
 
-            return list(pq.ParquetFile(self.src).schema_arrow.names)
-        return list(next(self._chunks(nrows=1)).columns)
-
-    def _check_columns(self, cols):
+            cols = list(pq.ParquetFile(src).schema_arrow.names)
+        else:
+            cols = list(next(self._chunks(nrows=1)).columns)
         need = [('text', c) for c in self.text_cols] + [('label', c) for c in self.label_cols]
         for what, c in need:
             if c not in cols:
@@ -324,8 +315,7 @@ class TableReader:
 
     def __iter__(self):
         row0 = 0
-        for df in self._chunks():
-            self._check_columns(list(df.columns))
+        for df in self._chunks():  # its columns were checked in __init__
             texts = df[self.text_cols].fillna('').astype(str).values.tolist()
             valid = df[self.valid_col].values if self.valid_col and self.valid_col in df.columns else None
             labels = df[self.label_cols].to_dict('records') if self.label_cols else None

@@ -123,10 +123,9 @@ class SortishSampler(SortSampler):
         idx = np.concatenate([m[np.argsort(-self.lengths[m], kind='stable')] for m in megas])
         batches = [idx[i : i + self.bs] for i in range(0, len(idx), self.bs)]
         last = [batches.pop()] if len(batches) > 1 and len(batches[-1]) < self.bs else []
-        first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
-        rest = [b for i, b in enumerate(batches) if i != first]
-        rest = [rest[i] for i in torch.randperm(len(rest)).tolist()]
-        return iter(np.concatenate([batches[first]] + rest + last).tolist())
+        first = batches.pop(int(np.argmax([self.lengths[b[0]] for b in batches])))  # b[0] is each batch's longest
+        rest = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        return iter(np.concatenate([first] + rest + last).tolist())
 
 
 def pad_collate(samples, pad_idx=1, pad_first=True, max_len=None):

@@ -80,15 +80,7 @@ class TokenStore:
 
     @property
     def is_valid(self):
-        return (
-            self.splits == self.split_names.index('valid') if 'valid' in self.split_names else np.zeros(len(self), bool)
-        )
-
-
-def store_key(source_fp, tok_cfg, vocab_cfg):
-    "Hash of everything that determines the store's contents."
-    blob = dict(v=STORE_VERSION, source=source_fp, tok=tok_cfg, vocab=vocab_cfg)
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return np.isin(self.splits, [i for i, s in enumerate(self.split_names) if s == 'valid'])
 
 
 def build_store(
@@ -108,7 +100,10 @@ def build_store(
     vocab_cfg = dict(max_vocab=max_vocab, min_freq=min_freq)
     if vocab is not None:  # a given vocab is known by its tokens
         vocab_cfg = dict(vocab_sha256=hashlib.sha256('\n'.join(vocab.itos).encode()).hexdigest())
-    key = store_key(reader.fingerprint(), tok.config(), vocab_cfg)
+    blob = dict(
+        v=STORE_VERSION, source=reader.fingerprint(), tok=tok.config(), vocab=vocab_cfg
+    )  # what decides its contents
+    key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
     cache = get_data_root(root) / 'cache'
     final = cache / key
     if (final / 'meta.json').exists():
@@ -117,7 +112,7 @@ def build_store(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name)
+        _build(reader, tok, vocab, blob, key, n_workers, chunk, progress, tmp, name)
         try:
             os.rename(tmp, final)
         except OSError:  # somebody else finished the same store first: theirs is identical
@@ -135,7 +130,7 @@ def build_store(
     return TokenStore(final)
 
 
-def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, tmp, key, name):
+def _build(reader, tok, vocab, blob, key, n_workers, chunk, progress, tmp, name):
     t0 = time.time()
     labels, splits, split_names, lens = [], array('B'), {}, array('q')
 
@@ -160,7 +155,7 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
             bar.set_postfix(tokens=n_tok, refresh=False)
     # pass 2: final vocab, then map the temp ids to it a block at a time
     if vocab is None:
-        vocab = Vocab.from_counts(table.counter(), max_vocab=max_vocab, min_freq=min_freq)
+        vocab = Vocab.from_counts(table.counter(), **blob['vocab'])
     m = np.fromiter((vocab.stoi.get(t, 0) for t in table.itos), np.int64, len(table.itos))
     dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
     n_unk = 0
@@ -192,8 +187,8 @@ def _build(reader, tok, vocab, max_vocab, min_freq, n_workers, chunk, progress, 
         multi_label=multi,
         split_names=list(split_names),
         split_counts={s: int((np.frombuffer(splits, np.uint8) == i).sum()) for s, i in split_names.items()},
-        tokenizer=tok.config(),
-        source=reader.fingerprint(),
+        tokenizer=blob['tok'],
+        source=blob['source'],
         seconds=round(time.time() - t0, 1),
         created=time.strftime('%Y-%m-%dT%H:%M:%S'),
     )

@@ -8,7 +8,7 @@ import numpy as np
 
 from common.checkpoint import atomic_write_json
 from common.config import ConfigError
-from ulmfit.tokenize import MAJ, PAD, SPECIALS, UNK, UP
+from ulmfit.tokenize import MAJ, PAD, SPECIALS, UP
 
 FAKE = 'xxfake'
 
@@ -65,9 +65,7 @@ class Vocab:
     def textify(self, ids, sep=' ', decode_caps=True):
         "Ids -> text; with `decode_caps`, `xxmaj the` -> `The` and `xxup the` -> `THE` for display."
         toks = [self.itos[int(i)] for i in ids]
-        if decode_caps:
-            toks = undo_caps(toks)
-        return sep.join(toks)
+        return sep.join(undo_caps(toks) if decode_caps else toks)
 
     def save(self, path):
         "Write the vocab as JSON (`{'itos': [...]}`), atomically."
@@ -91,6 +89,3 @@ def undo_caps(toks):
             res.append({MAJ: t[:1].upper() + t[1:], UP: t.upper()}.get(mode, t))
             mode = None
     return res
-
-
-__all__ = ['Vocab', 'undo_caps', 'UNK', 'PAD', 'FAKE']

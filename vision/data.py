@@ -65,13 +65,6 @@ def pets_label(path):
     return m.group(1)
 
 
-def random_split(n, valid_pct=0.2, seed=42):
-    "Indices (train, valid) of a seeded random split; the same seed gives the same split everywhere."
-    idx = np.random.default_rng(seed).permutation(n)
-    n_valid = int(round(n * valid_pct))
-    return sorted(idx[n_valid:].tolist()), sorted(idx[:n_valid].tolist())
-
-
 def pets_items(folder, valid_pct=0.2, seed=42):
     "Pets images in `folder`: ((train paths, labels), (valid paths, labels), classes) from a seeded random split."
     paths = image_files(folder)
@@ -81,7 +74,9 @@ def pets_items(folder, valid_pct=0.2, seed=42):
     classes = sorted(set(names))
     c2i = {c: i for i, c in enumerate(classes)}
     labels = [c2i[n] for n in names]
-    t, v = random_split(len(paths), valid_pct, seed)
+    idx = np.random.default_rng(seed).permutation(len(paths))  # the same seed gives the same split everywhere
+    n_valid = int(round(len(paths) * valid_pct))
+    t, v = sorted(idx[n_valid:].tolist()), sorted(idx[:n_valid].tolist())
     return ([paths[i] for i in t], [labels[i] for i in t]), ([paths[i] for i in v], [labels[i] for i in v]), classes
 
 
@@ -194,8 +189,7 @@ def normalize(xb, mean, std):
     "uint8 or [0, 1] float images (bs, 3, h, w) -> (x - mean) / std per channel."
     if xb.dtype == torch.uint8:
         xb = xb.float().div_(255)
-    mean = torch.as_tensor(mean, dtype=xb.dtype, device=xb.device)[None, :, None, None]
-    std = torch.as_tensor(std, dtype=xb.dtype, device=xb.device)[None, :, None, None]
+    mean, std = (torch.as_tensor(s, dtype=xb.dtype, device=xb.device)[None, :, None, None] for s in (mean, std))
     return (xb - mean) / std
 
 
@@ -249,8 +243,7 @@ def subsample(items, n, seed=0):
 
 def imagenet_folder_dls(path, size, bs, num_workers=2, on_error='raise', n_train=None, n_valid=None, seed=0):
     "`path/train/<class>/*` and `path/val/<class>/*` -> (DataLoaders, classes)."
-    path = Path(path)
-    tp, tl, classes = folder_items(path / 'train')
-    vp, vl, _ = folder_items(path / 'val', classes)
-    train, valid = subsample((tp, tl), n_train, seed), subsample((vp, vl), n_valid, seed)
+    *train, classes = folder_items(Path(path) / 'train')
+    *valid, _ = folder_items(Path(path) / 'val', classes)
+    train, valid = subsample(train, n_train, seed), subsample(valid, n_valid, seed)
     return image_dls(train, valid, size, bs, num_workers, on_error), classes

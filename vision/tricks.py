@@ -22,13 +22,9 @@ from common.events import Callback
 # ---- losses -------------------------------------------------------------------------------------------------
 def reduce_loss(loss, reduction='mean'):
     "Reduce a per-sample loss the way torch losses do: 'mean', 'sum' or 'none'."
-    if reduction == 'mean':
-        return loss.mean()
-    if reduction == 'sum':
-        return loss.sum()
-    if reduction == 'none':
-        return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if reduction not in ('mean', 'sum', 'none'):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return loss if reduction == 'none' else loss.mean() if reduction == 'mean' else loss.sum()
 
 
 @contextmanager
@@ -107,10 +103,9 @@ class MixUp(Callback):
         self.learn.xb, self.y_a, self.y_b = mixup(xb, yb, self.lam, self.perm)
 
     def after_loss(self):
-        if not self.learn.training:
-            return
-        loss = mix_loss(self.learn.loss_fn, self.learn.pred, self.y_a, self.y_b, self.lam)
-        self.learn.loss = self.learn.loss_grad = loss
+        learn = self.learn
+        if learn.training:
+            learn.loss = learn.loss_grad = mix_loss(learn.loss_fn, learn.pred, self.y_a, self.y_b, self.lam)
 
 
 # ---- CutMix -------------------------------------------------------------------------------------------------

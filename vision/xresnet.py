@@ -35,10 +35,8 @@ def conv_layer(ni, nf, ks=3, stride=1, zero_bn=False, act=True):
     "conv -> BatchNorm (-> ReLU). `zero_bn` starts BN's gamma at 0 (end of a residual branch)."
     bn = nn.BatchNorm2d(nf)
     nn.init.constant_(bn.weight, 0.0 if zero_bn else 1.0)
-    layers = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=False), bn]
-    if act:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    conv = nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=False)
+    return nn.Sequential(conv, bn, nn.ReLU(inplace=True)) if act else nn.Sequential(conv, bn)
 
 
 class ResBlock(nn.Module):
@@ -98,10 +96,9 @@ def make_head(nf, n_out, concat_pool=False, p=0.0):
 def xresnet(cfg):
     "Build `nn.Sequential(body, head)` from a config."
     c = cfg.c_in
-    w = lambda n: max(8, int(n * cfg.width))  # noqa: E731
-    stem_szs = [(c + 1) * 8, w(32), w(64)]
+    w32, *nhs = [max(8, int(n * cfg.width)) for n in (32, 64, 128, 256, 512)]  # nhs: the four stages' widths
+    stem_szs = [(c + 1) * 8, w32, nhs[0]]
     stem = [conv_layer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip([c] + stem_szs, stem_szs))]
-    nhs = [w(64), w(128), w(256), w(512)]
     nis = [stem_szs[-1]] + [nh * cfg.expansion for nh in nhs[:-1]]
     stages = []
     for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers)):

@@ -37,7 +37,6 @@ from .rules import (
 )
 from .spm import SentencePieceTokenizer
 
-# Tokenizers, runners, specials, pre-rules, post-rules, the plain path.
 __all__ = ['SpacyTokenizer', 'SentencePieceTokenizer']
 __all__ += ['tokenize_texts', 'encode_texts', 'TokenTable', 'default_workers']
 __all__ += ['UNK', 'PAD', 'BOS', 'EOS', 'FLD', 'REP', 'WREP', 'UP', 'MAJ', 'SPECIALS']

@@ -42,21 +42,18 @@ class SpacyTokenizer:
     "fastai-compatible rules + spaCy's blank English tokenizer; `tok(text) -> list[str]`, memoized per piece."
 
     kind = 'spacy'
+    _ids = None  # (stoi, memo, risk, conv) of the id table `encode_batch` last extended
 
     def __init__(self, lang='en', include_bos=True, include_eos=False, memo_size=2_000_000):
         self.lang, self.include_bos, self.include_eos, self.memo_size = lang, include_bos, include_eos, memo_size
-        self._ids = None  # (stoi, memo, risk, conv) of the id table `encode_batch` last extended
 
     def config(self):
         "Everything that changes the output (goes into the store's cache key)."
         out = dict(kind=self.kind, lang=self.lang, include_bos=self.include_bos, include_eos=self.include_eos)
         return dict(out, spacy=spacy.__version__, rules_version=2)
 
-    def __getstate__(self):  # the spaCy pipelines are rebuilt in each worker process
+    def __getstate__(self):  # only the settings: the spaCy pipelines, memos and id table are rebuilt after unpickling
         return {k: getattr(self, k) for k in ('lang', 'include_bos', 'include_eos', 'memo_size')}
-
-    def __setstate__(self, d):
-        self.__init__(**d)
 
     @cached_property
     def _fast_tok(self):
@@ -170,8 +167,7 @@ class SpacyTokenizer:
         w = p[a:b]
         if (a == 0 and b == n) or not w.isalpha():
             return None
-        specials = self._special_keys
-        if p in specials or w in specials or p[a:] in specials or p[:b] in specials:
+        if not self._special_keys.isdisjoint((p, w, p[a:], p[:b])):
             return None
         toks = ([p[0]] if a else []) + [w] + ([p[-1]] if b < n else [])
         _, _, bit, mask = self._risk_sets  # a special case with affixes could join two of these tokens

@@ -36,7 +36,7 @@ def fix_html(t):
             t = t.replace(old, new)
     if '&' in t:
         t = html.unescape(t)
-    return _re_spaces.sub(' ', t) if '  ' in t else t
+    return rm_useless_spaces(t)
 
 
 def _has_run4(t):
@@ -71,18 +71,12 @@ def rm_useless_spaces(t):
 # ---------------------------------------------------------------- post-rules (tokens -> tokens)
 def replace_all_caps(toks):
     "All-caps tokens longer than one char: `['THE', 'End', 'I']` -> `['xxup', 'the', 'End', 'I']`."
-    res = []
-    for t in toks:
-        res += [UP, t.lower()] if len(t) > 1 and t.isupper() else [t]
-    return res
+    return [u for t in toks for u in ([UP, t.lower()] if len(t) > 1 and t.isupper() else [t])]
 
 
 def replace_maj(toks):
     "Capitalised tokens: `['The', 'iPhone', 'A']` -> `['xxmaj', 'the', 'iPhone', 'A']`."
-    res = []
-    for t in toks:
-        res += [MAJ, t.lower()] if len(t) > 1 and t[0].isupper() and t[1:].islower() else [t]
-    return res
+    return [u for t in toks for u in ([MAJ, t.lower()] if len(t) > 1 and t[0].isupper() and t[1:].islower() else [t])]
 
 
 def lowercase(toks):

@@ -58,11 +58,8 @@ class SentencePieceTokenizer:
         h = hashlib.sha256(Path(self.model_path).read_bytes()).hexdigest()
         return dict(kind=self.kind, model_sha256=h, include_bos=self.include_bos, include_eos=self.include_eos)
 
-    def __getstate__(self):
+    def __getstate__(self):  # only the settings: the SentencePiece processor is loaded again after unpickling
         return dict(model_path=self.model_path, include_bos=self.include_bos, include_eos=self.include_eos)
-
-    def __setstate__(self, d):
-        self.__init__(**d)
 
     @cached_property
     def sp(self):
