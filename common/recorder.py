@@ -11,6 +11,7 @@ from .events import Callback
 from .log import show_progress
 from .metrics import AvgLoss, as_metric
 from .optim import get_hyper
+from .plots import plot_losses, plot_sched
 from .schedule import lr_finding
 
 
@@ -66,6 +67,14 @@ class Recorder(Callback):
             'time_s': round(time.time() - self.t0, 2),
         }
         self.history.append(row)
+
+    def plot_loss(self, path):
+        "Training loss per batch (smoothed) and validation loss per epoch, as a PNG."
+        return plot_losses(self, path)
+
+    def plot_sched(self, path):
+        "Learning rate and momentum per batch, as a PNG."
+        return plot_sched(self, path)
 
     def state_dict(self):
         return {'history': self.history}

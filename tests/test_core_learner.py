@@ -438,3 +438,11 @@ def test_a_learner_that_never_fit_predicts_and_validates_with_progress_bars():
     preds, targs = learn.get_preds()
     assert preds.shape == targs.shape and len(preds) > 0
     assert 'valid_loss' in learn.validate()
+
+
+def test_recorder_draws_its_loss_and_schedule(tmp_path):
+    learn = synth_learner(n=128, bs=16)
+    learn.fit_one_cycle(1, 1e-2)
+    learn.recorder.plot_loss(tmp_path / 'loss.png')
+    learn.recorder.plot_sched(tmp_path / 'sched.png')
+    assert (tmp_path / 'loss.png').stat().st_size > 1000 and (tmp_path / 'sched.png').stat().st_size > 1000
