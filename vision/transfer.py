@@ -108,11 +108,11 @@ def transfer_model(pretrained, n_out, size):
     return model
 
 
-def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
-    "Train one of the four variants; returns (accuracy, minutes, recorder history)."
+def run_experiment(kind, src, dls, n_out, cfg, run_dir):
+    "Train one of the four variants from the pretrained `src`; returns (accuracy, minutes, recorder history)."
     if kind == 'scratch':  # same architecture, fresh weights everywhere
-        pretrained = xresnet(dataclasses.replace(pretrained.config, n_out=n_out))
-    model = transfer_model(pretrained, n_out, cfg['size'])
+        src = xresnet(dataclasses.replace(src.config, n_out=n_out))
+    model = transfer_model(src, n_out, cfg['size'])
     split = bn_splitter if kind == 'frozen_except_bn' else splitter
     train_bn = kind != 'frozen_bn'  # frozen_bn: BN is frozen with the rest of the body
     learn = make_learner(model, dls, cfg, run_dir, stage=kind, splitter=split, train_bn=train_bn)
@@ -125,14 +125,12 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
         learn.fit_one_cycle(cfg['epochs_frozen'], cfg['lr'])
         history += learn.recorder.history
         learn.unfreeze()
-        n = learn.n_groups
-        lr = cfg['lr_unfrozen']
+        n, lr = learn.n_groups, cfg['lr_unfrozen']
         # lr_spread is the ratio of the top group's LR to the first group's, spread evenly over the groups between
         lrs = [lr] * n if kind == 'frozen_bn' else discriminative_lrs(lr, n, cfg['lr_spread'] ** (1 / (n - 1)))
         learn.fit_one_cycle(cfg['epochs_unfrozen'], lrs)
         history += [dict(h, epoch=h['epoch'] + cfg['epochs_frozen']) for h in learn.recorder.history]
-    acc = learn.validate()['accuracy']
-    return acc, (time.time() - t0) / 60, history
+    return learn.validate()['accuracy'], (time.time() - t0) / 60, history
 
 
 # --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; one epoch frozen, one not.
