@@ -142,10 +142,8 @@ def fmt_table(header, rows):
 
 def history_table(history):
     "Per-epoch markdown table from the recorder's history."
-    rows = []
-    for h in history:
-        tl, vl, acc = h['train_loss'], h.get('valid_loss', float('nan')), h.get('accuracy', float('nan'))
-        rows.append([h['epoch'], f'{tl:.4f}', f'{vl:.4f}', f'{acc:.4f}', h['time_s']])
+    cols = ('train_loss', 'valid_loss', 'accuracy')  # nan where a row has none
+    rows = [[h['epoch'], *(f"{h.get(c, float('nan')):.4f}" for c in cols), h['time_s']] for h in history]
     return fmt_table(['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'], rows)
 
 
