@@ -17,13 +17,11 @@ CUES = {'neg': 'dull awful boring', 'pos': 'great lovely moving'}  # one per tex
 def synthetic_texts(n, seed=0):
     "`n` (text, label) pairs of random words, alternating labels, each text holding one word of its label's cues."
     rnd = random.Random(seed)
-    out = []
     for i in range(n):
         label = 'pos' if i % 2 else 'neg'
         words = [rnd.choice(WORDS) for _ in range(rnd.randint(10, 30))]
         words.insert(rnd.randrange(len(words)), rnd.choice(CUES[label].split()))
-        out.append((' '.join(words).capitalize() + '.', label))
-    return out
+        yield ' '.join(words).capitalize() + '.', label
 
 
 def write_corpus(path, n_docs, seed=0):

@@ -231,7 +231,7 @@ def run(cfg, given=()):
     t = time.time()
     store, test_split = imdb_store(cfg)
     times['data'] = round(time.time() - t, 1)
-    clas_split(cfg, store, test_split)  # too many held-out reviews fails now, before the LM is fine-tuned
+    split = clas_split(cfg, store, test_split)  # too many held-out reviews fails now, before the LM is fine-tuned
     run_dir = Path(cfg['resume']) if cfg['resume'] else new_run_dir(cfg['name'] or f"imdb-{cfg['preset']}", cfg['runs'])
     log.info(
         f"{cfg['dataset']}: {len(store):,} documents, {store.n_tokens:,} tokens, vocab "
@@ -243,7 +243,7 @@ def run(cfg, given=()):
     results, probs = {}, {}
     for d in directions:
         try:
-            probs[d], targs, results[d], st = one_direction(cfg, store, test_split, classes, run_dir, d, budget)
+            probs[d], targs, results[d], st = one_direction(cfg, store, split, classes, run_dir, d, budget)
         except KeyboardInterrupt:  # resuming skips the finished stages (model folders); the cut one starts over
             raise Interrupted(
                 f"the finished stages are kept in {run_dir}",
@@ -287,13 +287,13 @@ def stage_budget(cfg):
     return StageBudget(60 * cfg['budget_minutes'], weights)
 
 
-def one_direction(cfg, store, test_split, classes, run_dir, d, budget=None):
+def one_direction(cfg, store, split, classes, run_dir, d, budget=None):
     "Fine-tune the LM, train the classifier, evaluate it once, in direction `d`; (probs, targets, report, wall times)."
     times = {}
     g = torch.Generator().manual_seed(cfg['seed'])  # draws the LM's and then the classifier's documents
     lm_state, config = finetune_stage(cfg, store, run_dir, d, g, budget, times)
     learn, test_dl, n_train, n_valid = classifier_stage(
-        cfg, store, test_split, classes, run_dir, d, g, lm_state, config, budget, times
+        cfg, store, split, run_dir, d, g, lm_state, config, budget, times
     )
     t = time.time()
     p, targs = recipe.predict_probs(learn, test_dl)
@@ -331,8 +331,7 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
             f"will be far below ULMFiT's.\n  Run `make lm-pretrain` first, or pass --{opt} DIR or --{opt} fastai-wt103"
             f"{'-bwd' if backwards else ''} (fastai's published WikiText-103 weights).\n" + '!' * 80
         )
-        config = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab))
-        state = None
+        config, state = AWDLSTMConfig.preset(cfg['model'], vocab_sz=len(store.vocab)), None
     else:
         m, pconfig, itos, extras = load_model_folder(src, with_extras=True)
         check_spacy_lm(src, extras)
@@ -348,25 +347,24 @@ def finetune_stage(cfg, store, run_dir, d, g, budget, times):
     return learn.model.state_dict(), config
 
 
-def classifier_stage(cfg, store, test_split, classes, run_dir, d, g, lm_state, config, budget, times):
+def classifier_stage(cfg, store, split, run_dir, d, g, lm_state, config, budget, times):
     "ULMFiT stage 3: gradual unfreezing (or the run folder's classifier); (Learner, test loader, n train, n valid)."
     backwards, clas_dir = d == 'bwd', run_dir / f'clas_{d}'
-    train_idx, valid_idx, test_idx = clas_split(cfg, store, test_split)
+    train_idx, valid_idx, test_idx = split
     if cfg['train_docs'] and cfg['train_docs'] < len(train_idx):
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: cfg['train_docs']].sort().values.numpy()]
     trunc = cfg.get('truncate')
     mk = lambda idx, train: recipe.clas_loader(store, idx, cfg['clas_bs'], train, trunc, backwards)  # noqa: E731
     dls = DataLoaders(mk(train_idx, True), mk(valid_idx, False) if len(valid_idx) else None)
     test_dl = mk(test_idx, False)
+    t = time.time()
     kw = dict(bptt=cfg['bptt'], max_len=cfg['max_len'], precision=cfg['precision'])
-    if (clas_dir / 'clas.pth').exists():
+    kw.update(label_smoothing=cfg['label_smoothing'], drop_mult=cfg['clas_drop_mult'])
+    learn = recipe.clas_learner(config, len(store.label_names), dls, cbs=[RunLogger(run_dir, f'clas_{d}')], **kw)
+    if (clas_dir / 'clas.pth').exists():  # only predicts: the loaded model replaces the new one
         log.info(f'[{d}] reusing the trained classifier in {clas_dir}')
-        learn = recipe.clas_learner(config, len(classes), dls, **kw)
         learn.model, *_ = load_classifier(clas_dir)
         return learn, test_dl, len(train_idx), len(valid_idx)
-    t = time.time()
-    train_kw = dict(label_smoothing=cfg['label_smoothing'], drop_mult=cfg['clas_drop_mult'])
-    learn = recipe.clas_learner(config, len(classes), dls, cbs=[RunLogger(run_dir, f'clas_{d}')], **kw, **train_kw)
     stages = recipe.clas_stages(cfg['clas_lr'], cfg['clas_epochs'])
     sample = (valid_idx if len(valid_idx) else train_idx)[: 8 * cfg['clas_bs']]  # held out at random: a fair sample
 
@@ -386,7 +384,7 @@ def classifier_stage(cfg, store, test_split, classes, run_dir, d, g, lm_state, c
     settings = dict(multi_label=False, thresholds=None, bptt=cfg['bptt'], max_len=cfg['max_len'])
     settings.update(drop_mult=cfg['clas_drop_mult'], backwards=backwards, truncate=trunc or 0)
     settings.update(tokenizer=SpacyTokenizer().config())
-    save_classifier(clas_dir, learn.model, config, store.vocab.itos, classes, settings)
+    save_classifier(clas_dir, learn.model, config, store.vocab.itos, store.label_names, settings)
     times['clas_train'] = round(time.time() - t, 1)
     return learn, test_dl, len(train_idx), len(valid_idx)
 

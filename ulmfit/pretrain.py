@@ -199,7 +199,7 @@ def resolve_corpora(cfg):
 
 
 def build_lm_data(cfg, r=0, ws=1):
-    "Token stores and LM loaders for training and validation; returns (dls, vocab, info)."
+    "Token stores and LM loaders for training and validation; (dls, vocab, info, training token counts)."
     train_r, valid_r, src = resolve_corpora(cfg)
     n_workers = cfg['n_workers'] or None
     tok = make_tokenizer(cfg['tokenizer'], train_r, spm_vocab_size=min(cfg['max_vocab'], 15000))
@@ -225,10 +225,10 @@ def build_lm_data(cfg, r=0, ws=1):
         'tokenizer': tok.config(),
         'spm_model': getattr(tok, 'model_path', None),
     }
-    info['counts'] = np.bincount(
+    counts = np.bincount(
         store.ids[:] if t_idx is None else np.concatenate([store[i] for i in t_idx]), minlength=len(store.vocab)
     )  # the sampled softmax's proposal
-    return dls, store.vocab, info
+    return dls, store.vocab, info, counts
 
 
 # --dry-run without a corpus: a synthetic one, small enough for seconds (one process; DDP dry runs pass --corpus).
@@ -279,8 +279,7 @@ def pretrain(cfg, r=0, ws=1, given=()):
     torch.manual_seed(cfg['seed'])
     if ws > 1 and r != 0:
         torch.distributed.barrier()  # rank 0 builds the token stores first; the others then open them
-    dls, vocab, info = build_lm_data(cfg, r, ws)
-    counts = info.pop('counts')
+    dls, vocab, info, counts = build_lm_data(cfg, r, ws)
     if ws > 1 and r == 0:
         torch.distributed.barrier()
     torch.manual_seed(cfg['seed'])

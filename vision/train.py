@@ -24,8 +24,6 @@ from .data import BatchTransform, imagenet_folder_dls, write_synthetic_images
 from .tricks import CutMix, LabelSmoothingCrossEntropy, MixUp
 from .xresnet import create_model, list_models, model_from_dict
 
-PROG = 'python -m vision train'
-
 # Settings shared by both entry points (data location, speed knobs, run folder).
 COMMON_SETTINGS = {
     'name': Setting(None, "run folder name under runs_dir (default: <entry point>-<preset>; '-2', '-3'... if taken)"),
@@ -87,27 +85,23 @@ PRESETS = {
 
 
 # ---- helpers shared with `transfer` -------------------------------------------------------------------------
-def setup(cfg):
-    "Seed and threads for this run (the process-wide settings are `common.entry.setup_process`)."
-    torch.manual_seed(cfg['seed'])
+def start_run(cfg, prefix, **resolved):
+    "Seed and threads, a new run folder and the data set folder; writes the config with the resolved paths."
+    torch.manual_seed(cfg['seed'])  # the process-wide settings are `common.entry.setup_process`
     if cfg['threads']:
         torch.set_num_threads(cfg['threads'])
+    run_dir = new_run_dir(cfg['name'] or f"{prefix}-{cfg['preset']}", cfg['runs_dir'])
+    # `data_path` if given, else the download registry (mirror first if set)
+    path = Path(cfg['data_path'] or untar_data(cfg['data'], mirror=cfg['mirror']))
+    cfg.update(resolved_data_path=str(path), **resolved)
+    write_config(run_dir, cfg)
+    return run_dir, path
 
 
-def dataset_path(cfg, name):
-    "The data set folder: `data_path` if given, else the download registry (mirror first if set)."
-    return Path(cfg['data_path'] or untar_data(name, mirror=cfg['mirror']))
-
-
-def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
+def make_learner(model, dls, cfg, run_dir, stage='train', **kw):
     "A Learner with the run's loss, optimizer, precision, batch transforms and run logging."
-    cbs = [BatchTransform(channels_last=cfg['channels_last'])]
-    if run_dir is not None:
-        cbs.append(RunLogger(run_dir, stage))
-    if cfg.get('mixup'):
-        cbs.append(MixUp(cfg['mixup']))
-    if cfg.get('cutmix'):
-        cbs.append(CutMix(cfg['cutmix']))
+    cbs = [BatchTransform(channels_last=cfg['channels_last']), RunLogger(run_dir, stage)]
+    cbs += [cb(cfg[k]) for k, cb in (('mixup', MixUp), ('cutmix', CutMix)) if cfg.get(k)]  # train's settings only
     if cfg['channels_last']:
         model = model.to(memory_format=torch.channels_last)
     return Learner(
@@ -124,9 +118,9 @@ def make_learner(model, dls, cfg, run_dir=None, stage='train', **kw):
     )
 
 
-def save_model(path, model, cfg, classes, extras=None):
+def save_model(path, model, cfg, classes):
     "Checkpoint = state dict + run config + model config + class list (plain data, safe to load)."
-    extras = {'model_config': asdict(model.config), 'classes': list(classes), **(extras or {})}
+    extras = {'model_config': asdict(model.config), 'classes': list(classes)}
     return save_checkpoint(path, model.state_dict(), config=cfg, extras=extras)
 
 
@@ -148,10 +142,8 @@ def fmt_table(header, rows):
 
 def history_table(history):
     "Per-epoch markdown table from the recorder's history."
-    rows = []
-    for h in history:
-        tl, vl, acc = h['train_loss'], h.get('valid_loss', float('nan')), h.get('accuracy', float('nan'))
-        rows.append([h['epoch'], f'{tl:.4f}', f'{vl:.4f}', f'{acc:.4f}', h['time_s']])
+    cols = ('train_loss', 'valid_loss', 'accuracy')  # nan where a row has none
+    rows = [[h['epoch'], *(f"{h.get(c, float('nan')):.4f}" for c in cols), h['time_s']] for h in history]
     return fmt_table(['epoch', 'train loss', 'valid loss', 'accuracy', 'time (s)'], rows)
 
 
@@ -166,7 +158,7 @@ DRY_RUN = dict(
 
 def main(argv=None):
     "Entry point of `python -m vision train`; returns the exit status."
-    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
+    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m vision train', description=__doc__)
     if cfg['dry_run']:
         with tempfile.TemporaryDirectory(prefix='vision-dry-run-') as tmp:
             splits = (('train', 8), ('val', 4))  # images per class; an ImageNet-style folder: <split>/<class>/
@@ -181,11 +173,7 @@ def main(argv=None):
 
 def train(cfg):
     "Train, evaluate and report; returns (run folder, metrics)."
-    setup(cfg)
-    run_dir = new_run_dir(cfg['name'] or f"imagewoof-{cfg['preset']}", cfg['runs_dir'])
-    path = dataset_path(cfg, cfg['data'])
-    cfg['resolved_data_path'] = str(path)
-    write_config(run_dir, cfg)
+    run_dir, path = start_run(cfg, 'imagewoof')
     log.info(f"run folder: {run_dir}\ndata: {path}")
 
     dls, classes = imagenet_folder_dls(

@@ -24,23 +24,21 @@ from common.config import ConfigError, Setting, config_to_json, parse_run_config
 from common.download import get_mirror
 from common.log import log
 from common.optim import discriminative_lrs
-from common.runs import new_run_dir, write_config, write_json
+from common.runs import write_json
 
 from .data import image_dls, pets_items, subsample, write_synthetic_images
 from .train import (
     COMMON_DRY_RUN,
     COMMON_SETTINGS,
-    dataset_path,
     fmt_table,
     history_table,
     load_model,
     make_learner,
     save_model,
-    setup,
+    start_run,
 )
 from .xresnet import bn_splitter, body, create_model, make_head, splitter, xresnet
 
-PROG = 'python -m vision transfer'
 EXPERIMENTS = {  # each variant, as its report row describes it
     'scratch': 'from scratch (random init), all trainable',
     'naive': 'pretrained, all trainable from the start',
@@ -110,11 +108,10 @@ def transfer_model(pretrained, n_out, size):
     return model
 
 
-def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
-    "Train one of the four variants; returns (accuracy, minutes, recorder history)."
-    src = pretrained
+def run_experiment(kind, src, dls, n_out, cfg, run_dir):
+    "Train one of the four variants from the pretrained `src`; returns (accuracy, minutes, recorder history)."
     if kind == 'scratch':  # same architecture, fresh weights everywhere
-        src = xresnet(dataclasses.replace(pretrained.config, n_out=n_out))
+        src = xresnet(dataclasses.replace(src.config, n_out=n_out))
     model = transfer_model(src, n_out, cfg['size'])
     split = bn_splitter if kind == 'frozen_except_bn' else splitter
     train_bn = kind != 'frozen_bn'  # frozen_bn: BN is frozen with the rest of the body
@@ -128,14 +125,12 @@ def run_experiment(kind, pretrained, dls, n_out, cfg, run_dir):
         learn.fit_one_cycle(cfg['epochs_frozen'], cfg['lr'])
         history += learn.recorder.history
         learn.unfreeze()
-        n = learn.n_groups
-        lr = cfg['lr_unfrozen']
+        n, lr = learn.n_groups, cfg['lr_unfrozen']
         # lr_spread is the ratio of the top group's LR to the first group's, spread evenly over the groups between
         lrs = [lr] * n if kind == 'frozen_bn' else discriminative_lrs(lr, n, cfg['lr_spread'] ** (1 / (n - 1)))
         learn.fit_one_cycle(cfg['epochs_unfrozen'], lrs)
         history += [dict(h, epoch=h['epoch'] + cfg['epochs_frozen']) for h in learn.recorder.history]
-    acc = learn.validate()['accuracy']
-    return acc, (time.time() - t0) / 60, history
+    return learn.validate()['accuracy'], (time.time() - t0) / 60, history
 
 
 # --dry-run: a random quarter-width xresnet18 stands in for the Imagewoof checkpoint; one epoch frozen, one not.
@@ -146,7 +141,7 @@ DRY_RUN = dict(
 
 def main(argv=None):
     "Entry point of `python -m vision transfer`; returns the exit status."
-    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog=PROG, description=__doc__)
+    cfg = parse_run_config(argv, SETTINGS, PRESETS, prog='python -m vision transfer', description=__doc__)
     unknown = [e for e in cfg['experiments'] if e not in EXPERIMENTS]
     if unknown:
         raise ConfigError(f"experiments: unknown {unknown}; choose from {', '.join(EXPERIMENTS)}")
@@ -164,16 +159,12 @@ def main(argv=None):
 
 def transfer(cfg):
     "The experiments, their table and report; returns (run folder, results)."
-    setup(cfg)
     ck_path = Path(cfg['checkpoint'] or find_checkpoint(cfg['runs_dir'], cfg['preset']))
-    pretrained, ck = load_model(ck_path)
-    run_dir = new_run_dir(cfg['name'] or f"pets-transfer-{cfg['preset']}", cfg['runs_dir'])
+    pretrained, ck = load_model(ck_path)  # before the run folder: a wrong checkpoint leaves nothing behind
     if cfg['data'] is None:
         cfg['data'] = 'oxford-iiit-pet-subset-160' if get_mirror(cfg['mirror']) else 'oxford-iiit-pet'
-    path = dataset_path(cfg, cfg['data'])
+    run_dir, path = start_run(cfg, 'pets-transfer', resolved_checkpoint=str(ck_path))
     images = path / 'images' if (path / 'images').is_dir() else path
-    cfg.update(resolved_data_path=str(path), resolved_checkpoint=str(ck_path))
-    write_config(run_dir, cfg)
     log.info(f"run folder: {run_dir}\ncheckpoint: {ck_path}\ndata: {images}")
 
     (tp, tl), (vp, vl), classes = pets_items(images, cfg['valid_pct'], cfg['split_seed'])
