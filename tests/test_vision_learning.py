@@ -132,3 +132,20 @@ def test_presets_resolve_and_unknown_keys_fail(entry):
         assert resolve_config(mod.SETTINGS, mod.PRESETS, preset)['preset'] == preset
     with pytest.raises(ValueError, match='no_such_key'):
         resolve_config(mod.SETTINGS, mod.PRESETS, 'tiny', {'no_such_key': 1})
+
+
+def test_a_run_with_in_process_loading_is_repeatable(tmp_path):
+    "workers=0: the random crops come from the main process, so the seed must cover them too."
+    from common.checkpoint import load_checkpoint
+    from vision.data import write_synthetic_images
+    from vision.train import DRY_RUN, PRESETS, SETTINGS, train
+
+    splits = (('train', 8), ('val', 2))
+    names = [f'{split}/c{c}/c{c}_{i}.png' for split, n in splits for c in range(2) for i in range(n)]
+    images = write_synthetic_images(tmp_path / 'images', names)
+    cfg = {k: s.default for k, s in SETTINGS.items()} | PRESETS['tiny'] | DRY_RUN | {'data_path': str(images)}
+    weights = []
+    for run in ('a', 'b'):
+        _, metrics = train(cfg | {'runs_dir': str(tmp_path / run), 'preset': 'tiny'})
+        weights.append(load_checkpoint(metrics['checkpoint'])['model'])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -3,6 +3,7 @@ MixUp/CutMix. Writes runs/<name>/ (never over an existing run): config.json, met
 metrics.json, plots/ (losses, schedule, accuracy, confusion matrix), checkpoints/model.pth.
 """
 
+import random
 import tempfile
 import time
 from dataclasses import asdict
@@ -88,6 +89,7 @@ PRESETS = {
 def start_run(cfg, prefix, **resolved):
     "Seed and threads, a new run folder and the data set folder; writes the config with the resolved paths."
     torch.manual_seed(cfg['seed'])  # the process-wide settings are `common.entry.setup_process`
+    random.seed(cfg['seed'])  # the crops' draws when images load in this process (workers=0)
     if cfg['threads']:
         torch.set_num_threads(cfg['threads'])
     run_dir = new_run_dir(cfg['name'] or f"{prefix}-{cfg['preset']}", cfg['runs_dir'])

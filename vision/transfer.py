@@ -13,6 +13,7 @@ Writes runs/<name>/report.md with the table of the four accuracies.
 
 import copy
 import dataclasses
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -183,7 +184,8 @@ def transfer(cfg):
 
     results, histories = {}, {}
     for kind in cfg['experiments']:
-        torch.manual_seed(cfg['seed'])  # same head init and data order for every variant
+        torch.manual_seed(cfg['seed'])  # same head init, data order and crops for every variant
+        random.seed(cfg['seed'])
         acc, minutes, hist = run_experiment(kind, pretrained, dls, len(classes), cfg, run_dir)
         results[kind], histories[kind] = {'accuracy': acc, 'minutes': round(minutes, 2)}, hist
         log.info(f"{kind}: accuracy {acc:.4f} in {minutes:.1f} min")
