@@ -175,7 +175,7 @@ PRESETS = {
 
 def imdb_store(cfg):
     "The token store of the dataset: labels, splits and the vocab built from its text."
-    tok, errors = SpacyTokenizer(), cfg.get('errors', 'strict')  # runs saved before the setting existed: strict
+    tok, errors = SpacyTokenizer(), cfg.get('errors', 'strict')  # bench.probe passes a partial config
     reader = dataset_reader(cfg['dataset'], folder=cfg.get('sample_folder'), errors=errors)  # a dry run's own table
     store = build_store(reader, tok, max_vocab=cfg['max_vocab'], min_freq=cfg['min_freq'], name=cfg['dataset'])
     return store, 'test' if cfg['dataset'] == 'imdb' else 'valid'
