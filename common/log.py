@@ -9,6 +9,7 @@ The level comes from `set_verbosity('quiet' | 'normal' | 'verbose')`, or the ULM
 Progress bars follow it too: `show_progress()` is False when quiet or off rank 0.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -44,6 +45,18 @@ def set_verbosity(name):
 def show_progress():
     "Whether progress bars should be drawn here."
     return log.isEnabledFor(logging.INFO) and rank() == 0
+
+
+@contextlib.contextmanager
+def quiet(on=True):
+    "Warnings only inside the block when `on` (no progress bars either); the level is restored after."
+    level = log.level
+    if on:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 set_verbosity(os.environ.get('ULMFIT_VERBOSITY', 'normal'))

@@ -44,7 +44,7 @@ def test_gradual_unfreezing_schedule(monkeypatch):
         calls.append((n_epoch, lrs, trainable))
 
     monkeypatch.setattr(learn, 'fit_one_cycle', fake_fit)
-    recipe.train_classifier(learn, None, verbose=False)
+    recipe.train_classifier(learn, None)
     # groups: embedding, LSTM 0, LSTM 1, head (tiny has 2 layers)
     assert [c[2] for c in calls] == [
         [False, False, False, True],
@@ -287,3 +287,19 @@ def test_a_sentencepiece_classifier_reads_with_its_own_model_after_save_and_load
     assert again.tok.batch(['the red dog sat']) == SentencePieceTokenizer(folder / 'spm.model').batch(
         ['the red dog sat']
     )
+
+
+def test_a_quiet_classifier_draws_no_progress_and_restores_the_level(tmp_path, capsys):
+    from common.log import log
+
+    level = log.level
+    df = order_corpus(64, 1)
+    clf = TextClassifier(config=AWDLSTMConfig(vocab_sz=0, emb_sz=16, n_hid=16, n_layers=1), bs=16, verbose=False)
+    clf.data_root = tmp_path
+    with pytest.warns(UserWarning, match='from scratch') as warned:
+        clf.fine_tune_lm(df, frozen_epochs=0, epochs=1, bs=4, bptt=8)
+        clf.fit(df, stages=[(0, 1, 1e-2)])
+    assert warned[0].filename == __file__  # the warning names the caller's line, not the library's
+    clf.predict(['alpha red omega'])
+    out = capsys.readouterr()
+    assert out.out == '' and out.err == '' and log.level == level

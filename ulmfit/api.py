@@ -11,6 +11,7 @@ Empty texts are predicted as `Prediction(None, {})` with a warning. Texts are re
 the outputs of their last `max_len` tokens, as in training and in fastai.
 """
 
+import functools
 import warnings
 from collections import namedtuple
 from dataclasses import replace
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from common.learner import DataLoaders
-from common.log import log, show_progress
+from common.log import log, quiet, show_progress
 
 from . import recipe
 from .awd_lstm import AWDLSTMConfig, get_language_model
@@ -43,6 +44,17 @@ def _text_reader(texts, text_col='text'):
         return reader_for([texts], label_col=None)
     df = as_frame(texts, text_col)
     return TableReader(df[[text_col]].rename(columns={text_col: 'text'}), text_cols='text', valid_col=None)
+
+
+def _obeys_verbose(method):
+    "Run a TextClassifier method without log lines or progress bars unless the classifier is `verbose`."
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with quiet(not self.verbose):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class TextClassifier:
@@ -79,8 +91,7 @@ class TextClassifier:
 
     # ---- stage 2: the language model ----------------------------------------------------------------
     def _store(self, reader, name, vocab=None):
-        progress = self.verbose and show_progress()
-        return build_store(reader, self.tok, vocab=vocab, root=self.data_root, progress=progress, name=name)
+        return build_store(reader, self.tok, vocab=vocab, root=self.data_root, progress=show_progress(), name=name)
 
     def _new_vocab(self, texts, text_col='text'):
         "Take the vocab of `texts` and re-index the pretrained LM to it; (their store, the LM state or None)."
@@ -88,16 +99,16 @@ class TextClassifier:
         self.vocab, state = store.vocab, None
         if self.lm_state is None:
             warnings.warn(
-                'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=2
+                'no pretrained language model: training from scratch (expect much lower accuracy)', stacklevel=4
             )
         else:
             state, n = recipe.match_embeds(self.lm_state, self.itos, self.vocab.itos)
-            if self.verbose:
-                log.info(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
+            log.info(f'vocab transfer: {n:,} of {len(self.vocab):,} tokens found in the pretrained vocab')
         self.itos, self.config = list(self.vocab.itos), replace(self.config, vocab_sz=len(self.vocab))
         self.enc_state = encoder_state(state) if state is not None else None
         return store, state
 
+    @_obeys_verbose
     def fine_tune_lm(
         self,
         texts,
@@ -114,7 +125,7 @@ class TextClassifier:
         "Fine-tune the language model on `texts` (no labels needed); builds the vocab from them."
         store, state = self._new_vocab(texts, text_col)
         dls = recipe.lm_data(store, bs=bs, bptt=bptt, valid_pct=valid_pct)
-        kw = dict(precision=self.precision, drop_mult=drop_mult, verbose=self.verbose)
+        kw = dict(precision=self.precision, drop_mult=drop_mult)
         learn = recipe.finetune_lm(state, self.config, dls, frozen_epochs, frozen_lr, epochs, lr, **kw)
         self.lm_state = learn.model.state_dict()
         self.enc_state = encoder_state(self.lm_state)
@@ -128,6 +139,7 @@ class TextClassifier:
         return save_model_folder(path, m, self.config, self.itos)
 
     # ---- stage 3: the classifier -------------------------------------------------------------------
+    @_obeys_verbose
     def fit(
         self,
         data,
@@ -167,7 +179,7 @@ class TextClassifier:
         kw = dict(drop_mult=drop_mult, bptt=self.bptt, max_len=self.max_len, precision=self.precision)
         learn = recipe.clas_learner(self.config, len(self.classes), dls, self.multi_label, label_smoothing, **kw)
         stages = stages or recipe.CLAS_STAGES
-        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages, verbose=self.verbose)
+        self.stage_times = recipe.train_classifier(learn, self.enc_state, stages)
         self.model, self.drop_mult = learn.model.eval(), drop_mult
         probs, targs = recipe.predict_probs(learn, dls.valid, self.multi_label)
         if self.multi_label:

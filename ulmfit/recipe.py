@@ -114,7 +114,6 @@ def finetune_lm(
     drop_mult=1.0,
     cbs=(),
     path=None,
-    verbose=True,
     budget=None,
 ):
     "ULMFiT stage 2: the last layer group (it holds the new tokens' rows), then everything; returns the Learner."
@@ -124,13 +123,11 @@ def finetune_lm(
         learn.model.load_state_dict(lm_state)
     if frozen_epochs:
         learn.freeze()
-        if verbose:
-            log.info(f'LM fine-tuning: {_span(frozen_epochs, budget)} of the last layer group at lr {frozen_lr}')
+        log.info(f'LM fine-tuning: {_span(frozen_epochs, budget)} of the last layer group at lr {frozen_lr}')
         fit_stage(learn, 'lm_frozen', frozen_epochs, frozen_lr, moms, budget)
     if epochs:
         learn.unfreeze()
-        if verbose:
-            log.info(f'LM fine-tuning: {_span(epochs, budget)} of all layers at lr {lr}')
+        log.info(f'LM fine-tuning: {_span(epochs, budget)} of all layers at lr {lr}')
         fit_stage(learn, 'lm', epochs, lr, moms, budget)
     return learn
 
@@ -185,7 +182,7 @@ def clas_learner(
 
 
 def train_classifier(
-    learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, verbose=True, budget=None, after_stage=None
+    learn, enc_state, stages=CLAS_STAGES, moms=(0.8, 0.7, 0.8), div=2.6, budget=None, after_stage=None
 ):
     "ULMFiT stage 3: gradual unfreezing over `stages` with LRs lr / div**k down the layer groups; the stage times."
     if enc_state is not None:
@@ -196,8 +193,7 @@ def train_classifier(
         lrs = discriminative_lrs(lr, learn.n_groups, div)
         t = time.time()
         if epochs or budget is None:
-            if verbose:
-                log.info(f'classifier: freeze_to({n}), {_span(epochs, budget)}, lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
+            log.info(f'classifier: freeze_to({n}), {_span(epochs, budget)}, lr {lrs[0]:.2e} .. {lrs[-1]:.2e}')
             fit_stage(learn, f'clas_{j}', epochs, lrs, moms, budget)
         if after_stage is not None:
             after_stage(j)
