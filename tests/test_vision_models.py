@@ -11,6 +11,7 @@ from vision.xresnet import (
     BN_TYPES,
     AdaptiveConcatPool2d,
     ResBlock,
+    XResNetConfig,
     bn_splitter,
     body,
     create_model,
@@ -20,6 +21,7 @@ from vision.xresnet import (
     model_from_dict,
     set_head,
     splitter,
+    xresnet,
 )
 
 # Narrow widths keep the deep variants fast; depth, expansion and wiring are what these tests are about.
@@ -132,3 +134,10 @@ def test_rebuild_from_config_dict():
     m2.load_state_dict(m.state_dict())
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(m(x), m2(x))
+
+
+def test_a_stage_of_zero_blocks_is_empty():
+    model = xresnet(XResNetConfig(layers=(0, 1, 1, 1), width=0.25, n_out=3))
+    stages = [m for m in model[0] if isinstance(m, nn.Sequential)][-4:]
+    assert [len(s) for s in stages] == [0, 1, 1, 1]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -102,8 +102,11 @@ def xresnet(cfg):
     nis = [stem_szs[-1]] + [nh * cfg.expansion for nh in nhs[:-1]]
     stages = []
     for i, (ni, nh, n) in enumerate(zip(nis, nhs, cfg.layers)):
-        blocks = [ResBlock(cfg.expansion, ni, nh, stride=1 if i == 0 else 2)]  # the first block sets width and stride
-        blocks += [ResBlock(cfg.expansion, nh * cfg.expansion, nh) for _ in range(n - 1)]
+        # a stage's first block sets its width and, after the first stage, halves the resolution
+        blocks = [
+            ResBlock(cfg.expansion, nh * cfg.expansion if j else ni, nh, stride=2 if i and not j else 1)
+            for j in range(n)
+        ]
         stages.append(nn.Sequential(*blocks))
     body_ = init_cnn(nn.Sequential(*stem, nn.MaxPool2d(3, stride=2, padding=1), *stages))
     model = nn.Sequential(body_, make_head(nhs[-1] * cfg.expansion, cfg.n_out, p=cfg.p))
