@@ -176,3 +176,15 @@ def test_one_rule_for_table_files(tmp_path):
         assert path_kind(tmp_path / name) == 'table'
         assert list(as_frame(tmp_path / name, 'text')['text']) == ['x y']
         assert [d.text for d in TableReader(tmp_path / name, label_cols='label')] == ['x y']
+
+
+def test_table_label_columns_may_be_any_sequence_and_columns_are_checked_as_read(tmp_path):
+    import numpy as np
+
+    df = pd.DataFrame({'text': ['a b', 'c d'], 'x': [1, 0], 'y': [0, 1]})
+    for cols in (pd.Index(['x', 'y']), np.array(['x', 'y']), ('x', 'y')):
+        assert [d.label for d in TableReader(df, label_cols=cols)] == [(1, 0), (0, 1)]
+    # a Parquet file whose text column was saved as the index: in the schema, not in the frame pandas reads
+    df.set_index('text').to_parquet(tmp_path / 't.parquet')
+    with pytest.raises(DataError, match=r"t\.parquet: missing text column 'text'; columns are \['x', 'y'\]"):
+        list(TableReader(tmp_path / 't.parquet', label_cols='x'))

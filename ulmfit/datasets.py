@@ -258,7 +258,9 @@ class TableReader:
         chunksize=10_000,
     ):
         self.text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
-        self.label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols or ())
+        self.label_cols = (
+            [] if label_cols is None else [label_cols] if isinstance(label_cols, str) else list(label_cols)
+        )
         self.valid_col, self.label_delim, self.errors, self.chunksize = valid_col, label_delim, errors, chunksize
         self.mark_fields = len(self.text_cols) > 1 if mark_fields is None else mark_fields
         is_path = isinstance(src, (str, os.PathLike))
@@ -274,6 +276,9 @@ class TableReader:
             cols = list(pq.ParquetFile(src).schema_arrow.names)
         else:
             cols = list(next(self._chunks(nrows=1)).columns)
+        self._check_columns(cols)
+
+    def _check_columns(self, cols):
         need = [('text', c) for c in self.text_cols] + [('label', c) for c in self.label_cols]
         for what, c in need:
             if c not in cols:
@@ -315,7 +320,8 @@ class TableReader:
 
     def __iter__(self):
         row0 = 0
-        for df in self._chunks():  # its columns were checked in __init__
+        for df in self._chunks():
+            self._check_columns(list(df.columns))  # again: a Parquet index column is in the schema, not the frame
             texts = df[self.text_cols].fillna('').astype(str).values.tolist()
             valid = df[self.valid_col].values if self.valid_col and self.valid_col in df.columns else None
             labels = df[self.label_cols].to_dict('records') if self.label_cols else None
@@ -336,7 +342,7 @@ class TableReader:
         else:
             files = _fingerprint_path(self.src)
         settings = ('text_cols', 'label_cols', 'valid_col', 'mark_fields', 'label_delim', 'errors')
-        return dict(reader='table', files=files, **{k: getattr(self, k) for k in settings})
+        return dict(reader='table', **{k: getattr(self, k) for k in settings}, files=files)  # meta.json's order
 
 
 def as_frame(data, text_col, errors='strict'):
