@@ -65,14 +65,13 @@ def load_encoder_folder(path, map_location='cpu'):
 def save_classifier(path, model, config, itos, classes, settings, spm_model=None):
     "A classifier folder: clas.pth (state dict + config + vocab + classes + settings), vocab.json, config.json."
     path = Path(path)
-    if spm_model:  # the tokenizer's model travels with the classifier (see tokenizer_for)
-        path.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(spm_model, path / 'spm.model')
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extras = {'itos': list(itos), 'classes': [str(c) for c in classes], 'settings': settings}
     save_checkpoint(path / 'clas.pth', sd, config=config.to_dict(), extras=extras)
     atomic_write_json(path / 'vocab.json', {'itos': list(itos)})
     atomic_write_json(path / 'config.json', {**config.to_dict(), 'classes': extras['classes'], **settings})
+    if spm_model:  # the tokenizer's model travels with the classifier (see tokenizer_for), as in a model folder
+        shutil.copyfile(spm_model, path / 'spm.model')
     return path
 
 
